@@ -1,0 +1,42 @@
+"""Exception hierarchy. Only :mod:`freqprobe.cli` turns these into exit codes."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class FreqprobeError(Exception):
+    """Base class for every error freqprobe raises on purpose."""
+
+
+class UserFacingError(FreqprobeError):
+    """A problem with what the user asked for; the message is shown as is (exit code 2)."""
+
+
+class PluginError(FreqprobeError):
+    """A plugin is broken: a bad registration, a duplicate name, a failed import."""
+
+
+class UnknownNameError(UserFacingError, KeyError):
+    """A registry lookup for a name nobody registered."""
+
+    def __init__(self, kind: str, name: str, available: Iterable[str]):
+        self.kind, self.name = kind, name
+        self.available = sorted(available)
+        close = difflib.get_close_matches(name, self.available, n=3, cutoff=0.5)
+        if not close:
+            low = name.lower().replace("_", "-")
+            close = [a for a in self.available if low in a or a in low][:3]
+        msg = f"Unknown {kind} '{name}'."
+        if close:
+            msg += f" Did you mean: {', '.join(close)}?"
+        msg += f" Available: {', '.join(self.available) or '(none)'}."
+        super().__init__(msg)
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.args[0]
+
+
+class IncompatibleError(UserFacingError):
+    """Two parts that cannot work together (a probe and a model of the wrong task, class counts...)."""
