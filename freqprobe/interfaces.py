@@ -28,6 +28,8 @@ class Decomposer(ABC):
     #: short name of the parameter, used in export keys (``low_r8``) and tables.
     param_name: ClassVar[str] = "r"
     param_type: ClassVar[type] = float
+    #: parameters used when the user gives none
+    default_params: ClassVar[tuple] = ()
 
     def __init__(self, **options: Any) -> None:
         if options:

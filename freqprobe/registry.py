@@ -47,7 +47,7 @@ class Entry:
     @property
     def summary(self) -> str:
         doc = inspect.getdoc(self.cls)
-        return doc.strip().splitlines()[0] if doc else "Undocumented"
+        return doc.strip().splitlines()[0].replace("``", "") if doc else "Undocumented"
 
 
 def _pm(pm):

@@ -35,6 +35,7 @@ class FFTRadialDecomposer(Decomposer):
     components = ("low", "high")
     param_name = "r"
     param_type = float
+    default_params = (4, 8, 12, 16)
 
     def __init__(self, rule: str = "exclusive") -> None:
         if rule not in RULES:
@@ -104,6 +105,7 @@ class SVDDecomposer(Decomposer):
     components = ("dominant", "trailing")
     param_name = "k"
     param_type = int
+    default_params = (1, 2, 4, 8)
 
     def __init__(self) -> None:
         self._warned: set[tuple] = set()

@@ -1,0 +1,200 @@
+"""Built-in model sources: ``timm:``, ``torchvision:``, ``torchscript:`` and user code (``file.py:fn`` / ``pkg.mod:fn``)."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlparse
+
+import torch
+
+from ..errors import UnknownNameError, UserFacingError
+from ..hookspecs import hookimpl
+from ..interfaces import BuiltModel, ModelSource
+
+log = logging.getLogger("freqprobe.models")
+
+
+def _first_line(exc: BaseException) -> str:
+    s = str(exc).strip()
+    return s.splitlines()[0] if s else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _hub_offline_if_unreachable():
+    """Make huggingface_hub fail fast (instead of ~46 s of retries) when its endpoint cannot be reached."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - timm depends on it
+        yield
+        return
+    old = constants.HF_HUB_OFFLINE
+    if not old:
+        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+        try:
+            socket.create_connection((host, 443), timeout=1.5).close()
+        except OSError:
+            constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old
+
+
+def _no_weights_message(spec: str, exc: BaseException) -> UserFacingError:
+    return UserFacingError(
+        f"could not get pretrained weights for {spec} ({type(exc).__name__}: {_first_line(exc)[:160]}); "
+        "offline? pass --checkpoint PATH with a local weights file instead of --pretrained"
+    )
+
+
+class TimmModelSource(ModelSource):
+    """timm models by name, tag, ``hf-hub:`` or ``local-dir:`` (``timm:resnet18``); mean/std from timm's pretrained_cfg."""
+
+    name = "timm"
+
+    def build(self, target, *, pretrained=False, num_classes=None, model_args: Mapping[str, Any] = {}):
+        import timm
+
+        if not target:
+            raise UserFacingError("empty timm model name: use timm:NAME, e.g. timm:resnet18")
+        if not target.startswith(("hf-hub:", "hf_hub:", "local-dir:")) and not timm.is_model(target):
+            raise UnknownNameError("timm model", target, timm.list_models())
+        kwargs = dict(model_args)
+        if num_classes is not None and not pretrained:
+            kwargs.setdefault("num_classes", num_classes)
+        try:
+            if pretrained:
+                with _hub_offline_if_unreachable():
+                    model = timm.create_model(target, pretrained=True, **kwargs)
+            else:
+                model = timm.create_model(target, pretrained=False, **kwargs)
+        except OSError as exc:
+            raise _no_weights_message(f"timm:{target}", exc) from None
+        except TypeError as exc:
+            raise UserFacingError(f"timm:{target} rejected --model-arg: {_first_line(exc)}") from None
+        except RuntimeError as exc:
+            if "offline" in str(exc).lower() or "connect" in str(exc).lower():
+                raise _no_weights_message(f"timm:{target}", exc) from None
+            raise UserFacingError(f"timm could not build {target}: {_first_line(exc)}") from None
+        cfg = timm.data.resolve_model_data_config(model)
+        pcfg = getattr(model, "pretrained_cfg", {}) or {}
+        return BuiltModel(
+            model,
+            mean=cfg.get("mean"),
+            std=cfg.get("std"),
+            input_size=cfg.get("input_size"),
+            has_weights=pretrained,
+            info={"timm_name": target, "pretrained_tag": pcfg.get("tag"), "architecture": pcfg.get("architecture")},
+        )
+
+
+class TorchvisionModelSource(ModelSource):
+    """torchvision classification models (``torchvision:resnet18``); mean/std from the weights' transforms."""
+
+    name = "torchvision"
+
+    def build(self, target, *, pretrained=False, num_classes=None, model_args: Mapping[str, Any] = {}):
+        import torchvision
+
+        names = torchvision.models.list_models(module=torchvision.models)
+        if target not in names:
+            raise UnknownNameError("torchvision model", target, names)
+        kwargs = dict(model_args)
+        if num_classes is not None and not pretrained:
+            kwargs.setdefault("num_classes", num_classes)
+        weights_enum = torchvision.models.get_model_weights(target)
+        try:
+            model = torchvision.models.get_model(target, weights="DEFAULT" if pretrained else None, **kwargs)
+        except OSError as exc:  # URLError and friends
+            raise _no_weights_message(f"torchvision:{target}", exc) from None
+        except (TypeError, ValueError) as exc:
+            raise UserFacingError(f"torchvision:{target} rejected its arguments: {_first_line(exc)}") from None
+        mean = std = None
+        with contextlib.suppress(Exception):
+            t = weights_enum.DEFAULT.transforms()
+            mean, std = list(t.mean), list(t.std)
+        return BuiltModel(model, mean=mean, std=std, has_weights=pretrained, info={"torchvision_name": target})
+
+
+class TorchScriptModelSource(ModelSource):
+    """A TorchScript file used as the model itself (``torchscript:model.pt``); no mean/std unless given."""
+
+    name = "torchscript"
+
+    def build(self, target, *, pretrained=False, num_classes=None, model_args: Mapping[str, Any] = {}):
+        p = Path(target)
+        if not p.is_file():
+            raise UserFacingError(f"TorchScript file not found: {p}")
+        try:
+            module = torch.jit.load(str(p), map_location="cpu")
+        except Exception as exc:
+            raise UserFacingError(f"could not load TorchScript file {p}: {_first_line(exc)}") from None
+        return BuiltModel(module, has_weights=True, info={"torchscript": str(p)})
+
+
+def _load_user_module(where: str):
+    if where.endswith(".py") or "/" in where or os.sep in where:
+        path = Path(where)
+        if not path.is_file():
+            raise UserFacingError(f"model file not found: {path} (use path/to/file.py:callable)")
+        modname = "freqprobe_user_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+        if modname in sys.modules:
+            return sys.modules[modname]
+        spec = importlib.util.spec_from_file_location(modname, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[modname] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[modname]
+            raise UserFacingError(f"error while importing {path}: {type(exc).__name__}: {_first_line(exc)}") from None
+        return module
+    try:
+        return importlib.import_module(where)
+    except ImportError as exc:
+        raise UserFacingError(f"cannot import module {where!r}: {_first_line(exc)} (use package.module:callable or path/to/file.py:callable)") from None
+
+
+class PythonModelSource(ModelSource):
+    """Your own architecture: ``path/to/file.py:callable`` or ``package.module:callable`` (``--model-arg k=v`` passed on)."""
+
+    name = "python"
+
+    def build(self, target, *, pretrained=False, num_classes=None, model_args: Mapping[str, Any] = {}):
+        where, sep, attr = target.rpartition(":")
+        if not sep or not where or not attr:
+            raise UserFacingError(f"malformed model spec {target!r}: use path/to/file.py:callable or package.module:callable")
+        module = _load_user_module(where)
+        fn = getattr(module, attr, None)
+        if fn is None or not callable(fn):
+            public = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_") and getattr(v, "__module__", None) == module.__name__]
+            raise UnknownNameError(f"callable in {where}", attr, public)
+        kwargs = dict(model_args)
+        if num_classes is not None:
+            with contextlib.suppress(TypeError, ValueError):
+                if "num_classes" in inspect.signature(fn).parameters:
+                    kwargs.setdefault("num_classes", num_classes)
+        try:
+            model = fn(**kwargs)
+        except TypeError as exc:
+            raise UserFacingError(f"{target} rejected --model-arg: {_first_line(exc)}") from None
+        if not isinstance(model, torch.nn.Module):
+            raise UserFacingError(f"{target} returned {type(model).__name__}, not a torch.nn.Module")
+        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+        return BuiltModel(model, mean=cfg.get("mean"), std=cfg.get("std"), info={"callable": target})
+
+
+@hookimpl
+def register_model_sources():
+    return [TimmModelSource, TorchvisionModelSource, TorchScriptModelSource, PythonModelSource]

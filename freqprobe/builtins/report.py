@@ -1,0 +1,146 @@
+"""Built-in result writers (a ``report_result`` hook): CSVs, the accuracy plot and the Figure-2 gallery."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..hookspecs import hookimpl
+
+log = logging.getLogger("freqprobe.report")
+
+SUMMARY_COLUMNS = ["probe", "transform", "decomposer", "variant", "param", "metric", "value", "n"]
+SAMPLE_COLUMNS = ["index", "label", "variant", "param", "pred", "confidence"]
+
+
+def fmt_param(p) -> str:
+    if p == "" or p is None:
+        return ""
+    f = float(p)
+    return str(int(f)) if f.is_integer() else f"{f:g}"
+
+
+def write_summary(result, path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
+        w.writeheader()
+        for row in result.summary:
+            w.writerow({**row, "param": fmt_param(row["param"]), "value": f"{row['value']:.6f}"})
+
+
+def write_samples(result, path: Path) -> None:
+    idx, lab = result.extras["index"], result.extras["label"]
+    with open(path, "w", newline="") as f:
+        f.write(",".join(SAMPLE_COLUMNS) + "\n")
+        for s in result.samples:
+            prefix = f",{s['variant']},{fmt_param(s['param'])},"
+            lines = [f"{i},{l}{prefix}{p},{c:.6f}\n" for i, l, p, c in zip(idx.tolist(), lab.tolist(), s["pred"].tolist(), s["confidence"].tolist())]
+            f.writelines(lines)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy(result, path: Path) -> None:
+    plt = _plt()
+    metric_names = sorted({r["metric"] for r in result.summary})
+    fig, axes = plt.subplots(1, len(metric_names), figsize=(5.5 * len(metric_names), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metric_names):
+        rows = [r for r in result.summary if r["metric"] == metric]
+        orig = [r["value"] for r in rows if r["variant"] == "original"]
+        for comp in result.components:
+            pts = sorted((float(r["param"]), r["value"]) for r in rows if r["variant"] == comp)
+            if pts:
+                ax.plot([p for p, _ in pts], [v for _, v in pts], marker="o", label=comp)
+        if orig:
+            ax.axhline(orig[0], color="gray", linestyle="--", label=f"original ({orig[0]:.3f})")
+        ax.set_xlabel(result.param_name or "param")
+        ax.set_ylabel(metric)
+        ax.set_ylim(-0.02, 1.02)
+        dec = rows[0]["decomposer"] if rows else ""
+        ax.set_title(f"{result.probe}: {metric} vs {result.param_name} ({dec})")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _show(img) -> np.ndarray:
+    a = img.float().numpy().transpose(1, 2, 0)
+    if a.shape[2] == 1:
+        a = a[:, :, 0]
+    return a
+
+
+def plot_gallery(result, param, entries, path: Path) -> None:
+    """Figure 2 of the paper: right on original and high part, wrong on the low part."""
+    plt = _plt()
+    names = result.extras.get("class_names")
+    comps = result.components
+    cols = ["original", comps[0], comps[1]]
+    fig, axes = plt.subplots(len(entries), 3, figsize=(6.6, 2.3 * len(entries)), squeeze=False)
+    for row, e in zip(axes, entries):
+        for ax, c in zip(row, cols):
+            img = e["images"][c]
+            if c == comps[1]:
+                lo, hi = float(img.min()), float(img.max())
+                img = (img - lo) / (hi - lo) if hi > lo else img * 0
+                title_extra = " (stretched)"
+            else:
+                img = img.clamp(0, 1)
+                title_extra = ""
+            a = _show(img)
+            ax.imshow(a, cmap="gray" if a.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+            pred = e["pred"][c]
+            label = names[pred] if names and pred < len(names) else str(pred)
+            ax.set_title(f"{c}{title_extra}\n{label} {e['confidence'][c]:.2f}", fontsize=8, color="green" if pred == e["label"] else "red")
+            ax.axis("off")
+        truth = names[e["label"]] if names and e["label"] < len(names) else str(e["label"])
+        row[0].text(-0.1, 0.5, f"#{e['index']}\n{truth}", transform=row[0].transAxes, ha="right", va="center", fontsize=8)
+    fig.suptitle(f"right on original and {comps[1]}, wrong on {comps[0]} ({result.param_name}={fmt_param(param)})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_gallery_csv(result, path: Path) -> None:
+    comps = result.components
+    cols = ["param", "index", "label"] + [f"{k}_{c}" for c in ("original",) + tuple(comps) for k in ("pred", "confidence")]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for p, entries in result.extras.get("gallery", {}).items():
+            for e in entries:
+                vals = []
+                for c in ("original",) + tuple(comps):
+                    vals += [e["pred"][c], f"{e['confidence'][c]:.6f}"]
+                w.writerow([fmt_param(p), e["index"], e["label"], *vals])
+
+
+@hookimpl
+def report_result(result, context):
+    out = getattr(context, "out_dir", None)
+    if out is None:
+        return
+    out = Path(out)
+    write_summary(result, out / "summary.csv")
+    if result.samples:
+        write_samples(result, out / "samples.csv")
+    if result.components and any(r["variant"] != "original" for r in result.summary):
+        plot_accuracy(result, out / "accuracy.png")
+    gallery = result.extras.get("gallery") or {}
+    if gallery:
+        write_gallery_csv(result, out / "figure2.csv")
+        for p, entries in gallery.items():
+            if entries:
+                plot_gallery(result, p, entries, out / f"figure2_{result.param_name}{fmt_param(p)}.png")

@@ -1,0 +1,124 @@
+"""Reading weights from disk: state_dict files, safetensors, TorchScript, (trusted) pickled modules."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserFacingError
+
+NESTED_KEYS = ("state_dict", "model", "model_state_dict", "net", "module")
+STRIP_PREFIXES = ("module.", "_orig_mod.")
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n.split("/", 1)[-1].startswith("code/") for n in zf.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+def read_checkpoint(path: str | Path, *, trust: bool = False) -> tuple[Any, str]:
+    """Return ``(obj, kind)``: kind is ``state_dict``, ``safetensors``, ``torchscript`` or ``pickled-module``.
+
+    ``obj`` is a flat ``{key: tensor}`` mapping, except for ``torchscript`` (the scripted module).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UserFacingError(f"checkpoint not found: {p} (pass --checkpoint with an existing file)")
+    if p.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+
+            return load_file(str(p), device="cpu"), "safetensors"
+        except Exception as exc:
+            raise UserFacingError(f"could not read safetensors checkpoint {p}: {str(exc).splitlines()[0]}") from None
+    if _is_torchscript(p):
+        try:
+            return torch.jit.load(str(p), map_location="cpu"), "torchscript"
+        except Exception as exc:
+            raise UserFacingError(f"could not read TorchScript checkpoint {p}: {str(exc).splitlines()[0]}") from None
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        kind = "state_dict"
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower() and "weights_only" not in str(exc).lower():
+            raise UserFacingError(f"could not read checkpoint {p}: {str(exc).splitlines()[0]} (corrupt or not a torch file?)") from None
+        if not trust:
+            raise UserFacingError(
+                f"checkpoint {p} holds pickled Python objects, not just tensors; loading it can run arbitrary code: "
+                "pass --trust-checkpoint if you trust its source, or save model.state_dict() instead"
+            ) from None
+        try:
+            obj = torch.load(str(p), map_location="cpu", weights_only=False)
+        except Exception as exc2:
+            raise UserFacingError(f"could not read checkpoint {p}: {str(exc2).splitlines()[0]}") from None
+        kind = "pickled-module" if isinstance(obj, torch.nn.Module) else "state_dict"
+    except Exception as exc:  # EOFError, RuntimeError('PytorchStreamReader failed...'), ...
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserFacingError(f"could not read checkpoint {p}: {msg} (corrupt or not a torch file?)") from None
+    if isinstance(obj, torch.nn.Module):
+        return obj.state_dict(), kind
+    return extract_state_dict(obj, p), kind
+
+
+def extract_state_dict(obj: Any, path: Path | str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Find the tensors: the mapping itself, or one nested under ``state_dict``/``model``/...; strip ``module.``."""
+    for _ in range(3):
+        if isinstance(obj, torch.nn.Module):
+            obj = obj.state_dict()
+        if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            break
+        if isinstance(obj, Mapping):
+            nested = next((obj[k] for k in NESTED_KEYS if k in obj and isinstance(obj[k], (Mapping, torch.nn.Module))), None)
+            if nested is not None:
+                obj = nested
+                continue
+        keys = ", ".join(list(map(str, obj.keys()))[:8]) if isinstance(obj, Mapping) else type(obj).__name__
+        raise UserFacingError(f"{path} holds no state_dict (found: {keys}); save model.state_dict() or nest it under 'state_dict'")
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    for prefix in STRIP_PREFIXES:
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def load_state_dict_checked(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], *, strict: bool = True, source: str = "checkpoint") -> dict:
+    """Load ``sd`` into ``module``; on mismatch raise one short, readable error."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape]
+
+    def few(items: list[str]) -> str:
+        return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+
+    if shapes or (strict and (missing or unexpected)):
+        lines = [f"{source} does not fit the model architecture:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {few(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {few(unexpected)}")
+        if shapes:
+            lines.append(f"  shape conflicts ({len(shapes)}): {few(shapes)}")
+        lines.append("  check --model (and --model-arg, e.g. num_classes=...) or pass --non-strict to ignore missing/unexpected keys")
+        raise UserFacingError("\n".join(lines))
+    module.load_state_dict(dict(sd), strict=False)
+    return {"missing": missing, "unexpected": unexpected}

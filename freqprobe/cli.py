@@ -1,0 +1,323 @@
+"""The ``freqprobe`` command line. Only this module turns freqprobe errors into exit codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from . import registry
+from .errors import FreqprobeError, PluginError
+from .plugins import default_plugin_manager, list_plugins
+
+log = logging.getLogger("freqprobe")
+
+
+def _pm():
+    return default_plugin_manager()
+
+
+def _progress_factory(quiet: bool):
+    def factory(stage: str, total: int):
+        if quiet or total <= 0:
+            return None
+        bar = click.progressbar(length=total, label=f"{stage:>8}", file=sys.stderr, show_eta=True, show_pos=True)
+        bar.__enter__()
+        state = {"done": 0}
+
+        def update(n: int) -> None:
+            bar.update(n)
+            state["done"] += n
+            if state["done"] >= total:
+                bar.__exit__(None, None, None)
+
+        return update
+
+    return factory
+
+
+def _say(quiet: bool):
+    def say(msg: str) -> None:
+        if not quiet:
+            click.echo(msg, err=True)
+
+    return say
+
+
+def format_table(result) -> str:
+    """The summary as an aligned text table: one row per variant, one column per parameter and metric."""
+    from .builtins.report import fmt_param
+
+    rows = result.summary
+    metrics = sorted({r["metric"] for r in rows}, key=lambda m: (m != "accuracy", m))
+    params = []
+    for r in rows:
+        if r["variant"] != "original" and r["param"] not in params:
+            params.append(r["param"])
+    lines = []
+    pn = result.param_name or "param"
+    for metric in metrics:
+        header = [f"{metric} (n={rows[0]['n']})"] + [f"{pn}={fmt_param(p)}" for p in params]
+        table = [header]
+        orig = [r for r in rows if r["variant"] == "original" and r["metric"] == metric]
+        if orig:
+            table.append(["original"] + [f"{orig[0]['value']:.4f}"] + [""] * (len(params) - 1) if params else ["original", f"{orig[0]['value']:.4f}"])
+        for comp in result.components:
+            vals = {r["param"]: r["value"] for r in rows if r["variant"] == comp and r["metric"] == metric}
+            table.append([comp] + [f"{vals[p]:.4f}" if p in vals else "" for p in params])
+        widths = [max(len(row[i]) if i < len(row) else 0 for row in table) for i in range(len(header))]
+        for row in table:
+            lines.append("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="freqprobe")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Measure how image models rely on low- and high-frequency components (Wang et al., CVPR 2020)."""
+    logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.option("--model", "model", required=True, help="timm:NAME, torchvision:NAME, torchscript:FILE, path/to/file.py:callable or package.module:callable.")
+@click.option("--probe", default="lfc-hfc", show_default=True, help="Probe to run (see `freqprobe list probes`).")
+@click.option("--data", default="synth10", show_default=True, help="synth10 (embedded), cifar10, cifar100, mnist, fashion-mnist, npz:PATH, imagefolder:PATH.")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Where torchvision data sets are (or get downloaded).")
+@click.option("--image-size", type=int, help="Resize+centre-crop imagefolder images to this size.")
+@click.option("--limit", type=int, help="Use only the first N samples.")
+@click.option("--decomposer", default="fft-radial", show_default=True, help="fft-radial or svd (see `freqprobe list decomposers`).")
+@click.option("--radii", "--params", "params", help="Comma-separated radii (fft-radial) or ranks (svd); default 4,8,12,16 / 1,2,4,8.")
+@click.option("--rule", type=click.Choice(["exclusive", "inclusive"]), help="fft-radial boundary: distance < r (exclusive, default; the authors' code) or <= r (the paper's text).")
+@click.option("--decomposer-opt", multiple=True, metavar="KEY=VALUE", help="Extra decomposer option (repeatable).")
+@click.option("--rescale", default="none", show_default=True, help="How out-of-range component images are fed: none, clip, minmax, paper.")
+@click.option("--metric", "metrics", multiple=True, help="Metric(s) to compute (default: accuracy).")
+@click.option("--transform", "transforms", multiple=True, metavar="NAME[:K=V,...]", help="Model transform(s) applied before probing.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Weights: state_dict (.pt/.pth/.th/.bin), .safetensors or TorchScript.")
+@click.option("--pretrained", is_flag=True, help="Ask the model source (timm/torchvision) for pretrained weights (needs network or a cache).")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow checkpoints holding pickled Python objects (can run code).")
+@click.option("--non-strict", is_flag=True, help="Ignore missing/unexpected checkpoint keys (shape conflicts still fail).")
+@click.option("--model-arg", multiple=True, metavar="KEY=VALUE", help="Keyword argument for the model constructor (repeatable).")
+@click.option("--mean", help="Override normalisation mean, e.g. 0.485,0.456,0.406.")
+@click.option("--std", help="Override normalisation std, e.g. 0.229,0.224,0.225.")
+@click.option("--fit-epochs", type=int, help="Epochs when fitting a model that has no weights (default: the data set's).")
+@click.option("--fit-lr", type=float, help="Adam learning rate when fitting (default: the data set's).")
+@click.option("--no-fit", is_flag=True, help="Probe a model without weights as is, instead of fitting it first.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--gallery-size", type=int, default=8, show_default=True, help="Figure-2 examples kept per parameter.")
+@click.option("--out", type=click.Path(), help="Output folder (default: a new dated folder under runs/).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines.")
+def run(**kw) -> None:
+    """Run a probe (default lfc-hfc) and write summary.csv, samples.csv, plots and manifest.json."""
+    from .runner import parse_kv, run as run_probe
+
+    dopts = parse_kv(kw["decomposer_opt"], "--decomposer-opt")
+    if kw["rule"]:
+        dopts["rule"] = kw["rule"]
+    quiet = kw["quiet"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda m, c, f, l, file=None, line=None: click.echo(f"warning: {m}", err=True)
+        result = run_probe(
+            kw["model"],
+            probe=kw["probe"],
+            data=kw["data"],
+            decomposer=kw["decomposer"],
+            params=kw["params"],
+            decomposer_options=dopts,
+            rescale=kw["rescale"],
+            metrics=kw["metrics"] or ("accuracy",),
+            transforms=kw["transforms"],
+            checkpoint=kw["checkpoint"],
+            pretrained=kw["pretrained"],
+            trust_checkpoint=kw["trust_checkpoint"],
+            strict=not kw["non_strict"],
+            model_args=parse_kv(kw["model_arg"], "--model-arg"),
+            mean=kw["mean"],
+            std=kw["std"],
+            data_root=kw["data_root"],
+            image_size=kw["image_size"],
+            limit=kw["limit"],
+            device=kw["device"],
+            batch_size=kw["batch_size"],
+            seed=kw["seed"],
+            fit_epochs=kw["fit_epochs"],
+            fit_lr=kw["fit_lr"],
+            fit=False if kw["no_fit"] else None,
+            out=kw["out"],
+            probe_options={"gallery_size": kw["gallery_size"]} if kw["probe"] == "lfc-hfc" else {},
+            command="freqprobe " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            progress=_progress_factory(quiet),
+            announce=_say(quiet),
+        )
+    man = result.extras["manifest"]
+    click.echo(
+        f"\n{man['probe']['name']} on {man['model']['spec']} | data {man['data']['spec']} | "
+        f"{man['decomposer']['name']} {man['decomposer']['options'] or ''} | rescale {man['rescale']['policy']}".replace(" {}", "")
+    )
+    click.echo(format_table(result))
+    click.echo(f"\nresults in {result.extras['out_dir']}/ (summary.csv, samples.csv, manifest.json, plots)")
+
+
+@cli.command()
+@click.option("--data", default="synth10", show_default=True, help="Data spec, as for `run`.")
+@click.option("--data-root", type=click.Path(file_okay=False))
+@click.option("--image-size", type=int)
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--limit", type=int, help="Only the first N samples.")
+@click.option("--decomposer", default="fft-radial", show_default=True)
+@click.option("--radii", "--params", "params", help="Comma-separated radii / ranks.")
+@click.option("--rule", type=click.Choice(["exclusive", "inclusive"]))
+@click.option("--decomposer-opt", multiple=True, metavar="KEY=VALUE")
+@click.option("--rescale", default=None, help="Rescale policy for the components (npz default: none; PNG default: minmax).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(), help="FILE.npz for arrays, or a folder for PNG images.")
+@click.option("-q", "--quiet", is_flag=True)
+def decompose(**kw) -> None:
+    """Export a decomposed data set: FILE.npz (x, y, low_r8, high_r8, ...) or a folder of PNGs per component."""
+    from .errors import UserFacingError
+    from .export import export_npz, export_png
+    from .runner import get_decomposer, open_data, parse_kv, parse_params, resolve_device
+
+    pm = _pm()
+    if kw["batch_size"] < 1:
+        raise UserFacingError("--batch-size must be at least 1")
+    if kw["limit"] is not None and kw["limit"] < 1:
+        raise UserFacingError("--limit must be at least 1")
+    dopts = parse_kv(kw["decomposer_opt"], "--decomposer-opt")
+    if kw["rule"]:
+        dopts["rule"] = kw["rule"]
+    dec = get_decomposer(kw["decomposer"], pm, **dopts)
+    raw = parse_params(kw["params"]) or list(dec.default_params)
+    params = []
+    for p in raw:
+        v = dec.check_param(p)
+        if v not in params:
+            params.append(v)
+    out = Path(kw["out"])
+    as_npz = out.suffix == ".npz"
+    if as_npz and out.exists():
+        raise UserFacingError(f"{out} already exists; pass another --out or remove it")
+    if not as_npz and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserFacingError(f"output folder {out} already exists and is not empty; pass another --out or remove it")
+    if not out.parent.exists():
+        raise UserFacingError(f"folder {out.parent} does not exist; create it or choose another --out")
+    rescale_name = kw["rescale"] or ("none" if as_npz else "minmax")
+    rescale = registry.get_class("rescale", rescale_name, pm)()
+    device = resolve_device(kw["device"])
+    data = open_data(kw["data"], root=kw["data_root"], split=kw["split"], image_size=kw["image_size"], seed=kw["seed"], pm=pm)
+    n = len(data) if kw["limit"] is None else min(kw["limit"], len(data))
+    prog = _progress_factory(kw["quiet"])("decompose", n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda m, c, f, l, file=None, line=None: click.echo(f"warning: {m}", err=True)
+        if as_npz:
+            keys = export_npz(data, dec, params, out, rescale=None if rescale_name == "none" else rescale, limit=n,
+                              batch_size=kw["batch_size"], device=device, progress=prog)
+        else:
+            keys = export_png(data, dec, params, out, rescale=rescale, limit=n, batch_size=kw["batch_size"], device=device, progress=prog)
+    click.echo(f"wrote {out} ({n} samples; {', '.join(keys)})")
+
+
+@cli.command("list")
+@click.argument("kind", required=False)
+@click.argument("pattern", required=False, default="*")
+def list_cmd(kind: str | None, pattern: str) -> None:
+    """List registered components: decomposers, probes, models, datasets, rescale, metrics, attacks, transforms."""
+    from .errors import UnknownNameError
+
+    pm = _pm()
+    for err in pm.load_errors:
+        click.echo(f"warning: {err.message()}", err=True)
+    kinds = list(registry.KINDS)
+    if kind is not None and kind not in registry.KINDS:
+        alias = {"model-sources": "models", "adapters": "models", "data": "datasets", "rescale-policies": "rescale"}.get(kind)
+        if alias is None:
+            raise UnknownNameError("kind", kind, kinds)
+        kind = alias
+    for k in [kind] if kind else kinds:
+        entries = registry.list_entries(k, pattern, pm)
+        if not kind:
+            click.echo(f"{k}:")
+        if not entries:
+            click.echo("  (none)" if not kind else f"no {k} match {pattern!r}")
+            continue
+        w = max(len(e.name) for e in entries)
+        wp = max(len(e.plugin) for e in entries)
+        for e in entries:
+            click.echo(f"{'  ' if not kind else ''}{e.name.ljust(w)}  {e.plugin.ljust(wp)}  {e.summary}")
+
+
+@cli.command()
+@click.option("--all", "show_all", is_flag=True, help="Include the built-in plugins.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(show_all: bool, as_json: bool) -> None:
+    """Show installed plugins, their distributions and hooks (and any that failed to load)."""
+    pm = _pm()
+    items = list_plugins(pm, include_builtins=show_all)
+    errors = [{"name": e.name, "dist": e.dist, "error": e.error} for e in pm.load_errors]
+    if as_json:
+        click.echo(json.dumps({"plugins": items, "errors": errors}, indent=2))
+        return
+    if not items:
+        click.echo("no third-party plugins installed" + ("" if show_all else " (use --all to show built-ins)"))
+    for it in items:
+        click.echo(f"{it['name']}  ({it['dist']})\n    hooks: {', '.join(it['hooks'])}")
+    for e in pm.load_errors:
+        click.echo(f"failed: {e.message()}", err=True)
+
+
+def _add_plugin_commands() -> None:
+    try:
+        _pm().hook.register_commands(cli=cli)
+    except FreqprobeError:
+        raise
+    except Exception as exc:  # a plugin's command registration must not break the CLI
+        log.warning("a plugin failed in register_commands: %s", exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: freqprobe errors become one-line messages with exit code 2."""
+    try:
+        try:
+            _add_plugin_commands()
+        except PluginError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            return 2
+        cli.main(args=argv, prog_name="freqprobe", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.UsageError as exc:
+        exc.show()
+        return 2
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        return 130
+    except FreqprobeError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        return 130
+
+
+def entry() -> None:  # pragma: no cover - thin wrapper for the console script
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()
