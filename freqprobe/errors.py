@@ -31,7 +31,10 @@ class UnknownNameError(UserFacingError, KeyError):
         msg = f"Unknown {kind} '{name}'."
         if close:
             msg += f" Did you mean: {', '.join(close)}?"
-        msg += f" Available: {', '.join(self.available) or '(none)'}."
+        if len(self.available) > 20:
+            msg += f" Available ({len(self.available)}): {', '.join(self.available[:12])}, ..."
+        else:
+            msg += f" Available: {', '.join(self.available) or '(none)'}."
         super().__init__(msg)
 
     def __str__(self) -> str:  # KeyError would repr() the message

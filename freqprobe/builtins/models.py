@@ -51,6 +51,18 @@ def _hub_offline_if_unreachable():
         constants.HF_HUB_OFFLINE = old
 
 
+def _fail_fast_if_unreachable(url: str, spec: str) -> None:
+    """torch.hub retries nothing but prints a download banner first; fail before it when the file is not cached and the host is unreachable."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+    if cached.is_file():
+        return
+    host = urlparse(url).hostname or ""
+    try:
+        socket.create_connection((host, 443), timeout=1.5).close()
+    except OSError as exc:
+        raise _no_weights_message(spec, exc) from None
+
+
 def _no_weights_message(spec: str, exc: BaseException) -> UserFacingError:
     return UserFacingError(
         f"could not get pretrained weights for {spec} ({type(exc).__name__}: {_first_line(exc)[:160]}); "
@@ -114,6 +126,8 @@ class TorchvisionModelSource(ModelSource):
         if num_classes is not None and not pretrained:
             kwargs.setdefault("num_classes", num_classes)
         weights_enum = torchvision.models.get_model_weights(target)
+        if pretrained:
+            _fail_fast_if_unreachable(weights_enum.DEFAULT.url, f"torchvision:{target}")
         try:
             model = torchvision.models.get_model(target, weights="DEFAULT" if pretrained else None, **kwargs)
         except OSError as exc:  # URLError and friends

@@ -1,0 +1,66 @@
+"""Shared test setup: offline, CPU only, temporary caches, no third-party plugin autoload."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+_tmp = Path(tempfile.mkdtemp(prefix="freqprobe-tests-"))
+for var, sub in (("TORCH_HOME", "torch"), ("HF_HOME", "hf"), ("MPLCONFIGDIR", "mpl"), ("FREQPROBE_DATA_ROOT", "data")):
+    os.environ.setdefault(var, str(_tmp / sub))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+os.environ["FREQPROBE_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
+SHARED_DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(FIXTURES))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """``../shared/data`` beside the checkout; skips the test when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not found at {SHARED_DATA} (../shared/data beside the checkout)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def pm():
+    """A fresh plugin manager with only the built-ins."""
+    from freqprobe import get_plugin_manager
+
+    return get_plugin_manager(autoload=False)
+
+
+@pytest.fixture
+def tiny_npz(tmp_path) -> Path:
+    """A real .npz data set on disk: 24 random uint8 3×16×16 images, 4 classes."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    p = tmp_path / "tiny.npz"
+    np.savez(p, x=rng.integers(0, 256, size=(24, 16, 16, 3), dtype=np.uint8), y=np.arange(24) % 4)
+    return p
+
+
+@pytest.fixture
+def tiny_model_file(tmp_path) -> Path:
+    """A user model file (``file.py:callable`` source) with a small CNN."""
+    p = tmp_path / "tinynet.py"
+    p.write_text(
+        "import torch\n"
+        "from torch import nn\n\n"
+        "def tinynet(num_classes=4, width=8, in_chans=3):\n"
+        "    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))\n"
+    )
+    return p
