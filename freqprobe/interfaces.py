@@ -46,6 +46,13 @@ class Decomposer(ABC):
         try:
             value = self.param_type(param)
         except (TypeError, ValueError):
+            if self.param_type is int:
+                try:  # "2.5" for an integer parameter: a number, just not a whole one
+                    float(param)
+                except (TypeError, ValueError):
+                    pass
+                else:
+                    raise UserFacingError(f"{self.name}: {self.param_name}={param!r} must be a whole number") from None
             raise UserFacingError(
                 f"{self.name}: {self.param_name}={param!r} is not a number; pass positive numbers like 4,8,12,16"
             ) from None

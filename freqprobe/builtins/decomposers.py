@@ -84,17 +84,169 @@ class FFTRadialDecomposer(Decomposer):
 
         With ``out`` the same two buffers are rewritten for every radius: consume each result
         before asking for the next.
+
+        Small images (sides <= ``MATMUL_MAX_SIDE``) use an exact real-Fourier-basis formulation
+        (two small GEMMs each way, pruned to the frequencies below r); larger ones use
+        rfft2/irfft2. Both run over chunks of the batch so the work buffers stay in cache.
+        See docs/benchmarks.md for the measurements behind this.
         """
+        params = list(params)
+        h, w = x.shape[-2:]
+        if self._use_basis(x):
+            yield from self._decompose_basis(x, params, out)
+        else:
+            yield from self._decompose_fft(x, params, out)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    #: largest side for which the real-basis GEMM path beats rfft2/irfft2 (measured on CPU).
+    MATMUL_MAX_SIDE = 64
+    #: target bytes of one chunk's input (the outputs and work buffers are about as big again).
+    CHUNK_BYTES = 1 << 20
+
+    def _use_basis(self, x: torch.Tensor) -> bool:
+        if x.dtype not in (torch.float32, torch.float64) or x.numel() == 0:
+            return False
+        if max(x.shape[-2:]) > self.MATMUL_MAX_SIDE:
+            return False
+        if x.dtype == torch.float32:
+            # The basis path relies on true fp32 GEMMs; a reduced-precision matmul setting (TF32,
+            # bf16) would cost ~1e-3 accuracy, so keep the FFT path then.
+            if torch.get_float32_matmul_precision() != "highest":
+                return False
+            if x.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+                return False
+        return x.device.type in ("cpu", "cuda")
+
+    def _chunk_rows(self, plane_bytes: int, total: int) -> int:
+        return max(1, min(total, self.CHUNK_BYTES // max(1, plane_bytes)))
+
+    @staticmethod
+    def _flat_out(t: torch.Tensor | None, like: torch.Tensor, shape: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user-visible tensor, contiguous (B, H, W) view to write into)."""
+        if t is None:
+            t = torch.empty_like(like, memory_format=torch.contiguous_format)
+        if t.is_contiguous():
+            return t, t.view(shape)
+        return t, torch.empty(shape, dtype=t.dtype, device=t.device)
+
+    def _basis(self, n: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Orthonormal real Fourier basis of length ``n`` (rows), ordered by |frequency|, and those |f| (float64)."""
+        key = ("basis", n, dtype, str(device))
+        hit = self._masks.get(key)
+        if hit is None:
+            t = torch.arange(n, dtype=torch.float64)
+            rows, fs = [torch.full((n,), 1.0 / math.sqrt(n), dtype=torch.float64)], [0.0]
+            for f in range(1, n // 2 + 1):
+                ang = (2.0 * math.pi * f / n) * t
+                if 2 * f == n:  # Nyquist: cos only
+                    rows.append(torch.cos(ang) / math.sqrt(n))
+                    fs.append(float(f))
+                else:
+                    rows += [torch.cos(ang) * math.sqrt(2.0 / n), torch.sin(ang) * math.sqrt(2.0 / n)]
+                    fs += [float(f), float(f)]
+            hit = (torch.stack(rows).to(device=device, dtype=dtype), torch.tensor(fs, dtype=torch.float64))
+            self._masks[key] = hit
+        return hit
+
+    def _keep(self, d: torch.Tensor, r: float) -> torch.Tensor:
+        return d < r if self.rule == "exclusive" else d <= r
+
+    def _basis_mask(self, h: int, w: int, r: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The low-pass mask in the real basis, cropped to the kept rows/columns: (kh, kw)."""
+        key = ("basis-mask", h, w, float(r), self.rule, str(device), dtype)
+        m = self._masks.get(key)
+        if m is None:
+            fh, fw = self._basis(h, dtype, device)[1], self._basis(w, dtype, device)[1]
+            kh, kw = int(self._keep(fh, r).sum()), int(self._keep(fw, r).sum())
+            # fu^2 + fv^2 in float64 exactly as mask() computes it (the signs do not matter).
+            d = torch.sqrt(fh[:kh].view(-1, 1) ** 2 + fw[:kw].view(1, -1) ** 2)
+            m = self._keep(d, r).to(device=device, dtype=dtype)
+            self._masks[key] = m
+        return m
+
+    def _decompose_basis(self, x: torch.Tensor, params: list, out) -> Iterator[tuple[Any, dict]]:
+        # The radial mask depends only on fu^2 + fv^2, so it is even in each of fu and fv and the
+        # filter is diagonal in the separable real (cos/sin) Fourier basis Q:
+        #     low = Qh^T ((Qh x Qw^T) * M) Qw
+        # with Q orthonormal and exact. Rows of Q are sorted by |f|, so only the first kh (kw)
+        # rows with |f| < r matter; the spectrum Y = Qh x Qw^T is computed once for the largest r.
+        h, w = x.shape[-2:]
+        dev, dt = x.device, x.dtype
+        b = x.numel() // (h * w)
+        xs = x.reshape(b, h, w)
+        qh_all, fh = self._basis(h, dt, dev)
+        qw_all, fw = self._basis(w, dt, dev)
+        masks = [self._basis_mask(h, w, float(r), dt, dev) for r in params]
+        for r in params:
+            self.mask(h, w, r, dev)  # degenerate-radius warning, mask cache
+        khm = max((m.shape[0] for m in masks), default=0)
+        kwm = max((m.shape[1] for m in masks), default=0)
+        qh, qwt = qh_all[:khm], qw_all[:kwm].t()
+        cb = self._chunk_rows(h * w * x.element_size(), b)
+        spec = torch.empty(b, khm, kwm, dtype=dt, device=dev)
+        t1 = torch.empty(cb, h, kwm, dtype=dt, device=dev)
+        for s in range(0, b, cb):
+            e = min(b, s + cb)
+            n = e - s
+            torch.matmul(xs[s:e].reshape(n * h, w), qwt, out=t1[:n].view(n * h, kwm))
+            torch.matmul(qh, t1[:n], out=spec[s:e])
+        del t1
+        ym = torch.empty(cb * khm * kwm, dtype=dt, device=dev)
+        t2 = torch.empty(cb * khm * w, dtype=dt, device=dev)
+        for r, m in zip(params, masks):
+            kh, kw = m.shape
+            qht, qw = qh_all[:kh].t(), qw_all[:kw]
+            low, lo = self._flat_out(out["low"] if out is not None else None, x, (b, h, w))
+            high, hi = self._flat_out(out["high"] if out is not None else None, x, (b, h, w))
+            for s in range(0, b, cb):
+                e = min(b, s + cb)
+                n = e - s
+                y = ym[: n * kh * kw].view(n, kh, kw)
+                z = t2[: n * kh * w].view(n, kh, w)
+                torch.mul(spec[s:e, :kh, :kw], m, out=y)
+                torch.matmul(y.view(n * kh, kw), qw, out=z.view(n * kh, w))
+                torch.matmul(qht, z, out=lo[s:e])
+                torch.sub(xs[s:e], lo[s:e], out=hi[s:e])
+            if lo.data_ptr() != low.data_ptr():
+                low.copy_(lo.view(low.shape))
+            if hi.data_ptr() != high.data_ptr():
+                high.copy_(hi.view(high.shape))
+            yield r, {"low": low, "high": high}
+
+    def _decompose_fft(self, x: torch.Tensor, params: list, out) -> Iterator[tuple[Any, dict]]:
         h, w = x.shape[-2:]
         spec = torch.fft.rfft2(x)
-        work = torch.empty_like(spec)
+        if not x.is_floating_point() or x.numel() == 0 or x.dim() < 3:
+            work = torch.empty_like(spec)
+            for r in params:
+                m = self.mask(h, w, r, x.device)
+                torch.mul(spec, m, out=work)
+                low = out["low"] if out is not None else torch.empty_like(x)
+                high = out["high"] if out is not None else torch.empty_like(x)
+                torch.fft.irfft2(work, s=(h, w), out=low)
+                torch.sub(x, low, out=high)
+                yield r, {"low": low, "high": high}
+            return
+        b = x.numel() // (h * w)
+        xs = x.reshape(b, h, w)
+        spec = spec.reshape(b, h, w // 2 + 1)
+        cb = self._chunk_rows(h * w * x.element_size(), b)
+        work = torch.empty((cb,) + spec.shape[1:], dtype=spec.dtype, device=spec.device)
         for r in params:
             m = self.mask(h, w, r, x.device)
-            torch.mul(spec, m, out=work)
-            low = out["low"] if out is not None else torch.empty_like(x)
-            high = out["high"] if out is not None else torch.empty_like(x)
-            torch.fft.irfft2(work, s=(h, w), out=low)
-            torch.sub(x, low, out=high)
+            low, lo = self._flat_out(out["low"] if out is not None else None, x, (b, h, w))
+            high, hi = self._flat_out(out["high"] if out is not None else None, x, (b, h, w))
+            for s in range(0, b, cb):
+                e = min(b, s + cb)
+                wk = work[: e - s]
+                torch.mul(spec[s:e], m, out=wk)
+                torch.fft.irfft2(wk, s=(h, w), out=lo[s:e])
+                torch.sub(xs[s:e], lo[s:e], out=hi[s:e])
+            if lo.data_ptr() != low.data_ptr():
+                low.copy_(lo.view(low.shape))
+            if hi.data_ptr() != high.data_ptr():
+                high.copy_(hi.view(high.shape))
             yield r, {"low": low, "high": high}
 
 
