@@ -59,8 +59,12 @@ def read_checkpoint(path: str | Path, *, trust: bool = False) -> tuple[Any, str]
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
         kind = "state_dict"
     except pickle.UnpicklingError as exc:
-        if "weights only" not in str(exc).lower() and "weights_only" not in str(exc).lower():
-            raise UserFacingError(f"could not read checkpoint {p}: {str(exc).splitlines()[0]} (corrupt or not a torch file?)") from None
+        low = str(exc).lower()
+        # "Unsupported operand" is the weights-only unpickler meeting bytes that are not pickle opcodes: a corrupt file
+        if ("weights only" not in low and "weights_only" not in low) or "unsupported operand" in low:
+            lines = [s.strip() for s in str(exc).splitlines() if s.strip()]
+            detail = next((s for s in lines if s.lower().startswith("unsupported operand")), lines[0] if lines else type(exc).__name__)
+            raise UserFacingError(f"could not read checkpoint {p}: {detail} (corrupt or not a torch file?)") from None
         if not trust:
             raise UserFacingError(
                 f"checkpoint {p} holds pickled Python objects, not just tensors; loading it can run arbitrary code: "

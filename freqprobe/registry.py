@@ -114,4 +114,7 @@ def get_class(kind: str, name: str, pm=None) -> type:
 
 
 def list_entries(kind: str, pattern: str = "*", pm=None) -> list[Entry]:
+    """Entries whose name matches ``pattern``: a glob (``fft-*``), or a substring when it has no wildcard (``tim``)."""
+    if not any(ch in pattern for ch in "*?["):
+        pattern = f"*{pattern}*"
     return [e for n, e in sorted(collect(kind, pm).items()) if fnmatch.fnmatch(n, pattern)]
