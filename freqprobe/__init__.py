@@ -25,6 +25,7 @@ from .interfaces import (
     RunContext,
     Transform,
 )
+from .perf import tune_allocator
 from .plugins import get_plugin_manager
 from .registry import collect, get_class, list_entries
 from .runner import build_model, decompose, get_decomposer, open_data, run
@@ -59,4 +60,5 @@ __all__ = [
     "list_entries",
     "open_data",
     "run",
+    "tune_allocator",
 ]

@@ -226,6 +226,36 @@ def test_fft_radial_out_buffers_reused(shape, contiguous_out):
     np.testing.assert_allclose(out["low"].numpy(), ref_fft_radial(x.numpy(), 4.0, "exclusive")[0], atol=F32_ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("shape", [(3, 3, 24, 20), (2, 3, 70, 65), (5, 1, 17, 9)])
+@pytest.mark.parametrize("contiguous_out", [True, False])
+def test_fft_radial_per_radius_out_buffers(shape, contiguous_out):
+    """out={r: {"low", "high"}}: the chunk-major path fills every radius's own buffers."""
+    x = make_x(6, shape)
+    n, c, h, w = shape
+    radii = [1.5, 5.0, 7.0]
+    if contiguous_out:
+        out = {r: {k: torch.full(shape, float("nan")) for k in ("low", "high")} for r in radii}
+    else:
+        out = {r: {k: torch.full((n, h, w, c), float("nan")).permute(0, 3, 1, 2) for k in ("low", "high")} for r in radii}
+    dec = FFTRadialDecomposer("inclusive")
+    dec.CHUNK_BYTES = 2 * h * w * 4  # several chunks, the last one short
+    got = list(dec.decompose_all(x, radii, out=out))
+    assert [r for r, _ in got] == radii
+    for r, parts in got:
+        assert parts["low"] is out[r]["low"] and parts["high"] is out[r]["high"]
+    for r in radii:  # check after all radii are done: no radius overwrote another's buffers
+        low, high = ref_fft_radial(x.numpy(), r, "inclusive")
+        np.testing.assert_allclose(out[r]["low"].numpy(), low, atol=F32_ATOL, rtol=0)
+        np.testing.assert_allclose(out[r]["high"].numpy(), high, atol=F32_ATOL, rtol=0)
+
+
+def test_fft_radial_per_radius_out_missing_radius():
+    x = make_x(7, (2, 3, 16, 16))
+    out = {4.0: {"low": torch.empty_like(x), "high": torch.empty_like(x)}}
+    with pytest.raises(UserFacingError, match=r"no buffers for r=8"):
+        list(FFTRadialDecomposer().decompose_all(x, [4.0, 8.0], out=out))
+
+
 def test_fft_radial_decompose_all_equals_separate_calls():
     x = make_x(5, (4, 3, 32, 32))
     dec = FFTRadialDecomposer()

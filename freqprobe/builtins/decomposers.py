@@ -82,8 +82,11 @@ class FFTRadialDecomposer(Decomposer):
     ) -> Iterator[tuple[Any, dict]]:
         """Decompose ``x`` at several radii, computing its spectrum once.
 
-        With ``out`` the same two buffers are rewritten for every radius: consume each result
-        before asking for the next.
+        ``out`` is either one ``{"low": t, "high": t}`` pair, rewritten for every radius (consume
+        each result before asking for the next), or a mapping ``{r: {"low": t, "high": t}}`` with
+        a pair per radius. With per-radius buffers (or no ``out``) small images are decomposed
+        chunk by chunk for all radii at once, so each chunk's spectrum never leaves the cache:
+        the fastest way to decompose a large batch (see docs/benchmarks.md).
 
         Small images (sides <= ``MATMUL_MAX_SIDE``) use an exact real-Fourier-basis formulation
         (two small GEMMs each way, pruned to the frequencies below r); larger ones use
@@ -91,8 +94,17 @@ class FFTRadialDecomposer(Decomposer):
         See docs/benchmarks.md for the measurements behind this.
         """
         params = list(params)
-        h, w = x.shape[-2:]
-        if self._use_basis(x):
+        per_param = out is not None and not ("low" in out and "high" in out)
+        if per_param:
+            missing = [p for p in params if p not in out]
+            if missing:
+                raise UserFacingError(f"fft-radial: out has no buffers for r={missing[0]!r}; give a {{'low', 'high'}} pair per radius")
+        if self._use_basis(x) and (out is None or per_param):
+            yield from self._decompose_basis_all(x, params, out)
+        elif per_param:
+            for r in params:
+                yield from self.decompose_all(x, [r], out=out[r])
+        elif self._use_basis(x):
             yield from self._decompose_basis(x, params, out)
         else:
             yield from self._decompose_fft(x, params, out)
@@ -208,6 +220,54 @@ class FFTRadialDecomposer(Decomposer):
                 torch.matmul(y.view(n * kh, kw), qw, out=z.view(n * kh, w))
                 torch.matmul(qht, z, out=lo[s:e])
                 torch.sub(xs[s:e], lo[s:e], out=hi[s:e])
+            if lo.data_ptr() != low.data_ptr():
+                low.copy_(lo.view(low.shape))
+            if hi.data_ptr() != high.data_ptr():
+                high.copy_(hi.view(high.shape))
+            yield r, {"low": low, "high": high}
+
+    def _decompose_basis_all(self, x: torch.Tensor, params: list, out) -> Iterator[tuple[Any, dict]]:
+        # Chunk-major version of _decompose_basis: every radius of a chunk is finished while the
+        # chunk's spectrum is in cache, instead of writing the whole batch's spectrum to memory
+        # and reading it back once per radius (measured ~30% faster on 10k CIFAR-sized images).
+        h, w = x.shape[-2:]
+        dev, dt = x.device, x.dtype
+        b = x.numel() // (h * w)
+        xs = x.reshape(b, h, w)
+        qh_all, _ = self._basis(h, dt, dev)
+        qw_all, _ = self._basis(w, dt, dev)
+        masks = [self._basis_mask(h, w, float(r), dt, dev) for r in params]
+        for r in params:
+            self.mask(h, w, r, dev)  # degenerate-radius warning, mask cache
+        khm = max((m.shape[0] for m in masks), default=0)
+        kwm = max((m.shape[1] for m in masks), default=0)
+        qh, qwt = qh_all[:khm], qw_all[:kwm].t()
+        inv = [(qh_all[: m.shape[0]].t().contiguous(), qw_all[: m.shape[1]].contiguous()) for m in masks]
+        targets = []
+        for r in params:
+            pair = out[r] if out is not None else {}
+            low, lo = self._flat_out(pair.get("low"), x, (b, h, w))
+            high, hi = self._flat_out(pair.get("high"), x, (b, h, w))
+            targets.append((low, lo, high, hi))
+        cb = self._chunk_rows(h * w * x.element_size(), b)
+        t1 = torch.empty(cb, h, kwm, dtype=dt, device=dev)
+        spec = torch.empty(cb, khm, kwm, dtype=dt, device=dev)
+        ym = torch.empty(cb * khm * kwm, dtype=dt, device=dev)
+        t2 = torch.empty(cb * khm * w, dtype=dt, device=dev)
+        for s in range(0, b, cb):
+            e = min(b, s + cb)
+            n = e - s
+            torch.matmul(xs[s:e].reshape(n * h, w), qwt, out=t1[:n].view(n * h, kwm))
+            torch.matmul(qh, t1[:n], out=spec[:n])
+            for m, (qht, qw), (_, lo, _, hi) in zip(masks, inv, targets):
+                kh, kw = m.shape
+                y = ym[: n * kh * kw].view(n, kh, kw)
+                z = t2[: n * kh * w].view(n, kh, w)
+                torch.mul(spec[:n, :kh, :kw], m, out=y)
+                torch.matmul(y.view(n * kh, kw), qw, out=z.view(n * kh, w))
+                torch.matmul(qht, z, out=lo[s:e])
+                torch.sub(xs[s:e], lo[s:e], out=hi[s:e])
+        for r, (low, lo, high, hi) in zip(params, targets):
             if lo.data_ptr() != low.data_ptr():
                 low.copy_(lo.view(low.shape))
             if hi.data_ptr() != high.data_ptr():
