@@ -1,4 +1,26 @@
-"""synth10 draft (docstring written at the end)."""
+"""``synth10``: the embedded default data set, generated procedurally (nothing is downloaded).
+
+CIFAR-sized (3×32×32, uint8), 10 classes, 10,000 training and 1,000 test images, seeded and
+deterministic (``make_synth10(split, n, seed)``; the train and test splits use independent
+streams of the same seed). Each class is carried by two cues, built so that a model can show the
+paper's Figure 2 phenomenon within a quick fit:
+
+* a **low-frequency cue**: one object whose shape and colour name the class (red disk, orange
+  square, ..., brown frame; see ``CLASS_NAMES``), with jittered position, size and colour, on a
+  smooth random colour background with three small random distractor blobs. With probability
+  ``CONFLICT_PROB`` (0.4) the object is drawn from a uniformly random class instead, so the
+  shape alone predicts the label of about 64 % of the images;
+* a faint **high-frequency cue**: a grey cosine grating at the class's own spatial frequency
+  ``GRATING_FREQS`` (cycles per 32 pixels), random phase, amplitude 6–10 / 255. Every grating
+  lies at radius 16.3–22.6 from the centre of the spectrum, outside the low part for r ≤ 16; at
+  native size it reads as a barely visible fine hatching. It always names the true label.
+
+Gaussian sensor noise (σ = 1.5 / 255) and 8-bit quantisation come last. A model fitted with the
+quickstart recipe (timm resnet18, Adam lr 1e-3, batch 100, 5 epochs) is right on ~90 % of the
+test images, far more than the shape allows, because it reads the grating: on the low-frequency
+images its accuracy collapses and on the high-frequency ones it stays above chance. See
+docs/datasets.md for the measured numbers.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +28,10 @@ import numpy as np
 
 IMAGE_SIZE = 32
 NUM_CLASSES = 10
-TRAIN_SIZE = 5000
+TRAIN_SIZE = 10000
 TEST_SIZE = 1000
-DEFAULT_EPOCHS = 6
-DEFAULT_LR = 1e-4
+DEFAULT_EPOCHS = 5
+DEFAULT_LR = 1e-3
 
 # (name, shape, RGB colour in [0, 1], HF grating frequency (fy, fx) in cycles per 32 pixels)
 _CLASSES = (
@@ -35,9 +57,9 @@ SCALE_JITTER = (0.75, 1.25)
 CENTRE_RANGE = (9.0, 23.0)
 COLOUR_JITTER = 0.08
 EDGE_WIDTH = 1.0  # soft edge (pixels) of objects and distractors
-CONFLICT_PROB = 0.3  # probability that the object is drawn from a uniformly random class
+CONFLICT_PROB = 0.4  # probability that the object is drawn from a uniformly random class
 N_DISTRACTORS = 3
-GRATING_AMP = (3.0 / 255, 6.0 / 255)
+GRATING_AMP = (6.0 / 255, 10.0 / 255)
 NOISE_STD = 1.5 / 255
 
 
@@ -72,7 +94,12 @@ def _alpha(sdf: np.ndarray) -> np.ndarray:
     return np.clip(0.5 - sdf / EDGE_WIDTH, 0.0, 1.0)
 
 
-def make_synth10(split: str = "test", n: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_synth10(split: str = "test", n: int | None = None, seed: int = 0, *, with_object_class: bool = False):
+    """Images (uint8 N×32×32×3) and labels (int64 N) of ``split`` (``train``/``test``); ``n`` defaults to the split size.
+
+    With ``with_object_class`` a third array gives the class whose shape and colour the object
+    was drawn from (it differs from the label on the conflicting images).
+    """
     if split not in SPLITS:
         raise ValueError(f"synth10: unknown split {split!r}; use one of: {', '.join(SPLITS)}")
     if n is None:
@@ -129,4 +156,6 @@ def make_synth10(split: str = "test", n: int | None = None, seed: int = 0) -> tu
     # 5. sensor noise and quantisation
     img = img + rng.normal(0.0, NOISE_STD, img.shape).astype(f32)
     x = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+    if with_object_class:
+        return x, y, shape_cls.astype(np.int64)
     return x, y

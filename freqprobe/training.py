@@ -47,7 +47,7 @@ def fit(
             loss = loss_fn(logits, y)
             loss.backward()
             opt.step()
-            loss_sum += float(loss) * len(y)
+            loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
             total += len(y)
             if progress:
