@@ -64,8 +64,11 @@ def _fail_fast_if_unreachable(url: str, spec: str) -> None:
 
 
 def _no_weights_message(spec: str, exc: BaseException) -> UserFacingError:
+    why = _first_line(exc).split(". ")[0].rstrip(".")
+    if len(why) > 120:
+        why = why[:119].rsplit(" ", 1)[0] + "…"
     return UserFacingError(
-        f"could not get pretrained weights for {spec} ({type(exc).__name__}: {_first_line(exc)[:160]}); "
+        f"could not get pretrained weights for {spec} ({type(exc).__name__}: {why}); "
         "offline? pass --checkpoint PATH with a local weights file instead of --pretrained"
     )
 
