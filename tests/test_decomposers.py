@@ -458,3 +458,10 @@ def test_bad_decomposer_options(pm):
     with pytest.raises(UserFacingError, match="decomposer 'svd' rejected its options"):
         freqprobe.get_decomposer("svd", pm, rule="inclusive")
     assert freqprobe.get_decomposer("fft-radial", pm, rule="inclusive").options() == {"rule": "inclusive"}
+
+
+def test_degenerate_radius_warning_points_at_the_callers_code():
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        freqprobe.decompose(torch.rand(1, 1, 32, 32), "fft-radial", 30)
+    assert len(rec) == 1 and rec[0].filename == __file__

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -13,6 +15,17 @@ from ..hookspecs import hookimpl
 from ..interfaces import Decomposer
 
 RULES = ("exclusive", "inclusive")
+
+
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _caller_stacklevel() -> int:
+    """``stacklevel`` for a warning issued from this package: point at the first frame outside it."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PKG_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _freqs(n: int) -> torch.Tensor:
@@ -71,7 +84,7 @@ class FFTRadialDecomposer(Decomposer):
                 f"fft-radial: r={r:g} covers the whole {h}x{w} spectrum (farthest frequency at {dmax:.2f}, rule "
                 f"{self.rule}): the low part equals the image and the high part is zero",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=_caller_stacklevel(),
             )
 
     def decompose(self, x: torch.Tensor, param: Any, *, out: Mapping[str, torch.Tensor] | None = None) -> dict:
