@@ -93,6 +93,9 @@ def get_decomposer(name: str, pm=None, **options: Any) -> Decomposer:
 def decompose(images: torch.Tensor, name: str = "fft-radial", param: Any = 8, *, pm=None, **options: Any) -> dict[str, torch.Tensor]:
     """Split an N×C×H×W float tensor in [0,1] into named components, on the images' device.
 
+    float32 and float64 images are decomposed in their own precision; float16/bfloat16 in float32
+    and returned in the input dtype.
+
     >>> parts = decompose(x, "fft-radial", 8)          # {"low": ..., "high": ...}
     >>> parts = decompose(x, "fft-radial", 8, rule="inclusive")
     >>> parts = decompose(x, "svd", 4)                 # {"dominant": ..., "trailing": ...}
@@ -103,9 +106,10 @@ def decompose(images: torch.Tensor, name: str = "fft-radial", param: Any = 8, *,
     if not images.is_floating_point():
         raise UserFacingError(f"decompose expects float images in [0,1], got {images.dtype}; use x.float() / 255")
     dec = get_decomposer(name, pm, **options)
-    x = images if images.dtype == torch.float32 else images.float()
+    exact = images.dtype in (torch.float32, torch.float64)  # float16/bfloat16 are computed in float32
+    x = images if exact else images.float()
     parts = dec.decompose(x.contiguous(), dec.check_param(param))
-    return {k: v if images.dtype == torch.float32 else v.to(images.dtype) for k, v in parts.items()}
+    return {k: v if exact else v.to(images.dtype) for k, v in parts.items()}
 
 
 def parse_model_spec(spec: str, pm=None) -> tuple[str, str]:

@@ -101,9 +101,22 @@ def test_decompose_float64_input():
     before = x.clone()
     parts = freqprobe.decompose(x, "fft-radial", 2.5)
     assert parts["low"].dtype == torch.float64 and parts["high"].dtype == torch.float64
-    np.testing.assert_allclose(parts["low"].numpy(), ref_low(x.numpy(), 2.5), atol=1e-5, rtol=0)
-    torch.testing.assert_close(parts["low"] + parts["high"], x, atol=1e-5, rtol=0)
+    # float64 in, float64 precision out (both code paths: basis for small, rfft for > 64 sides)
+    np.testing.assert_allclose(parts["low"].numpy(), ref_low(x.numpy(), 2.5), atol=1e-12, rtol=0)
+    torch.testing.assert_close(parts["low"] + parts["high"], x, atol=1e-12, rtol=0)
     assert torch.equal(x, before)
+    big = torch.from_numpy(np.random.default_rng(3).random((1, 2, 70, 66)))
+    np.testing.assert_allclose(freqprobe.decompose(big, "fft-radial", 9)["low"].numpy(), ref_low(big.numpy(), 9), atol=1e-12, rtol=0)
+    svd = freqprobe.decompose(x, "svd", 2)
+    assert svd["dominant"].dtype == torch.float64
+    torch.testing.assert_close(svd["dominant"] + svd["trailing"], x, atol=1e-12, rtol=0)
+
+
+def test_decompose_half_precision_input_is_computed_in_float32():
+    x = torch.from_numpy(np.random.default_rng(4).random((2, 3, 16, 16))).to(torch.bfloat16)
+    parts = freqprobe.decompose(x, "fft-radial", 4)
+    assert parts["low"].dtype == torch.bfloat16
+    np.testing.assert_allclose(parts["low"].float().numpy(), ref_low(x.float().numpy(), 4), atol=2e-2, rtol=0)
 
 
 def test_decompose_degenerate_radius_warns(x):
