@@ -465,3 +465,9 @@ def test_degenerate_radius_warning_points_at_the_callers_code():
         warnings.simplefilter("always")
         freqprobe.decompose(torch.rand(1, 1, 32, 32), "fft-radial", 30)
     assert len(rec) == 1 and rec[0].filename == __file__
+
+
+@pytest.mark.parametrize("name,shape", [("fft-radial", (0, 3, 32, 32)), ("fft-radial", (0, 3, 100, 90)), ("svd", (0, 3, 8, 8))])
+def test_empty_batch_gives_empty_components(name, shape):
+    parts = freqprobe.decompose(torch.rand(shape), name, 2)
+    assert len(parts) == 2 and all(v.shape == shape for v in parts.values())

@@ -237,6 +237,11 @@ class FFTRadialDecomposer(Decomposer):
         h, w = x.shape[-2:]
         b = x.numel() // max(1, h * w)
         xs = x.reshape(b, h, w)
+        if b == 0 and h * w > 0:  # an empty batch: nothing to transform (MKL refuses a 0-length FFT batch)
+            for r in params:
+                self.mask(h, w, r, x.device)  # same warnings as a full batch
+                yield r, self._publish(*self._targets(out, x, (b, h, w)))
+            return
         spec = torch.fft.rfft2(xs)
         cb = self._chunk_rows(h * w * x.element_size(), b)
         work = torch.empty((cb,) + spec.shape[1:], dtype=spec.dtype, device=spec.device)
