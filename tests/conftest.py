@@ -11,13 +11,34 @@ _tmp = Path(tempfile.mkdtemp(prefix="freqprobe-tests-"))
 for var, sub in (("TORCH_HOME", "torch"), ("HF_HOME", "hf"), ("MPLCONFIGDIR", "mpl"), ("FREQPROBE_DATA_ROOT", "data")):
     os.environ.setdefault(var, str(_tmp / sub))
 os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["CUDA_VISIBLE_DEVICES"] = ""
+# The suite runs on the CPU (``--device auto`` would otherwise pick a GPU). On a GPU machine,
+# FREQPROBE_TEST_CUDA=1 keeps the GPU visible so the tests marked ``cuda`` run.
+TEST_CUDA = os.environ.get("FREQPROBE_TEST_CUDA", "").strip().lower() in {"1", "true", "yes", "on"}
+if not TEST_CUDA:
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 os.environ["FREQPROBE_DISABLE_PLUGIN_AUTOLOAD"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Property tests are derandomised everywhere (each test also says so itself); under CI=true the
+# profile makes sure a test that forgets cannot draw new examples on a new machine.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI", "").lower() in {"1", "true", "yes"} else "dev")
+
+
+def pytest_collection_modifyitems(config, items):
+    if TEST_CUDA and torch.cuda.is_available():
+        return
+    why = "needs a CUDA GPU (run with FREQPROBE_TEST_CUDA=1 on a GPU machine)" if not TEST_CUDA else "FREQPROBE_TEST_CUDA=1 but torch sees no CUDA GPU"
+    skip = pytest.mark.skip(reason=why)
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"

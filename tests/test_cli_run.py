@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+import reference
 from freqprobe.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,13 +101,8 @@ def npz_images(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def numpy_fft_split(x: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray]:
-    """Independent fft-radial (exclusive rule): keep frequencies at distance < r from the fftshift centre."""
-    h, w = x.shape[-2:]
-    spec = np.fft.fftshift(np.fft.fft2(x), axes=(-2, -1))
-    yy, xx = np.meshgrid(np.arange(h) - h // 2, np.arange(w) - w // 2, indexing="ij")
-    mask = np.sqrt(yy**2 + xx**2) < r
-    low = np.real(np.fft.ifft2(np.fft.ifftshift(spec * mask, axes=(-2, -1))))
-    return low, x - low
+    """Independent fft-radial (exclusive rule), tests/reference.py."""
+    return reference.fft_radial(x, r, "exclusive")
 
 
 def normalise(x: np.ndarray, mean=MEAN, std=STD) -> torch.Tensor:

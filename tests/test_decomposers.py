@@ -13,48 +13,25 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, event, given, settings
+from hypothesis import assume, event, example, given, settings
 from hypothesis import strategies as st
 
 import freqprobe
-from freqprobe.builtins.decomposers import FFTRadialDecomposer, SVDDecomposer
+import reference
+from freqprobe.builtins.decomposers import FFTRadialDecomposer, SVDDecomposer, max_kept_sq_distance
 from freqprobe.errors import UnknownNameError, UserFacingError
 
 PROP = settings(max_examples=30, deadline=None, derandomize=True)
 F32_ATOL = 1e-5
 
 
-# ---------------------------------------------------------------- independent references
-def centred_distance(h: int, w: int) -> np.ndarray:
-    """Distance of every bin of the fftshifted spectrum from where fftshift puts zero frequency."""
-    u = np.arange(h, dtype=np.float64)[:, None] - h // 2
-    v = np.arange(w, dtype=np.float64)[None, :] - w // 2
-    return np.sqrt(u * u + v * v)
-
-
+# ---------------------------------------------------------------- independent references (tests/reference.py)
 def ref_fft_radial(x: np.ndarray, r: float, rule: str) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(x, dtype=np.float64)
-    n, c, h, w = x.shape
-    d = centred_distance(h, w)
-    keep = d < r if rule == "exclusive" else d <= r
-    low = np.empty_like(x)
-    high = np.empty_like(x)
-    for i in range(n):
-        for j in range(c):
-            f = np.fft.fftshift(np.fft.fft2(x[i, j]))
-            low[i, j] = np.real(np.fft.ifft2(np.fft.ifftshift(f * keep)))
-            high[i, j] = np.real(np.fft.ifft2(np.fft.ifftshift(f * ~keep)))
-    return low, high
+    return reference.fft_radial(x, r, rule)
 
 
 def ref_svd(x: np.ndarray, k: int) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    dom = np.empty_like(x)
-    for i in range(x.shape[0]):
-        for j in range(x.shape[1]):
-            u, s, vh = np.linalg.svd(x[i, j], full_matrices=False)
-            dom[i, j] = (u[:, :k] * s[:k]) @ vh[:k]
-    return dom
+    return reference.svd_dominant(x, k)
 
 
 def quiet(fn, *a, **kw):
@@ -81,16 +58,22 @@ def radius_for(draw, h: int, w: int) -> float:
     u = draw(st.integers(0, h // 2))
     v = draw(st.integers(0, w // 2))
     assume(u or v)
-    return float(np.sqrt(np.float64(u * u + v * v)))
+    return math.sqrt(u * u + v * v)  # a scalar, correctly rounded square root: exactly the ring's radius
 
 
 # ---------------------------------------------------------------- fft-radial properties
 @PROP
 @given(shape=shapes, seed=st.integers(0, 2**31 - 1), data=st.data(),
-       path=st.sampled_from(["auto", "fft", "chunked"]))
-def test_fft_radial_matches_numpy_reference(shape, seed, data, path):
+       path=st.sampled_from(["auto", "fft", "chunked"]), fixed_r=st.none())
+# found on an Intel AVX-512 machine, where torch's vectorised sqrt(2) was one ulp low (issue 5)
+@example(shape=(1, 1, 2, 2), seed=0, data=None, path="auto", fixed_r=math.sqrt(2.0))
+@example(shape=(1, 1, 2, 2), seed=0, data=None, path="fft", fixed_r=math.sqrt(2.0))
+@example(shape=(1, 3, 7, 9), seed=1, data=None, path="chunked", fixed_r=math.sqrt(5.0))
+@example(shape=(2, 1, 32, 32), seed=2, data=None, path="auto", fixed_r=5.0)
+@example(shape=(1, 1, 40, 33), seed=3, data=None, path="fft", fixed_r=math.sqrt(13.0))
+def test_fft_radial_matches_numpy_reference(shape, seed, data, path, fixed_r):
     n, c, h, w = shape
-    r = data.draw(radius_for(h, w), label="r")
+    r = fixed_r if fixed_r is not None else data.draw(radius_for(h, w), label="r")
     x = make_x(seed, shape)
     parts = {}
     for rule in ("exclusive", "inclusive"):
@@ -109,9 +92,9 @@ def test_fft_radial_matches_numpy_reference(shape, seed, data, path):
         np.testing.assert_allclose(got["high"].numpy(), high, atol=F32_ATOL, rtol=0)
         np.testing.assert_allclose((got["low"] + got["high"]).numpy(), x.numpy(), atol=F32_ATOL, rtol=0)
         parts[rule] = got["low"]
-    d = centred_distance(h, w)
-    on_ring = bool((d == r).any())
-    event(f"r on a frequency ring: {on_ring}")
+    on_ring = bool(reference.on_ring(h, w, r).any())
+    if data is not None:
+        event(f"r on a frequency ring: {on_ring}")
     diff = (parts["exclusive"] - parts["inclusive"]).abs().max().item()
     if on_ring:
         assert diff > 1e-6, f"r={r} lies on a frequency ring of {h}x{w}; exclusive and inclusive must differ"
@@ -158,15 +141,12 @@ def test_rules_differ_exactly_on_a_ring(shape, r):
     """r=5 is the distance of (3, 4) and (5, 0); the inclusive low part has exactly those extra bins."""
     x = make_x(11, shape)
     h, w = shape[-2:]
-    ring = centred_distance(h, w) == r
-    assert ring.any()
+    assert reference.on_ring(h, w, r).any()
     exc = FFTRadialDecomposer("exclusive").decompose(x, r)["low"]
     inc = FFTRadialDecomposer("inclusive").decompose(x, r)["low"]
     assert (inc - exc).abs().max().item() > 1e-3
     # the difference is the inverse transform of the ring alone
-    f = np.fft.fftshift(np.fft.fft2(x.numpy().astype(np.float64)), axes=(-2, -1))
-    ring_part = np.real(np.fft.ifft2(np.fft.ifftshift(f * ring, axes=(-2, -1))))
-    np.testing.assert_allclose((inc - exc).numpy(), ring_part, atol=F32_ATOL, rtol=0)
+    np.testing.assert_allclose((inc - exc).numpy(), reference.fft_ring(x.numpy(), r), atol=F32_ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 70, 65), (1, 1, 65, 64), (2, 1, 64, 64), (1, 3, 33, 66)])
@@ -271,22 +251,113 @@ def test_fft_radial_decompose_all_equals_separate_calls():
 @pytest.mark.parametrize("rule,counts", [("exclusive", [45, 193, 437, 793]), ("inclusive", [49, 197, 441, 795])])
 def test_mask_counts_32x32(rule, counts):
     dec = FFTRadialDecomposer(rule)
-    d = centred_distance(32, 32)
     for r, expected in zip((4, 8, 12, 16), counts):
         m = dec.mask(32, 32, r, full=True)
         assert m.shape == (32, 32)
         assert int(m.sum().item()) == expected
         # independent count on the centred spectrum
-        assert int((d < r).sum() if rule == "exclusive" else (d <= r).sum()) == expected
+        assert int(reference.kept(32, 32, r, rule).sum()) == expected
+
+
+# ---------------------------------------------------------------- exact boundary (issue 5)
+def _count_on_grid(h: int, w: int, k: int) -> tuple[int, int]:
+    """Bins with u² + v² < k and <= k on the centred h×w grid, by integer arithmetic alone."""
+    us = range(-(h // 2), h - h // 2)
+    vs = range(-(w // 2), w - w // 2)
+    below = sum(1 for u in us for v in vs if u * u + v * v < k)
+    upto = sum(1 for u in us for v in vs if u * u + v * v <= k)
+    return below, upto
+
+
+# (h, w, r, exclusive count, inclusive count): radii exactly on a ring of bins
+TIES = [
+    (2, 2, math.sqrt(2.0), 3, 4),  # the corner bin; what failed on AVX-512
+    (7, 7, math.sqrt(5.0), 13, 21),  # (±1, ±2), (±2, ±1)
+    (9, 5, math.sqrt(5.0), *_count_on_grid(9, 5, 5)),
+    (32, 32, 5.0, 69, 81),  # (±3, ±4), (±4, ±3), (±5, 0), (0, ±5)
+    (32, 32, 4.0, 45, 49),  # the published radii
+    (32, 32, 8.0, 193, 197),
+    (32, 32, 12.0, 437, 441),
+    (32, 32, 16.0, 793, 795),
+    (32, 32, math.sqrt(2.0), 5, 9),
+    (33, 20, math.sqrt(50.0), *_count_on_grid(33, 20, 50)),  # (1, 7), (5, 5), (7, 1)
+    (70, 65, math.sqrt(65.0), *_count_on_grid(70, 65, 65)),  # rfft path by default; (1, 8), (4, 7), ...
+    (1, 9, 2.0, 3, 5),
+]
+
+PATHS = ["basis-pair", "basis-per-radius", "basis-chunked", "fft", "fft-per-radius", "float64",
+         pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def _kept_count_by_impulse(dec: FFTRadialDecomposer, h: int, w: int, r: float, path: str) -> tuple[int, np.ndarray]:
+    """Run the decomposition on a unit impulse: its low part is the inverse FFT of the mask, so
+    low[0, 0] * h * w is the number of kept bins and the whole low part says which ones."""
+    dtype = torch.float64 if path == "float64" else torch.float32
+    device = "cuda" if path == "cuda" else "cpu"
+    x = torch.zeros(2, 1, h, w, dtype=dtype, device=device)
+    x[:, :, 0, 0] = 1.0
+    if path.startswith("fft"):
+        dec.MATMUL_MAX_SIDE = 0
+    elif path == "basis-chunked":
+        dec.CHUNK_BYTES = 1
+    if path in ("basis-per-radius", "fft-per-radius"):
+        out = {r: {"low": torch.empty_like(x), "high": torch.empty_like(x)}}
+        low = dict(dec.decompose_all(x, [r], out=out))[r]["low"]
+    elif path == "basis-pair":
+        low = dec.decompose(x, r, out={"low": torch.empty_like(x), "high": torch.empty_like(x)})["low"]
+    else:
+        low = dec.decompose(x, r)["low"]
+    low = low.double().cpu().numpy()
+    return int(round(low[0, 0, 0, 0] * h * w)), low
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("h,w,r,n_exc,n_inc", TIES)
+def test_radius_on_a_tie_keeps_exact_bin_counts(h, w, r, n_exc, n_inc, path):
+    impulse = np.zeros((2, 1, h, w))
+    impulse[:, :, 0, 0] = 1.0
+    for rule, expected in (("exclusive", n_exc), ("inclusive", n_inc)):
+        dec = FFTRadialDecomposer(rule)
+        assert int(quiet(dec.mask, h, w, r, full=True).sum()) == expected
+        assert int(reference.kept(h, w, r, rule).sum()) == expected
+        count, low = quiet(_kept_count_by_impulse, dec, h, w, r, path)
+        assert count == expected, (rule, path)
+        np.testing.assert_allclose(low, reference.fft_radial(impulse, r, rule)[0], atol=1e-6, rtol=0)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(k=st.integers(0, 20000), nudge=st.sampled_from([-2, -1, 0, 1, 2]), rule=st.sampled_from(["exclusive", "inclusive"]))
+@example(k=2, nudge=0, rule="exclusive")
+@example(k=2, nudge=0, rule="inclusive")
+def test_max_kept_sq_distance_is_the_float_comparison_of_the_correctly_rounded_distance(k, nudge, rule):
+    """r = √k and its float neighbours: the threshold agrees with comparing math.sqrt(j) to r for every j."""
+    r = math.sqrt(k)
+    for _ in range(abs(nudge)):
+        r = math.nextafter(r, math.inf if nudge > 0 else 0.0)
+    kmax = max_kept_sq_distance(r, rule)
+    for j in range(max(0, k - 3), k + 4):
+        keep = math.sqrt(j) < r if rule == "exclusive" else math.sqrt(j) <= r
+        assert keep == (j <= kmax), (j, r, kmax)
+
+
+def test_max_kept_sq_distance_edges():
+    assert max_kept_sq_distance(math.sqrt(2.0), "exclusive") == 1
+    assert max_kept_sq_distance(math.sqrt(2.0), "inclusive") == 2
+    assert max_kept_sq_distance(math.nextafter(math.sqrt(2.0), 0), "inclusive") == 1
+    assert max_kept_sq_distance(0.0, "exclusive") == -1 and max_kept_sq_distance(0.0, "inclusive") == 0
+    assert max_kept_sq_distance(-1.0, "inclusive") == -1 and max_kept_sq_distance(float("nan"), "inclusive") == -1
+    assert max_kept_sq_distance(4.5, "exclusive") == max_kept_sq_distance(4.5, "inclusive") == 20
+    assert max_kept_sq_distance(2.3, "exclusive") == 5  # a decimal radius far from any ring
+    with pytest.raises(ValueError):
+        max_kept_sq_distance(2.0, "inclusiv")
 
 
 @pytest.mark.parametrize("h,w", [(32, 32), (7, 5), (1, 9), (10, 3)])
 @pytest.mark.parametrize("rule", ["exclusive", "inclusive"])
 def test_mask_layout_is_unshifted(h, w, rule):
     dec = FFTRadialDecomposer(rule)
-    d = centred_distance(h, w)
     for r in (1.0, 2.0, math.sqrt(5), 3.5):
-        centred = (d < r) if rule == "exclusive" else (d <= r)
+        centred = reference.kept(h, w, r, rule)
         full = dec.mask(h, w, r, full=True).numpy()
         np.testing.assert_array_equal(full, np.fft.ifftshift(centred).astype(np.float32))
         half = dec.mask(h, w, r).numpy()
@@ -327,7 +398,7 @@ def test_degenerate_radius_warns_once_per_size_and_radius():
 
 
 def test_degenerate_radius_inclusive_boundary():
-    dmax = float(np.sqrt(np.float64(16 * 16 + 16 * 16)))
+    dmax = math.sqrt(16 * 16 + 16 * 16)
     x = make_x(8, (1, 1, 32, 32))
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -6,6 +6,7 @@ import math
 import os
 import sys
 import warnings
+from fractions import Fraction
 from typing import Any, Iterable, Iterator, Mapping
 
 import torch
@@ -29,9 +30,37 @@ def _caller_stacklevel() -> int:
 
 
 def _freqs(n: int) -> torch.Tensor:
-    """Signed integer frequency of each unshifted FFT index (the offset from where fftshift puts 0)."""
-    k = torch.arange(n, dtype=torch.float64)
+    """Signed integer frequency of each unshifted FFT index (the offset from where fftshift puts 0), int64."""
+    k = torch.arange(n, dtype=torch.int64)
     return torch.where(k < (n + 1) // 2, k, k - n)
+
+
+def max_kept_sq_distance(r: float, rule: str = "exclusive") -> int:
+    """The largest squared distance ``k = u² + v²`` a frequency bin may have and still be kept at radius ``r``.
+
+    This is the one membership rule of ``fft-radial``: a bin is in the low part exactly when its
+    integer squared distance from the centre is ``<=`` this number, decided without any floating
+    point on the bins, so the result does not depend on the processor, the SIMD path or the device.
+
+    A bin's distance is ``√k`` compared with ``r`` as float64 numbers compare: the bin is *on the
+    ring* of ``r`` when ``√k`` rounds to ``r`` (so ``r = math.sqrt(2)`` is the ring of the corner
+    bins (1, 1), and ``r = 5`` that of (3, 4) and (5, 0)). ``exclusive`` keeps ``√k < r`` (the
+    ring is high), ``inclusive`` keeps ``√k <= r`` (the ring is low). Exactly, with ``r⁻``/``r⁺``
+    the floats next to ``r``: ``fl(√k) < r`` iff ``k < ((r⁻ + r) / 2)²`` and ``fl(√k) <= r`` iff
+    ``k < ((r + r⁺) / 2)²``, evaluated once in rational arithmetic.
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown boundary rule {rule!r}")
+    r = float(r)
+    if r != r or r < 0.0:
+        return -1  # nothing is kept
+    if math.isinf(r):
+        return sys.maxsize  # everything is kept
+    rf = Fraction(r)
+    side = math.nextafter(r, 0.0) if rule == "exclusive" else math.nextafter(r, math.inf)
+    mid = (rf + Fraction(side)) / 2
+    bound = mid * mid  # keep k < bound; equality needs √k = mid, a midpoint that is an integer (r >= 2**53)
+    return math.ceil(bound) - 1
 
 
 class FFTRadialDecomposer(Decomposer):
@@ -66,17 +95,20 @@ class FFTRadialDecomposer(Decomposer):
         m = self._masks.get(key)
         if m is None:
             fu = _freqs(h).view(-1, 1)
-            fv = _freqs(w).view(1, -1) if full else torch.arange(w // 2 + 1, dtype=torch.float64).view(1, -1)
-            d = torch.sqrt(fu**2 + fv**2)
-            keep = d < r if self.rule == "exclusive" else d <= r
+            fv = _freqs(w).view(1, -1) if full else torch.arange(w // 2 + 1, dtype=torch.int64).view(1, -1)
+            keep = fu * fu + fv * fv <= self.max_sq(r)  # integers: exact on every processor and device
             m = keep.to(torch.float32).to(device)
             self._masks[key] = m
             self._check_degenerate(h, w, float(r))
         return m
 
+    def max_sq(self, r: float) -> int:
+        """The largest kept squared distance at radius ``r`` under this rule (see :func:`max_kept_sq_distance`)."""
+        return max_kept_sq_distance(r, self.rule)
+
     def _check_degenerate(self, h: int, w: int, r: float) -> None:
         dmax = math.hypot(h // 2, w // 2)
-        whole = r > dmax if self.rule == "exclusive" else r >= dmax
+        whole = self.max_sq(r) >= (h // 2) ** 2 + (w // 2) ** 2
         key = (h, w, r)
         if whole and key not in self._warned:
             self._warned.add(key)
@@ -157,26 +189,23 @@ class FFTRadialDecomposer(Decomposer):
         return t, torch.empty(shape, dtype=t.dtype, device=t.device)
 
     def _basis(self, n: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Orthonormal real Fourier basis of length ``n`` (rows), ordered by |frequency|, and those |f| (float64)."""
+        """Orthonormal real Fourier basis of length ``n`` (rows), ordered by |frequency|, and those |f| (int64)."""
         key = ("basis", n, dtype, str(device))
         hit = self._masks.get(key)
         if hit is None:
             t = torch.arange(n, dtype=torch.float64)
-            rows, fs = [torch.full((n,), 1.0 / math.sqrt(n), dtype=torch.float64)], [0.0]
+            rows, fs = [torch.full((n,), 1.0 / math.sqrt(n), dtype=torch.float64)], [0]
             for f in range(1, n // 2 + 1):
                 ang = (2.0 * math.pi * f / n) * t
                 if 2 * f == n:  # Nyquist: cos only
                     rows.append(torch.cos(ang) / math.sqrt(n))
-                    fs.append(float(f))
+                    fs.append(f)
                 else:
                     rows += [torch.cos(ang) * math.sqrt(2.0 / n), torch.sin(ang) * math.sqrt(2.0 / n)]
-                    fs += [float(f), float(f)]
-            hit = (torch.stack(rows).to(device=device, dtype=dtype), torch.tensor(fs, dtype=torch.float64))
+                    fs += [f, f]
+            hit = (torch.stack(rows).to(device=device, dtype=dtype), torch.tensor(fs, dtype=torch.int64))
             self._masks[key] = hit
         return hit
-
-    def _keep(self, d: torch.Tensor, r: float) -> torch.Tensor:
-        return d < r if self.rule == "exclusive" else d <= r
 
     def _basis_mask(self, h: int, w: int, r: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The low-pass mask in the real basis, cropped to the kept rows/columns: (kh, kw)."""
@@ -184,10 +213,11 @@ class FFTRadialDecomposer(Decomposer):
         m = self._masks.get(key)
         if m is None:
             fh, fw = self._basis(h, dtype, device)[1], self._basis(w, dtype, device)[1]
-            kh, kw = int(self._keep(fh, r).sum()), int(self._keep(fw, r).sum())
-            # fu^2 + fv^2 in float64 exactly as mask() computes it (the signs do not matter).
-            d = torch.sqrt(fh[:kh].view(-1, 1) ** 2 + fw[:kw].view(1, -1) ** 2)
-            m = self._keep(d, r).to(device=device, dtype=dtype)
+            kmax = self.max_sq(r)
+            # rows/columns with |f| beyond r hold no kept bin; the same integer rule as mask()
+            kh, kw = int((fh * fh <= kmax).sum()), int((fw * fw <= kmax).sum())
+            d2 = fh[:kh].view(-1, 1) ** 2 + fw[:kw].view(1, -1) ** 2  # the signs do not matter
+            m = (d2 <= kmax).to(device=device, dtype=dtype)
             self._masks[key] = m
         return m
 
