@@ -50,27 +50,31 @@ def _say(quiet: bool):
 
 
 def format_table(result) -> str:
-    """The summary as an aligned text table: one row per variant, one column per parameter and metric."""
-    from .builtins.report import fmt_param
+    """The summary as aligned text: one row per variant (and extra columns such as attack/eps), one column per parameter."""
+    from .tables import fmt_param
 
     rows = result.summary
-    metrics = sorted({r["metric"] for r in rows}, key=lambda m: (m != "accuracy", m))
-    params = []
-    for r in rows:
-        if r["variant"] != "original" and r["param"] not in params:
-            params.append(r["param"])
-    lines = []
+    if not rows:
+        return "(no results)"
+    extra = list(result.extras.get("extra_columns") or [])
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    metrics.sort(key=lambda m: m != "accuracy")
+    params = list(dict.fromkeys(r["param"] for r in rows if r.get("param") is not None))
     pn = result.param_name or "param"
+    lines = []
     for metric in metrics:
-        header = [f"{metric} (n={rows[0]['n']})"] + [f"{pn}={fmt_param(p)}" for p in params]
+        mrows = [r for r in rows if r["metric"] == metric]
+        header = [f"{metric} (n={mrows[0]['n']})"] + ([f"{pn}={fmt_param(p)}" for p in params] or [""])
         table = [header]
-        orig = [r for r in rows if r["variant"] == "original" and r["metric"] == metric]
-        if orig:
-            table.append(["original"] + [f"{orig[0]['value']:.4f}"] + [""] * (len(params) - 1) if params else ["original", f"{orig[0]['value']:.4f}"])
-        for comp in result.components:
-            vals = {r["param"]: r["value"] for r in rows if r["variant"] == comp and r["metric"] == metric}
-            table.append([comp] + [f"{vals[p]:.4f}" if p in vals else "" for p in params])
-        widths = [max(len(row[i]) if i < len(row) else 0 for row in table) for i in range(len(header))]
+        labels: dict = {}
+        for r in mrows:
+            key = (r["variant"], *(r.get(c) for c in extra))
+            label = " ".join([r["variant"]] + [f"{c}={fmt_param(r.get(c))}" for c in extra if r.get(c) is not None])
+            cells = labels.setdefault(key, [label] + [""] * max(1, len(params)))
+            col = 1 + (params.index(r["param"]) if r.get("param") is not None else 0)
+            cells[col] = f"{r['value']:.4f}"
+        table += list(labels.values())
+        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
         for row in table:
             lines.append("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)).rstrip())
         lines.append("")
@@ -110,9 +114,14 @@ def cli(verbose: int) -> None:
 @click.option("--fit-lr", type=float, help="Adam learning rate when fitting (default: the data set's).")
 @click.option("--no-fit", is_flag=True, help="Probe a model without weights as is, instead of fitting it first.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Images read per batch (each batch is evaluated in every variant).")
+@click.option("--forward-batch", type=int, help="Images per forward pass; variants of a batch are concatenated up to it (default: the batch size on CPU, 1024 on CUDA).")
+@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Model arithmetic: exact float32 (TF32 off), TF32 (CUDA), or bf16/fp16 autocast.")
+@click.option("--channels-last/--no-channels-last", default=None, help="Feed images in channels_last memory format (default: on).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--gallery-size", type=int, default=8, show_default=True, help="Figure-2 examples kept per parameter.")
+@click.option("--probe-opt", multiple=True, metavar="KEY=VALUE", help="Option of the probe (repeatable), e.g. gallery_size=4; see `freqprobe list probes`.")
+@click.option("--gallery-size", type=int, help="Shorthand for --probe-opt gallery_size=N (Figure-2 examples kept per parameter; lfc-hfc default 8).")
 @click.option("--out", type=click.Path(), help="Output folder (default: a new dated folder under runs/).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines.")
 def run(**kw) -> None:
@@ -122,6 +131,9 @@ def run(**kw) -> None:
     dopts = parse_kv(kw["decomposer_opt"], "--decomposer-opt")
     if kw["rule"]:
         dopts["rule"] = kw["rule"]
+    popts = parse_kv(kw["probe_opt"], "--probe-opt")
+    if kw["gallery_size"] is not None:
+        popts["gallery_size"] = kw["gallery_size"]
     quiet = kw["quiet"]
     with warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -148,12 +160,15 @@ def run(**kw) -> None:
             limit=kw["limit"],
             device=kw["device"],
             batch_size=kw["batch_size"],
+            forward_batch=kw["forward_batch"],
+            precision=kw["precision"],
+            channels_last=kw["channels_last"],
             seed=kw["seed"],
             fit_epochs=kw["fit_epochs"],
             fit_lr=kw["fit_lr"],
             fit=False if kw["no_fit"] else None,
             out=kw["out"],
-            probe_options={"gallery_size": kw["gallery_size"]} if kw["probe"] == "lfc-hfc" else {},
+            probe_options=popts,
             command="freqprobe " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
             progress=_progress_factory(quiet),
             announce=_say(quiet),
@@ -198,12 +213,7 @@ def decompose(**kw) -> None:
     if kw["rule"]:
         dopts["rule"] = kw["rule"]
     dec = get_decomposer(kw["decomposer"], pm, **dopts)
-    raw = parse_params(kw["params"]) or list(dec.default_params)
-    params = []
-    for p in raw:
-        v = dec.check_param(p)
-        if v not in params:
-            params.append(v)
+    params = dec.check_params(parse_params(kw["params"]))
     out = Path(kw["out"])
     as_npz = out.suffix == ".npz"
     if as_npz and out.exists():

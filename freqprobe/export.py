@@ -12,10 +12,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .builtins.probes import iter_components
-from .builtins.report import fmt_param
-from .errors import UserFacingError
 from .interfaces import DataSource, Decomposer, RescalePolicy
+from .tables import fmt_param
 
 
 def component_key(comp: str, param_name: str, p: Any) -> str:
@@ -57,7 +55,7 @@ def export_npz(
             ys[pos : pos + b] = y.numpy()
             if out is None or out[dec.components[0]].shape != x.shape:
                 out = {c: torch.empty_like(x) for c in dec.components}
-            for p, parts in iter_components(dec, x, list(params), out):
+            for p, parts in dec.decompose_all(x, list(params), out=out):
                 for c in dec.components:
                     t = parts[c] if rescale is None else rescale.apply(parts[c])
                     arrays[component_key(c, dec.param_name, p)][pos : pos + b] = t.cpu().numpy()
@@ -111,7 +109,7 @@ def export_png(
             save("original", x, idx, y)
             if out is None or out[dec.components[0]].shape != x.shape:
                 out = {c: torch.empty_like(x) for c in dec.components}
-            for p, parts in iter_components(dec, x, list(params), out):
+            for p, parts in dec.decompose_all(x, list(params), out=out):
                 for c in dec.components:
                     save(component_key(c, dec.param_name, p), rescale.apply(parts[c]), idx, y)
             if progress:

@@ -66,3 +66,12 @@ def report_result(result: Any, context: Any) -> None:
 
     Writers and loggers implement this; return values are ignored.
     """
+
+
+@hookspec
+def manifest_entries(context: Any, result: Any) -> Any:
+    """Return a dict of sections to add to a run's ``manifest.json`` (or None).
+
+    ``context`` is the :class:`freqprobe.RunContext`, ``result`` the :class:`freqprobe.ProbeResult`.
+    A section may not reuse a name the core writes (``model``, ``data``, ...): that is a PluginError.
+    """

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
+import numpy as np
 import torch
 
 from .errors import UserFacingError
@@ -28,7 +29,7 @@ class Decomposer(ABC):
     #: short name of the parameter, used in export keys (``low_r8``) and tables.
     param_name: ClassVar[str] = "r"
     param_type: ClassVar[type] = float
-    #: parameters used when the user gives none
+    #: parameters used when the user gives none; must not be empty (checked at registration)
     default_params: ClassVar[tuple] = ()
 
     def __init__(self, **options: Any) -> None:
@@ -62,6 +63,15 @@ class Decomposer(ABC):
             raise UserFacingError(f"{self.name}: {self.param_name}={param!r} must be a whole number")
         return value
 
+    def check_params(self, params: Sequence[Any] | None) -> list:
+        """Validated, de-duplicated parameters in the given order (``default_params`` when None)."""
+        out: list = []
+        for p in self.default_params if params is None else params:
+            v = self.check_param(p)
+            if v not in out:
+                out.append(v)
+        return out
+
     @abstractmethod
     def decompose(self, x: torch.Tensor, param: Any, *, out: Mapping[str, torch.Tensor] | None = None) -> Components:
         """Return ``{component: tensor}`` for the N×C×H×W batch ``x`` at ``param``, on ``x``'s device.
@@ -69,14 +79,29 @@ class Decomposer(ABC):
         ``out`` may hold preallocated tensors (same shape and dtype as ``x``) to write into.
         """
 
+    def decompose_all(
+        self, x: torch.Tensor, params: Iterable[Any], *, out: Mapping[Any, Mapping[str, torch.Tensor]] | None = None
+    ) -> Iterator[tuple[Any, Components]]:
+        """Yield ``(param, components)`` for several parameters; override to share work between them.
+
+        ``out`` is ``None``, one ``{component: tensor}`` mapping rewritten for every parameter, or
+        ``{param: {component: tensor}}``. Results may live in ``out``: consume each before the next
+        when one mapping is shared.
+        """
+        per_param = out is not None and not all(c in out for c in self.components)
+        for p in params:
+            yield p, self.decompose(x, p, out=(out[p] if per_param else out))
+
 
 class ModelAdapter:
     """A model as freqprobe sees it: takes [0,1] images, normalises them itself, returns outputs.
 
-    A classifier's :meth:`predict` returns logits (N×K). Detection adapters set ``task = "detection"``.
+    A classifier's :meth:`predict` returns logits (N×K). An adapter declares its ``task`` and the
+    per-sample columns it writes (:attr:`sample_columns`, :meth:`sample_values`); a detection
+    adapter sets ``task = "detection"``, takes a list of C×H×W images and returns per-image dicts.
     """
 
-    task: str = "classification"
+    task: ClassVar[str] = "classification"
 
     def __init__(
         self,
@@ -147,10 +172,50 @@ class ModelAdapter:
         finally:
             self.module.train(was_training)
 
+    # -- the task contract ---------------------------------------------------------------------
+    #: per-sample columns this adapter writes to ``samples.csv`` (see :meth:`sample_values`)
+    sample_columns: ClassVar[tuple[str, ...]] = ("pred", "confidence")
+    #: whether several image variants of a batch may be concatenated into one forward pass
+    #: (true when each output depends on its own input only, e.g. a classifier in eval mode)
+    stackable: ClassVar[bool] = True
+
+    def sample_values(self, outputs: Any, targets: Any) -> dict[str, Any]:
+        """Per-sample columns for a batch's ``outputs`` (N-long tensors, kept on the device).
+
+        A classifier writes the arg-max class and its softmax probability.
+        """
+        prob = torch.softmax(outputs.float(), dim=-1)
+        conf, pred = prob.max(-1)
+        return {"pred": pred, "confidence": conf}
+
     def num_outputs(self, sample: torch.Tensor) -> int:
         """Number of classes the classifier predicts (probed with one sample)."""
         out = self.predict(sample[:1].to(self.device))
         return int(out.shape[-1])
+
+    def check_data(self, data: "DataSource", device: torch.device) -> None:
+        """Refuse, before any compute, a data set this model cannot be evaluated on (raise IncompatibleError)."""
+        from .errors import IncompatibleError
+
+        batch = next(iter(data.batches(2)))
+        x = batch.images
+        try:
+            k = self.num_outputs(x.to(device))
+        except RuntimeError as exc:
+            raise IncompatibleError(
+                f"the model cannot take this data's {tuple(x.shape[1:])} images: {str(exc).splitlines()[0][:200]}"
+            ) from None
+        if k < data.num_classes or (data.fixed_num_classes and k != data.num_classes):
+            raise IncompatibleError(
+                f"class-count mismatch: the model outputs {k} classes but the data has {data.num_classes}; "
+                f"pass --model-arg num_classes={data.num_classes} or a checkpoint trained on this data"
+            )
+
+    def prepare(self, *, channels_last: bool = False) -> None:
+        """Put the module in eval mode and the memory format the engine feeds it."""
+        self.module.eval()
+        if channels_last and not isinstance(self.module, torch.jit.ScriptModule):
+            self.module.to(memory_format=torch.channels_last)
 
     def describe(self) -> dict[str, Any]:
         return {"spec": self.spec, "task": self.task, "mean": self.mean, "std": self.std, **self.info}
@@ -183,14 +248,55 @@ class ModelSource(ABC):
         """Build the architecture (with weights when ``pretrained``). ``num_classes`` is a hint for fresh heads."""
 
 
+class Batch(NamedTuple):
+    """One batch of a data set. Unpacks as ``images, targets, indices``.
+
+    ``images``: an N×C×H×W float tensor in [0, 1], or a list of C×H×W tensors of different sizes
+    (detection). ``targets``: int64 class labels (N,), or one dict per image (boxes, categories).
+    ``indices``: int64 (N,), each sample's position in the data set.
+    """
+
+    images: Any
+    targets: Any
+    indices: torch.Tensor
+
+
+def batch_indices(
+    n: int, batch_size: int, *, limit: int | None = None, shuffle: bool = False, seed: int = 0,
+    shard: tuple[int, int] | None = None,
+) -> Iterator[np.ndarray]:
+    """The sample indices of each batch: the first ``limit`` samples (shuffled with ``seed``), cut into
+    batches of ``batch_size``; with ``shard=(rank, world)`` only every ``world``-th batch from ``rank``
+    on, so each sample is in the same batch as in one process."""
+    if batch_size < 1:
+        raise UserFacingError(f"batch size must be at least 1, got {batch_size}")
+    n = n if limit is None else min(limit, n)
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    rank, world = shard or (0, 1)
+    if world < 1 or not 0 <= rank < world:
+        raise UserFacingError(f"bad shard {shard!r}: use (rank, world) with 0 <= rank < world")
+    for b, i in enumerate(range(0, n, batch_size)):
+        if b % world == rank:
+            yield order[i : i + batch_size]
+
+
 class DataSource(ABC):
-    """A labelled image set streamed as batches of N×C×H×W float [0,1] tensors."""
+    """A labelled image set streamed as :class:`Batch` es of float [0,1] images.
+
+    Implement ``__len__`` and :meth:`load` (the images and targets of given sample indices);
+    :meth:`batches` then does limits, shuffling and sharding. A source may override
+    :meth:`batches` instead when it cannot load by index.
+    """
 
     name: ClassVar[str]
     #: whether the spec takes an argument after ``name:`` (``npz:PATH``)
     takes_argument: ClassVar[bool] = False
+    #: the task of its targets: ``classification`` (int labels) or ``detection`` (per-image dicts)
+    task: ClassVar[str] = "classification"
     #: default number of fitting epochs when a model must be fitted on this data first
     default_fit_epochs: ClassVar[int] = 1
+    #: default Adam learning rate of that fit (the paper's vanilla setting)
+    default_fit_lr: ClassVar[float] = 1e-4
 
     def __init__(self, argument: str | None = None, *, root: Path | None = None, split: str = "test", **options: Any):
         self.argument, self.root, self.split = argument, root, split
@@ -209,11 +315,23 @@ class DataSource(ABC):
     @abstractmethod
     def __len__(self) -> int: ...
 
-    @abstractmethod
+    def load(self, indices: np.ndarray) -> Batch:
+        """The :class:`Batch` of the samples at ``indices`` (an int64 array)."""
+        raise NotImplementedError(f"data source {self.name!r} implements neither load() nor batches()")
+
     def batches(
-        self, batch_size: int, *, limit: int | None = None, shuffle: bool = False, seed: int = 0
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Yield ``(images, labels, indices)``: float32 N×C×H×W in [0,1], int64 labels, int64 sample indices."""
+        self, batch_size: int, *, limit: int | None = None, shuffle: bool = False, seed: int = 0,
+        shard: tuple[int, int] | None = None,
+    ) -> Iterator[Batch]:
+        """Yield :class:`Batch` es (see :func:`batch_indices` for ``limit``, ``shuffle`` and ``shard``)."""
+        for idx in batch_indices(len(self), batch_size, limit=limit, shuffle=shuffle, seed=seed, shard=shard):
+            yield self.load(idx)
+
+    def target_columns(self, targets: Any) -> dict[str, Any]:
+        """Per-sample columns taken from the targets (``label`` for classification)."""
+        if isinstance(targets, torch.Tensor):
+            return {"label": targets}
+        return {}
 
 
 class RescalePolicy(ABC):
@@ -227,20 +345,85 @@ class RescalePolicy(ABC):
     def apply(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
+_REDUCERS: dict[str, Callable[[Any, Any], Any]] = {
+    "sum": lambda a, b: a + b,
+    "cat": lambda a, b: list(a) + list(b),
+    "max": lambda a, b: max(a, b),
+    "min": lambda a, b: min(a, b),
+}
+
+
 class Metric(ABC):
-    """Accumulates model outputs against targets over batches and reports one number."""
+    """Accumulates model outputs against targets over batches; reports a dict of named numbers.
+
+    Life cycle: the core builds a metric per evaluated variant with the run's context
+    (``Metric(ctx)``), calls :meth:`reset`, then :meth:`update` once per batch with the model's
+    outputs for that variant and the batch's targets (both on the run's device), then
+    :meth:`compute`. Declare the state with :meth:`add_state` and partial results merge
+    (:meth:`merge`): that is how sharded (multi-process) runs combine.
+    """
 
     name: ClassVar[str]
     task: ClassVar[str] = "classification"
 
-    @abstractmethod
-    def reset(self) -> None: ...
+    def __init__(self, ctx: "RunContext | None" = None, **options: Any) -> None:
+        self.ctx = ctx
+        self.options = options
+
+    def add_state(self, name: str, default: Any, reduce: str | Callable[[Any, Any], Any] = "sum") -> None:
+        """Declare a state variable: reset to ``default``; merged with ``reduce`` (``sum``, ``cat``, ``max``, ``min`` or a function)."""
+        if isinstance(reduce, str) and reduce not in _REDUCERS:
+            raise ValueError(f"unknown reduce {reduce!r}; use one of {', '.join(_REDUCERS)} or a function")
+        states = self.__dict__.setdefault("_states", {})
+        states[name] = (default, _REDUCERS.get(reduce, reduce) if isinstance(reduce, str) else reduce)
+        setattr(self, name, _fresh(default))
+
+    def reset(self) -> None:
+        """Back to the declared defaults (override when the state is not declared with add_state)."""
+        for name, (default, _) in self.__dict__.get("_states", {}).items():
+            setattr(self, name, _fresh(default))
 
     @abstractmethod
     def update(self, outputs: Any, targets: Any) -> None: ...
 
     @abstractmethod
-    def compute(self) -> float: ...
+    def compute(self) -> "Mapping[str, float] | float":
+        """The result: ``{name: value}`` (several numbers, e.g. mAP and AP50) or one number (named :attr:`name`)."""
+
+    def results(self) -> dict[str, float]:
+        """:meth:`compute` as a dict."""
+        got = self.compute()
+        if isinstance(got, Mapping):
+            return {str(k): float(v) for k, v in got.items()}
+        return {self.name: float(got)}
+
+    def state(self) -> dict[str, Any]:
+        """The declared state, on the CPU (picklable: what a rank sends to rank 0)."""
+        out = {}
+        for name in self.__dict__.get("_states", {}):
+            v = getattr(self, name)
+            out[name] = v.detach().cpu() if isinstance(v, torch.Tensor) else v
+        return out
+
+    def merge(self, other: "Metric | Mapping[str, Any]") -> None:
+        """Fold another instance's state (or a :meth:`state` dict) into this one."""
+        states = self.__dict__.get("_states")
+        if not states:
+            raise NotImplementedError(f"metric {self.name!r} declares no state (add_state), so it cannot merge partial results")
+        theirs = other.state() if isinstance(other, Metric) else other
+        for name, (_, reduce) in states.items():
+            mine = getattr(self, name)
+            if isinstance(mine, torch.Tensor):
+                mine = mine.detach().cpu()
+            setattr(self, name, reduce(mine, theirs[name]))
+
+
+def _fresh(default: Any) -> Any:
+    if isinstance(default, torch.Tensor):
+        return default.clone()
+    if isinstance(default, (list, dict, set)):
+        return type(default)(default)
+    return default
 
 
 class Attack(ABC):
@@ -275,6 +458,62 @@ class Transform(ABC):
     def apply(self, adapter: ModelAdapter) -> ModelAdapter: ...
 
 
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One image variant a probe evaluates, named by the table columns it fills.
+
+    ``name`` fills the ``variant`` column (``original``, ``low``, ``high``, ``adversarial``...),
+    ``param`` the ``param`` column (a decomposer's radius or rank; None when there is none), and
+    ``extra`` adds columns of its own (``(("attack", "pgd"), ("eps", 0.03))``) instead of
+    overloading ``param``. ``component`` marks a decomposer's part, which the run's rescale
+    policy applies to (images such as the original get it only with ``applies_to_original``).
+    """
+
+    name: str
+    param: Any = None
+    extra: tuple = ()
+    component: bool = False
+
+    def columns(self) -> dict[str, Any]:
+        return {"variant": self.name, "param": self.param, **dict(self.extra)}
+
+    def derive(self, name: str, param: Any = None, *, component: bool = True, **extra: Any) -> "Variant":
+        """A variant made from this one's images: keeps its extra columns (e.g. the low part of adversarial images)."""
+        return Variant(name, param, self.extra + tuple(extra.items()), component)
+
+    def key(self) -> tuple:
+        return (self.name, self.param, self.extra)
+
+
+class VariantSource(ABC):
+    """Makes image variants of every batch for the evaluation loop (see docs/engine.md).
+
+    :meth:`variants` declares them up front (they order the tables); :meth:`produce` makes them
+    for one batch. Built in: ``OriginalSource`` and ``DecomposerSource`` (a decomposer's parts,
+    optionally of another source's images) in :mod:`freqprobe.engine`; the attacks plugin adds
+    adversarial images the same way.
+    """
+
+    @abstractmethod
+    def variants(self) -> list[Variant]: ...
+
+    @abstractmethod
+    def produce(
+        self, images: Any, targets: Any, ctx: "RunContext", out: Mapping[Variant, torch.Tensor] | None = None
+    ) -> Iterator[tuple[Variant, Any]]:
+        """Yield ``(variant, images)`` for this batch, for every declared variant.
+
+        ``images`` are the batch's original [0, 1] images on the run's device. When ``out`` is
+        given it holds one preallocated tensor per variant (the shape of ``images``): write into
+        it and yield it to save a copy (the loop copies anything else into place). Yielded
+        images must stay valid until the batch is done.
+        """
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records about this source."""
+        return {"source": type(self).__name__}
+
+
 @dataclasses.dataclass
 class RunContext:
     """Everything a probe needs, built and validated by the runner before any compute."""
@@ -292,35 +531,93 @@ class RunContext:
     transform: str = ""
     out_dir: Path | None = None
     progress: Callable[[int], None] | None = None
+    #: the probe's options (``--probe-opt KEY=VALUE`` over the probe's declared defaults)
     options: dict = dataclasses.field(default_factory=dict)
     manifest: dict = dataclasses.field(default_factory=dict)
     pm: Any = None
+    #: ``fp32`` (TF32 off), ``tf32``, ``bf16`` or ``fp16`` (autocast) for the model's forward passes
+    precision: str = "fp32"
+    #: feed images in channels_last memory format (None: the engine's default for the device)
+    channels_last: bool | None = None
+    #: images per forward pass; variants of a batch are concatenated up to it (None: per device)
+    forward_batch: int | None = None
+    #: ``(rank, world)``: evaluate only this process's share of the batches
+    shard: tuple[int, int] | None = None
+
+    def evaluate(self, sources: Sequence[VariantSource], *, probe: str, observers: Sequence[Any] = (), **kw: Any) -> "ProbeResult":
+        """Run the one evaluation loop (:func:`freqprobe.engine.evaluate`) over ``sources``."""
+        from .engine import evaluate
+
+        return evaluate(self, sources, probe=probe, observers=observers, **kw)
 
 
 @dataclasses.dataclass
 class ProbeResult:
-    """A probe's output: tidy summary rows, per-sample rows and extras for writers."""
+    """A probe's output: tidy summary rows, one per-sample table, extras for writers."""
 
     probe: str
-    #: dicts with keys probe, transform, decomposer, variant, param, metric, value, n
+    #: dicts with keys probe, transform, decomposer, variant, param, [extra columns,] metric, value, n
     summary: list
-    #: dicts with keys index, label, variant, param, pred, confidence
-    samples: list = dataclasses.field(default_factory=list)
+    #: the per-sample table (:class:`freqprobe.tables.SampleTable`): index, target columns
+    #: (``label``), variant columns, the adapter's columns (``pred``, ``confidence``)
+    samples: Any = None
     #: component names in order, e.g. ("low", "high")
     components: tuple = ()
     param_name: str = ""
-    #: extras for writers (e.g. the Figure-2 gallery)
+    #: the evaluated variants, in table order
+    variants: list = dataclasses.field(default_factory=list)
+    #: extras for writers (the Figure-2 gallery, timings, class names...)
     extras: dict = dataclasses.field(default_factory=dict)
 
 
 class Probe(ABC):
-    """An experiment run against a model and data set; returns a :class:`ProbeResult`."""
+    """An experiment: mostly a declaration of the image variants to evaluate (and extras).
+
+    The default :meth:`run` hands :meth:`sources` and :meth:`observers` to the one evaluation
+    loop; override those, not the loop. ``options`` declares what ``--probe-opt KEY=VALUE`` may
+    set, with defaults (a value is converted to the default's type).
+    """
 
     name: ClassVar[str]
     requires: ClassVar[Mapping[str, Any]] = {"task": "classification"}
+    options: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, **options: Any) -> None:
-        self.opts = options
+        self.opts = self.check_options(options)
 
-    @abstractmethod
-    def run(self, ctx: RunContext) -> ProbeResult: ...
+    @classmethod
+    def check_options(cls, given: Mapping[str, Any]) -> dict[str, Any]:
+        """The declared defaults updated with ``given``; unknown keys and bad types raise UserFacingError."""
+        from .errors import UnknownNameError
+
+        out = dict(cls.options)
+        for key, value in given.items():
+            if key not in cls.options:
+                raise UnknownNameError(f"option of probe '{cls.name}'", key, cls.options) if cls.options else UserFacingError(
+                    f"probe '{cls.name}' takes no options (got {key}={value!r})"
+                )
+            default = cls.options[key]
+            if default is not None and not isinstance(value, type(default)):
+                try:
+                    if isinstance(default, bool) or (isinstance(default, int) and isinstance(value, float) and not value.is_integer()):
+                        raise ValueError
+                    value = type(default)(value)
+                except (TypeError, ValueError):
+                    raise UserFacingError(
+                        f"probe '{cls.name}': option {key}={value!r} must be a {type(default).__name__} (default {default!r})"
+                    ) from None
+            out[key] = value
+        return out
+
+    def sources(self, ctx: RunContext) -> list[VariantSource]:
+        """The variant sources to evaluate; default: the original images and the decomposer's parts."""
+        from .engine import DecomposerSource
+
+        return [DecomposerSource(ctx.decomposer, ctx.params)]
+
+    def observers(self, ctx: RunContext) -> list:
+        """Objects with ``on_batch(batch, images, values)`` and ``finish() -> dict`` (extras), e.g. a gallery."""
+        return []
+
+    def run(self, ctx: RunContext) -> ProbeResult:
+        return ctx.evaluate(self.sources(ctx), probe=self.name, observers=self.observers(ctx))

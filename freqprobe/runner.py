@@ -6,6 +6,8 @@ sibling folder and renamed into place at the end, so a failed run leaves nothing
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -22,7 +24,7 @@ import torch
 
 from . import registry
 from .checkpoint import load_state_dict_checked, read_checkpoint, sha256_file
-from .errors import IncompatibleError, UnknownNameError, UserFacingError
+from .errors import PluginError, UnknownNameError, UserFacingError
 from .interfaces import DataSource, Decomposer, ModelAdapter, ProbeResult, RunContext
 
 log = logging.getLogger("freqprobe")
@@ -218,28 +220,10 @@ def open_data(
         raise UserFacingError(f"dataset '{name}' takes no argument after ':' (got {spec!r})")
     if cls.takes_argument and not arg:
         raise UserFacingError(f"dataset '{name}' needs an argument: {name}:PATH")
-    opts: dict[str, Any] = {}
+    opts: dict[str, Any] = {"seed": seed}  # every source takes **options; those that draw (synth10) use the seed
     if image_size:
         opts["image_size"] = image_size
-    if name == "synth10":
-        opts["seed"] = seed
     return cls(arg or None, root=Path(root) if root else None, split=split, **opts)
-
-
-def _check_outputs(adapter: ModelAdapter, data: DataSource, device: torch.device) -> int:
-    x, y, _ = next(data.batches(2))
-    try:
-        k = adapter.num_outputs(x.to(device))
-    except RuntimeError as exc:
-        raise IncompatibleError(
-            f"the model cannot take this data's {tuple(x.shape[1:])} images: {str(exc).splitlines()[0][:200]}"
-        ) from None
-    if k < data.num_classes or (data.fixed_num_classes and k != data.num_classes):
-        raise IncompatibleError(
-            f"class-count mismatch: the model outputs {k} classes but the data has {data.num_classes}; "
-            f"pass --model-arg num_classes={data.num_classes} or a checkpoint trained on this data"
-        )
-    return k
 
 
 def _default_out(model: str, probe: str) -> Path:
@@ -280,197 +264,276 @@ class Stopwatch:
         return time.perf_counter() - self.t0
 
 
-def run(
-    model: str | torch.nn.Module | ModelAdapter,
-    *,
-    probe: str = "lfc-hfc",
-    data: str | DataSource = "synth10",
-    decomposer: str = "fft-radial",
-    params: str | Sequence | None = None,
-    decomposer_options: Mapping[str, Any] | None = None,
-    rescale: str = "none",
-    metrics: Sequence[str] = ("accuracy",),
-    transforms: Sequence[str] = (),
-    checkpoint: str | os.PathLike | None = None,
-    pretrained: bool = False,
-    trust_checkpoint: bool = False,
-    strict: bool = True,
-    model_args: Mapping[str, Any] | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    data_root: str | os.PathLike | None = None,
-    image_size: int | None = None,
-    limit: int | None = None,
-    device: str = "auto",
-    batch_size: int = 128,
-    seed: int = 0,
-    fit_epochs: int | None = None,
-    fit_lr: float | None = None,
-    fit: bool | None = None,
-    out: str | os.PathLike | None = None,
-    probe_options: Mapping[str, Any] | None = None,
-    command: str | None = None,
-    pm=None,
-    progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
-    announce: Callable[[str], None] | None = None,
-) -> ProbeResult:
-    """Run ``probe`` on ``model`` over ``data``; write results to ``out`` (None: a new dated folder under ``runs/``).
+@dataclasses.dataclass
+class RunSpec:
+    """Everything a run is asked to do, as the user gave it (``freqprobe run``'s options).
 
-    With no weights (no ``checkpoint``/``pretrained``, and a spec that builds a fresh model) the model is
-    first fitted on the data's training split (Adam, batch 100) — or pass ``fit=False`` to probe it as is.
-    ``progress(stage, total)`` may return a callback that receives counts of processed samples.
-    Returns the :class:`ProbeResult`; ``result.extras["out_dir"]`` is where the files are.
+    :func:`run` turns it into a result in stages: :func:`plan` (check the names and numbers,
+    nothing loaded), :func:`build_context` (data, model, decomposer: a :class:`RunContext`),
+    :func:`fit_stage` (only for a model without weights), :func:`evaluate_stage` (the probe over
+    the one evaluation loop) and :func:`publish` (writers, manifest, the output folder).
     """
-    from .plugins import default_plugin_manager
 
-    pm = pm or default_plugin_manager()
-    say = announce or (lambda msg: log.info(msg))
-    sw = Stopwatch()
-    torch.manual_seed(seed)
+    model: str | torch.nn.Module | ModelAdapter
+    probe: str = "lfc-hfc"
+    probe_options: Mapping[str, Any] | None = None
+    data: str | DataSource = "synth10"
+    data_root: str | os.PathLike | None = None
+    image_size: int | None = None
+    limit: int | None = None
+    decomposer: str = "fft-radial"
+    decomposer_options: Mapping[str, Any] | None = None
+    params: str | Sequence | None = None
+    rescale: str = "none"
+    metrics: Sequence[str] = ("accuracy",)
+    transforms: Sequence[str] = ()
+    checkpoint: str | os.PathLike | None = None
+    pretrained: bool = False
+    trust_checkpoint: bool = False
+    strict: bool = True
+    model_args: Mapping[str, Any] | None = None
+    mean: str | Sequence[float] | None = None
+    std: str | Sequence[float] | None = None
+    device: str | torch.device = "auto"
+    batch_size: int = 128
+    forward_batch: int | None = None
+    precision: str = "fp32"
+    channels_last: bool | None = None
+    seed: int = 0
+    fit_epochs: int | None = None
+    fit_lr: float | None = None
+    fit: bool | None = None
+    out: str | os.PathLike | None = None
+    command: str | None = None
 
-    # ---- validate everything cheap first
-    if batch_size < 1:
-        raise UserFacingError(f"--batch-size must be at least 1, got {batch_size}")
-    if limit is not None and limit < 1:
-        raise UserFacingError(f"--limit must be at least 1, got {limit}")
-    if fit_epochs is not None and fit_epochs < 1:
-        raise UserFacingError(f"--fit-epochs must be at least 1, got {fit_epochs}")
-    dev = resolve_device(device)
-    probe_entry = registry.get_entry("probes", probe, pm)
-    try:
-        probe_obj = probe_entry.cls(**dict(probe_options or {}))
-    except TypeError as exc:
-        raise UserFacingError(f"probe '{probe}' rejected its options: {exc}") from None
-    dec = get_decomposer(decomposer, pm, **dict(decomposer_options or {}))
-    raw_params = parse_params(params)
-    if raw_params is None:
-        raw_params = list(getattr(dec, "default_params", (4, 8, 12, 16)))
-    plist = []
-    for p in raw_params:
-        v = dec.check_param(p)
-        if v not in plist:
-            plist.append(v)
-    rescale_obj = registry.get_class("rescale", rescale, pm)()
-    metric_classes = [registry.get_class("metrics", m, pm) for m in metrics]
-    transform_objs = []
-    for t in transforms:
+
+@dataclasses.dataclass
+class Plan:
+    """The checked, cheap parts of a run (no data or model loaded yet)."""
+
+    spec: RunSpec
+    probe_entry: Any
+    probe: Any
+    decomposer: Decomposer
+    params: list
+    rescale: Any
+    metric_classes: list
+    transforms: list
+    device: torch.device
+    out_dir: Path
+
+
+def plan(spec: RunSpec, pm) -> Plan:
+    """Check every name and number the user gave, before anything is loaded."""
+    for what, value in (("--batch-size", spec.batch_size), ("--limit", spec.limit), ("--fit-epochs", spec.fit_epochs),
+                        ("--forward-batch", spec.forward_batch)):
+        if value is not None and value < 1:
+            raise UserFacingError(f"{what} must be at least 1, got {value}")
+    from .engine import check_precision
+
+    dev = resolve_device(spec.device)
+    check_precision(dev, spec.precision)
+    probe_entry = registry.get_entry("probes", spec.probe, pm)
+    probe_obj = probe_entry.cls(**dict(spec.probe_options or {}))
+    dec = get_decomposer(spec.decomposer, pm, **dict(spec.decomposer_options or {}))
+    params = dec.check_params(parse_params(spec.params))
+    rescale_obj = registry.get_class("rescale", spec.rescale, pm)()
+    metric_classes = [registry.get_class("metrics", m, pm) for m in spec.metrics]
+    transforms = []
+    for t in spec.transforms:
         tname, _, targs = t.partition(":")
         tcls = registry.get_class("transforms", tname, pm)
-        transform_objs.append(tcls(**parse_kv([a for a in targs.split(",") if a], f"option of transform {tname}")))
-    out_dir = Path(out) if out is not None else _default_out(model if isinstance(model, str) else type(model).__name__, probe)
+        transforms.append(tcls(**parse_kv([a for a in targs.split(",") if a], f"option of transform {tname}")))
+    model_name = spec.model if isinstance(spec.model, str) else type(spec.model).__name__
+    out_dir = Path(spec.out) if spec.out is not None else _default_out(model_name, spec.probe)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserFacingError(f"output folder {out_dir} already exists and is not empty; pass another --out or remove it")
+    return Plan(spec, probe_entry, probe_obj, dec, params, rescale_obj, metric_classes, transforms, dev, out_dir)
 
-    # ---- data and model
-    test_data = open_data(data, root=data_root, split="test", image_size=image_size, seed=seed, pm=pm)
+
+def build_context(p: Plan, pm) -> RunContext:
+    """Open the data, build the model (weights, normalisation), check that they fit together."""
+    from .engine import check_task
+
+    spec = p.spec
+    data = open_data(spec.data, root=spec.data_root, split="test", image_size=spec.image_size, seed=spec.seed, pm=pm)
     adapter = build_model(
-        model,
-        checkpoint=checkpoint,
-        pretrained=pretrained,
-        trust_checkpoint=trust_checkpoint,
-        strict=strict,
-        model_args=model_args,
-        mean=parse_floats(mean, "--mean") if isinstance(mean, str) else mean,
-        std=parse_floats(std, "--std") if isinstance(std, str) else std,
-        num_classes=test_data.num_classes,
+        spec.model,
+        checkpoint=spec.checkpoint,
+        pretrained=spec.pretrained,
+        trust_checkpoint=spec.trust_checkpoint,
+        strict=spec.strict,
+        model_args=spec.model_args,
+        mean=parse_floats(spec.mean, "--mean") if isinstance(spec.mean, str) else spec.mean,
+        std=parse_floats(spec.std, "--std") if isinstance(spec.std, str) else spec.std,
+        num_classes=data.num_classes,
         pm=pm,
     )
-    task = probe_obj.requires.get("task")
-    if task and adapter.task != task:
-        raise IncompatibleError(f"probe '{probe}' needs a {task} model, but {adapter.spec} is a {adapter.task} model")
-    adapter.to(dev)
-    do_fit = (not adapter.info.get("has_weights")) if fit is None else fit
-    fit_record = None
-    train_data = None
-    if do_fit:
-        data_name = data if isinstance(data, str) else test_data.name
-        if not test_data.has_split("train"):
-            raise UserFacingError(
-                f"{adapter.spec} has no weights and {data_name} has no training split to fit it on; "
-                "pass --checkpoint PATH (or --pretrained)"
-            )
-    _check_outputs(adapter, test_data, dev)
-    sw.lap("load_s")
-
-    # ---- fit when there are no weights
-    if do_fit:
-        train_data = open_data(data, root=data_root, split="train", image_size=image_size, seed=seed, pm=pm)
-        epochs = fit_epochs or getattr(train_data, "default_fit_epochs", 1)
-        lr = fit_lr or getattr(train_data, "default_fit_lr", 1e-4)
-        say(
-            f"No weights given (--checkpoint/--pretrained): fitting {adapter.spec} on {train_data.name} train split "
-            f"({len(train_data)} images, {epochs} epoch{'s' if epochs != 1 else ''}, Adam lr {lr:g}, batch 100) before probing."
+    check_task(p.probe.requires, adapter, data, spec.probe)
+    adapter.to(p.device)
+    if fit_needed(spec, adapter) and not data.has_split("train"):
+        name = spec.data if isinstance(spec.data, str) else data.name
+        raise UserFacingError(
+            f"{adapter.spec} has no weights and {name} has no training split to fit it on; pass --checkpoint PATH (or --pretrained)"
         )
-        from .training import fit as _fit
+    adapter.check_data(data, p.device)
+    return RunContext(
+        adapter=adapter, data=data, decomposer=p.decomposer, params=p.params, rescale=p.rescale,
+        metrics=p.metric_classes, device=p.device, batch_size=spec.batch_size, limit=spec.limit, seed=spec.seed,
+        transform=",".join(t.label() for t in p.transforms), options=dict(p.probe.opts), pm=pm,
+        precision=spec.precision, channels_last=spec.channels_last, forward_batch=spec.forward_batch,
+    )
 
-        cb = progress("fitting", len(train_data) * epochs) if progress else None
-        fit_record = _fit(
-            adapter, train_data, epochs=epochs, lr=lr, batch_size=100, seed=seed, device=dev, progress=cb,
-            on_epoch=lambda e, r: say(f"  epoch {e}/{epochs}: loss {r['loss']:.3f}, train accuracy {r['train_accuracy']:.3f}"),
-        )
-        sw.lap("fit_s")
 
-    # ---- probe into a temporary folder
+def fit_needed(spec: RunSpec, adapter: ModelAdapter) -> bool:
+    return (not adapter.info.get("has_weights")) if spec.fit is None else bool(spec.fit)
+
+
+def fit_stage(ctx: RunContext, spec: RunSpec, pm, *, progress=None, say=None) -> dict | None:
+    """Fit a model that has no weights on the data's training split (the paper's vanilla recipe, Adam)."""
+    if not fit_needed(spec, ctx.adapter):
+        return None
+    from .training import fit as _fit
+
+    train = open_data(spec.data, root=spec.data_root, split="train", image_size=spec.image_size, seed=spec.seed, pm=pm)
+    epochs = spec.fit_epochs or train.default_fit_epochs
+    lr = spec.fit_lr or train.default_fit_lr
+    say = say or (lambda msg: log.info(msg))
+    say(
+        f"No weights given (--checkpoint/--pretrained): fitting {ctx.adapter.spec} on {train.name} train split "
+        f"({len(train)} images, {epochs} epoch{'s' if epochs != 1 else ''}, Adam lr {lr:g}, batch 100) before probing."
+    )
+    cb = progress("fitting", len(train) * epochs) if progress else None
+    return _fit(
+        ctx.adapter, train, epochs=epochs, lr=lr, batch_size=100, seed=spec.seed, device=ctx.device, progress=cb,
+        on_epoch=lambda e, r: say(f"  epoch {e}/{epochs}: loss {r['loss']:.3f}, train accuracy {r['train_accuracy']:.3f}"),
+    )
+
+
+def evaluate_stage(ctx: RunContext, p: Plan, *, progress=None) -> ProbeResult:
+    """Apply the model transforms, then run the probe (its declaration over the evaluation loop)."""
+    for t in p.transforms:
+        ctx.adapter = t.apply(ctx.adapter)
+    n = len(ctx.data) if ctx.limit is None else min(ctx.limit, len(ctx.data))
+    ctx.progress = progress("probing", n) if progress else None
+    return p.probe.run(ctx)
+
+
+def manifest_for(ctx: RunContext, p: Plan, result: ProbeResult, *, fit_record, timings: Mapping[str, float],
+                 outputs: Sequence[str]) -> dict:
+    """The run's manifest: the core's sections, then what plugins add through ``manifest_entries``."""
+    spec, data = p.spec, ctx.data
+    n_eval = len(data) if ctx.limit is None else min(ctx.limit, len(data))
+    manifest = {
+        "versions": versions(),
+        "command": spec.command or " ".join(sys.argv),
+        "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "seed": spec.seed,
+        "device": str(ctx.device),
+        "precision": ctx.precision,
+        "probe": {"name": spec.probe, "provided_by": p.probe_entry.plugin, "options": p.probe.opts},
+        "model": {**ctx.adapter.describe(), "fitted": fit_record},
+        "data": {**data.describe(), "spec": spec.data if isinstance(spec.data, str) else data.name, "n_evaluated": n_eval,
+                 "limit": ctx.limit, "num_classes": data.num_classes,
+                 "class_names": list(data.class_names) if data.class_names else None},
+        "decomposer": {"name": p.decomposer.name, "options": p.decomposer.options(), "param_name": p.decomposer.param_name,
+                       "params": p.params, "components": list(p.decomposer.components)},
+        "rescale": {"policy": p.rescale.name, "applies_to_original": p.rescale.applies_to_original},
+        "metrics": [m.name for m in p.metric_classes],
+        "transform": ctx.transform,
+        "batch_size": ctx.batch_size,
+        "engine": result.extras.get("engine"),
+        "variant_sources": result.extras.get("sources"),
+        "timings": dict(timings),
+        "outputs": sorted(outputs) + ["manifest.json"],
+    }
+    for plugin_name, entries in _plugin_entries(ctx.pm, ctx, result):
+        for key, value in entries.items():
+            if key in manifest:
+                raise PluginError(f"plugin {plugin_name!r} returned manifest section {key!r}, which the core already writes; use a name of its own")
+            manifest[key] = value
+    return manifest
+
+
+def _plugin_entries(pm, ctx, result):
+    for impl in reversed(pm.hook.manifest_entries.get_hookimpls()):
+        got = impl.function(context=ctx, result=result) if "result" in impl.argnames else impl.function(context=ctx)
+        if got:
+            if not isinstance(got, Mapping):
+                name = pm.get_name(impl.plugin)
+                raise PluginError(f"plugin {name!r}: manifest_entries must return a dict, got {type(got).__name__}")
+            yield pm.get_name(impl.plugin), got
+
+
+@contextlib.contextmanager
+def staging(out_dir: Path):
+    """A hidden sibling folder to write into; renamed to ``out_dir`` on success, removed on any failure."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        label = ",".join(o.label() for o in transform_objs)
-        for t in transform_objs:
-            adapter = t.apply(adapter)
-        n_eval = len(test_data) if limit is None else min(limit, len(test_data))
-        ctx = RunContext(
-            adapter=adapter,
-            data=test_data,
-            decomposer=dec,
-            params=plist,
-            rescale=rescale_obj,
-            metrics=metric_classes,
-            device=dev,
-            batch_size=batch_size,
-            limit=limit,
-            seed=seed,
-            transform=label,
-            out_dir=tmp,
-            progress=progress("probing", n_eval) if progress else None,
-            options=dict(probe_options or {}),
-            pm=pm,
-        )
-        result = probe_obj.run(ctx)
-        sw.lap("probe_s")
-        if fit_record is not None:
-            torch.save(adapter.module.state_dict(), tmp / "model.pt")
-        pm.hook.report_result(result=result, context=ctx)
-        sw.lap("write_s")
-        timings = {**sw.stages, **result.extras.get("timings", {}), "total_s": sw.total()}
-        manifest = {
-            "versions": versions(),
-            "command": command or " ".join(sys.argv),
-            "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "seed": seed,
-            "device": str(dev),
-            "probe": {"name": probe, "provided_by": probe_entry.plugin, "options": probe_obj.opts},
-            "model": {**adapter.describe(), "fitted": fit_record},
-            "data": {**test_data.describe(), "spec": data if isinstance(data, str) else test_data.name, "n_evaluated": n_eval, "limit": limit,
-                     "num_classes": test_data.num_classes, "class_names": list(test_data.class_names) if test_data.class_names else None},
-            "decomposer": {"name": dec.name, "options": dec.options(), "param_name": dec.param_name, "params": plist, "components": list(dec.components)},
-            "rescale": {"policy": rescale_obj.name, "applies_to_original": rescale_obj.applies_to_original},
-            "metrics": [m.name for m in metric_classes],
-            "transform": label,
-            "batch_size": batch_size,
-            "timings": timings,
-            "outputs": sorted(p.name for p in tmp.iterdir()) + ["manifest.json"],
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=_json_default) + "\n")
+        yield tmp
         if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
+            out_dir.rmdir()  # empty, checked in plan()
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    result.extras["out_dir"] = out_dir
+
+
+def publish(ctx: RunContext, p: Plan, result: ProbeResult, tmp: Path, *, fit_record, sw: "Stopwatch") -> dict:
+    """Writers (``report_result``), the fitted weights, the manifest; into the staging folder."""
+    ctx.out_dir = tmp
+    if fit_record is not None:
+        torch.save(ctx.adapter.module.state_dict(), tmp / "model.pt")
+    ctx.pm.hook.report_result(result=result, context=ctx)
+    sw.lap("write_s")
+    timings = {**sw.stages, **result.extras.get("timings", {}), "total_s": sw.total()}
+    manifest = manifest_for(ctx, p, result, fit_record=fit_record, timings=timings, outputs=[q.name for q in tmp.iterdir()])
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=_json_default) + "\n")
+    return manifest
+
+
+def run(
+    model: str | torch.nn.Module | ModelAdapter,
+    *,
+    pm=None,
+    progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
+    announce: Callable[[str], None] | None = None,
+    **options: Any,
+) -> ProbeResult:
+    """Run a probe on ``model``; write results to ``out`` (None: a new dated folder under ``runs/``).
+
+    ``options`` are the fields of :class:`RunSpec` (probe, data, decomposer, params, checkpoint,
+    mean, std, device, batch_size, precision, ...). With no weights (no ``checkpoint``/``pretrained``,
+    and a spec that builds a fresh model) the model is first fitted on the data's training split
+    (Adam, batch 100), or pass ``fit=False`` to probe it as is. ``progress(stage, total)`` may
+    return a callback that receives counts of processed samples. Returns the
+    :class:`ProbeResult`; ``result.extras["out_dir"]`` is where the files are.
+    """
+    from .plugins import default_plugin_manager
+
+    names = {f.name for f in dataclasses.fields(RunSpec)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(f"run() got unexpected keyword argument(s) {', '.join(unknown)}; see freqprobe.runner.RunSpec")
+    spec = RunSpec(model=model, **options)
+    pm = pm or default_plugin_manager()
+    sw = Stopwatch()
+    torch.manual_seed(spec.seed)
+    p = plan(spec, pm)
+    ctx = build_context(p, pm)
+    sw.lap("load_s")
+    fit_record = fit_stage(ctx, spec, pm, progress=progress, say=announce)
+    if fit_record is not None:
+        sw.lap("fit_s")
+    with staging(p.out_dir) as tmp:
+        result = evaluate_stage(ctx, p, progress=progress)
+        sw.lap("probe_s")
+        manifest = publish(ctx, p, result, tmp, fit_record=fit_record, sw=sw)
+    result.extras["out_dir"] = p.out_dir
     result.extras["manifest"] = manifest
     return result
 

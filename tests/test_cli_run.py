@@ -284,7 +284,7 @@ def test_failure_mid_probe_leaves_nothing(capsys, tiny_npz, tmp_path):
     )
     out = tmp_path / "runs" / "out"
     rc, _, err = cli(capsys, "run", "--model", f"{f}:bomb", "--data", f"npz:{tiny_npz}", "--no-fit", "--radii", "4,8",
-                     "--out", out, "--device", "cpu", "-q")
+                     "--batch-size", "4", "--out", out, "--device", "cpu", "-q")
     assert_clean_failure(rc, err, out, "exploded on call 4")
     assert (tmp_path / "runs").is_dir() and list((tmp_path / "runs").iterdir()) == []
 

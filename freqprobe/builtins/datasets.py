@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import UserFacingError
 from ..hookspecs import hookimpl
-from ..interfaces import DataSource
+from ..interfaces import Batch, DataSource
 
 
 def default_data_root() -> Path:
@@ -66,13 +66,13 @@ class ArrayDataSource(DataSource):
             return t.to(torch.float32).div_(255.0).contiguous()
         return t.to(torch.float32).contiguous()
 
-    def batches(self, batch_size, *, limit=None, shuffle=False, seed=0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        n = len(self) if limit is None else min(limit, len(self))
-        order = np.random.default_rng(seed).permutation(n) if shuffle else None
-        for i in range(0, n, batch_size):
-            idx = order[i : i + batch_size] if shuffle else np.arange(i, min(i + batch_size, n))
-            xb = self.x[idx] if shuffle else self.x[i : i + batch_size][: len(idx)]
-            yield self._to_tensor(xb), torch.from_numpy(self.y[idx]), torch.from_numpy(idx.astype(np.int64))
+    def load(self, indices: np.ndarray) -> Batch:
+        idx = np.asarray(indices, dtype=np.int64)
+        if len(idx) and idx[-1] - idx[0] == len(idx) - 1 and np.all(np.diff(idx) == 1):
+            xb = self.x[idx[0] : idx[-1] + 1]  # a contiguous run: a slice, no gather
+        else:
+            xb = self.x[idx]
+        return Batch(self._to_tensor(xb), torch.from_numpy(self.y[idx]), torch.from_numpy(idx))
 
 
 class Synth10DataSource(ArrayDataSource):
@@ -234,20 +234,17 @@ class ImageFolderDataSource(DataSource):
     def describe(self):
         return {**super().describe(), "path": str(self.path.resolve()), "image_size": self.image_size}
 
-    def batches(self, batch_size, *, limit=None, shuffle=False, seed=0):
-        n = len(self) if limit is None else min(limit, len(self))
-        order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-        for i in range(0, n, batch_size):
-            idx = order[i : i + batch_size]
-            items = [self.ds[int(j)] for j in idx]
-            shapes = {tuple(t.shape) for t, _ in items}
-            if len(shapes) > 1:
-                raise UserFacingError(
-                    f"images in {self.path} have different sizes ({', '.join(map(str, sorted(shapes)[:3]))}...); pass --image-size N to resize them"
-                )
-            x = torch.stack([t for t, _ in items])
-            y = torch.tensor([lab for _, lab in items], dtype=torch.int64)
-            yield x, y, torch.from_numpy(idx.astype(np.int64))
+    def load(self, indices: np.ndarray) -> Batch:
+        idx = np.asarray(indices, dtype=np.int64)
+        items = [self.ds[int(j)] for j in idx]
+        shapes = {tuple(t.shape) for t, _ in items}
+        if len(shapes) > 1:
+            raise UserFacingError(
+                f"images in {self.path} have different sizes ({', '.join(map(str, sorted(shapes)[:3]))}...); pass --image-size N to resize them"
+            )
+        x = torch.stack([t for t, _ in items])
+        y = torch.tensor([lab for _, lab in items], dtype=torch.int64)
+        return Batch(x, y, torch.from_numpy(idx))
 
 
 @hookimpl

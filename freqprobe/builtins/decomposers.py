@@ -357,9 +357,13 @@ class SVDDecomposer(Decomposer):
         return next(iter(self.decompose_all(x, [param], out=out)))[1]
 
     def decompose_all(self, x, params, *, out=None):
+        """All ranks from one SVD per plane; ``out`` as for :meth:`Decomposer.decompose_all`."""
+        params = list(params)
+        per_param = out is not None and not ("dominant" in out and "trailing" in out)
         h, w = x.shape[-2:]
         u, s, vh = torch.linalg.svd(x, full_matrices=False)
         for k in params:
+            o = out[k] if per_param else out
             k = int(k)
             kk = min(k, min(h, w))
             if k >= min(h, w) and (h, w, k) not in self._warned:
@@ -367,10 +371,10 @@ class SVDDecomposer(Decomposer):
                 warnings.warn(
                     f"svd: k={k} keeps every singular value of a {h}x{w} image: the trailing part is zero",
                     UserWarning,
-                    stacklevel=4,
+                    stacklevel=_caller_stacklevel(),
                 )
-            dom = out["dominant"] if out is not None else torch.empty_like(x)
-            trl = out["trailing"] if out is not None else torch.empty_like(x)
+            dom = o["dominant"] if o is not None else torch.empty_like(x)
+            trl = o["trailing"] if o is not None else torch.empty_like(x)
             torch.matmul(u[..., :kk] * s[..., None, :kk], vh[..., :kk, :], out=dom)
             torch.sub(x, dom, out=trl)
             yield k, {"dominant": dom, "trailing": trl}

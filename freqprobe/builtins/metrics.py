@@ -1,4 +1,4 @@
-"""Built-in metrics."""
+"""Built-in metrics. State is declared with ``add_state`` so partial results (shards) merge."""
 
 from __future__ import annotations
 
@@ -13,20 +13,19 @@ class AccuracyMetric(Metric):
 
     name = "accuracy"
 
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.correct = 0
-        self.total = 0
+    def __init__(self, ctx=None, **options) -> None:
+        super().__init__(ctx, **options)
+        # counts stay on the run's device between batches: no host synchronisation per batch
+        self.add_state("correct", 0, reduce="sum")
+        self.add_state("total", 0, reduce="sum")
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         pred = outputs.argmax(-1) if outputs.dim() > 1 else outputs
-        self.correct += int((pred.cpu() == targets.cpu()).sum())
+        self.correct = self.correct + (pred == targets.to(pred.device)).sum()
         self.total += int(targets.numel())
 
     def compute(self) -> float:
-        return self.correct / self.total if self.total else float("nan")
+        return int(self.correct) / self.total if self.total else float("nan")
 
 
 class Top5AccuracyMetric(AccuracyMetric):
@@ -36,8 +35,8 @@ class Top5AccuracyMetric(AccuracyMetric):
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         k = min(5, outputs.shape[-1])
-        top = outputs.topk(k, dim=-1).indices.cpu()
-        self.correct += int((top == targets.cpu().view(-1, 1)).any(1).sum())
+        top = outputs.topk(k, dim=-1).indices
+        self.correct = self.correct + (top == targets.to(top.device).view(-1, 1)).any(1).sum()
         self.total += int(targets.numel())
 
 

@@ -8,37 +8,19 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import tables
 from ..hookspecs import hookimpl
+from ..tables import fmt_param
 
 log = logging.getLogger("freqprobe.report")
 
-SUMMARY_COLUMNS = ["probe", "transform", "decomposer", "variant", "param", "metric", "value", "n"]
-SAMPLE_COLUMNS = ["index", "label", "variant", "param", "pred", "confidence"]
-
-
-def fmt_param(p) -> str:
-    if p == "" or p is None:
-        return ""
-    f = float(p)
-    return str(int(f)) if f.is_integer() else f"{f:g}"
-
 
 def write_summary(result, path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
-        w.writeheader()
-        for row in result.summary:
-            w.writerow({**row, "param": fmt_param(row["param"]), "value": f"{row['value']:.6f}"})
+    tables.write_summary(result.summary, path, result.extras.get("extra_columns") or ())
 
 
 def write_samples(result, path: Path) -> None:
-    idx, lab = result.extras["index"], result.extras["label"]
-    with open(path, "w", newline="") as f:
-        f.write(",".join(SAMPLE_COLUMNS) + "\n")
-        for s in result.samples:
-            prefix = f",{s['variant']},{fmt_param(s['param'])},"
-            lines = [f"{i},{l}{prefix}{p},{c:.6f}\n" for i, l, p, c in zip(idx.tolist(), lab.tolist(), s["pred"].tolist(), s["confidence"].tolist())]
-            f.writelines(lines)
+    result.samples.write_csv(path)
 
 
 def _plt():
@@ -134,7 +116,7 @@ def report_result(result, context):
         return
     out = Path(out)
     write_summary(result, out / "summary.csv")
-    if result.samples:
+    if result.samples is not None and len(result.samples):
         write_samples(result, out / "samples.csv")
     if result.components and any(r["variant"] != "original" for r in result.summary):
         plot_accuracy(result, out / "accuracy.png")

@@ -1,0 +1,565 @@
+"""The one evaluation loop: a model over image variants of a data set, for every probe and task.
+
+A probe declares *variant sources* (the original images, a decomposer's parts, later adversarial
+images and compositions of these); :func:`evaluate` streams the data once and, for every batch,
+lets the sources fill one preallocated stack of variant images, runs the model over the stack
+(several variants concatenated into one forward pass where the task allows it), updates one
+metric instance per variant, and records the per-sample columns the adapter declares. Design
+notes and the contract for plugins: docs/engine.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import queue
+import threading
+import time
+from collections import defaultdict
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+
+from .errors import FreqprobeError, IncompatibleError, PluginError, UserFacingError
+from .interfaces import Batch, Decomposer, Metric, ProbeResult, RunContext, Variant, VariantSource
+from .tables import SampleTable, extra_columns
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+
+
+# ----------------------------------------------------------------------------- variant sources
+class OriginalSource(VariantSource):
+    """The batch's images as they are (the ``original`` variant)."""
+
+    def __init__(self) -> None:
+        self.variant = Variant("original")
+
+    def variants(self) -> list[Variant]:
+        return [self.variant]
+
+    def produce(self, images, targets, ctx, out=None):
+        yield self.variant, images
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": "original"}
+
+
+class DecomposerSource(VariantSource):
+    """Each component of a decomposer at each parameter, of another source's images (default: the original).
+
+    ``include_base`` also evaluates the base's own variants (the original images of ``lfc-hfc``,
+    the adversarial images themselves of a robustness probe).
+    """
+
+    def __init__(self, decomposer: Decomposer, params: Sequence[Any], base: VariantSource | None = None, *,
+                 include_base: bool = True) -> None:
+        self.decomposer = decomposer
+        self.params = list(params)
+        self.base = base if base is not None else OriginalSource()
+        self.include_base = include_base
+        self._derived: dict[tuple, Variant] = {}
+        for bv in self.base.variants():
+            for p in self.params:
+                for c in decomposer.components:
+                    self._derived[(bv.key(), c, p)] = bv.derive(c, p)
+
+    def variant_for(self, base: Variant, component: str, param: Any) -> Variant:
+        """The variant holding ``component`` at ``param`` of the base variant ``base``."""
+        return self._derived[(base.key(), component, param)]
+
+    def variants(self) -> list[Variant]:
+        out = []
+        for bv in self.base.variants():
+            if self.include_base:
+                out.append(bv)
+            out += [self._derived[(bv.key(), c, p)] for p in self.params for c in self.decomposer.components]
+        return out
+
+    def produce(self, images, targets, ctx, out=None):
+        comps = self.decomposer.components
+        for bv, bimgs in self.base.produce(images, targets, ctx, out):
+            if self.include_base:
+                yield bv, bimgs
+            derived = {(c, p): self._derived[(bv.key(), c, p)] for p in self.params for c in comps}
+            if isinstance(bimgs, (list, tuple)):  # images of different sizes: one at a time
+                parts = {k: [] for k in derived}
+                for img in bimgs:
+                    for p, got in self.decomposer.decompose_all(img[None].contiguous(), self.params):
+                        for c in comps:
+                            parts[(c, p)].append(got[c][0])
+                for k, v in derived.items():
+                    yield v, parts[k]
+                continue
+            bufs = None
+            if out is not None and all(v in out for v in derived.values()):
+                bufs = {p: {c: out[derived[(c, p)]] for c in comps} for p in self.params}
+            for p, got in self.decomposer.decompose_all(bimgs.contiguous(), self.params, out=bufs):
+                for c in comps:
+                    yield derived[(c, p)], got[c]
+
+    def describe(self) -> dict[str, Any]:
+        d = self.decomposer
+        return {"source": "decomposer", "decomposer": d.name, "options": d.options(), "param_name": d.param_name,
+                "params": self.params, "components": list(d.components), "base": self.base.describe(),
+                "include_base": self.include_base}
+
+
+# ----------------------------------------------------------------------------- settings
+@dataclasses.dataclass
+class EngineSettings:
+    """How the loop runs on this device (defaults chosen per device; see docs/benchmarks.md)."""
+
+    device: torch.device
+    precision: str = "fp32"
+    channels_last: bool = True
+    forward_batch: int | None = None  # None: one batch per forward (CPU); the stack up to this size on CUDA
+    prefetch: bool = False
+    cudnn_benchmark: bool = False
+
+    @classmethod
+    def for_context(cls, ctx: RunContext) -> "EngineSettings":
+        dev = ctx.device
+        cuda = dev.type == "cuda"
+        check_precision(dev, ctx.precision)
+        fb = ctx.forward_batch
+        if fb is not None and fb < 1:
+            raise UserFacingError(f"--forward-batch must be at least 1, got {fb}")
+        if fb is None:
+            fb = 1024 if cuda else ctx.batch_size
+        return cls(
+            device=dev,
+            precision=ctx.precision,
+            channels_last=True if ctx.channels_last is None else bool(ctx.channels_last),
+            forward_batch=fb,
+            prefetch=cuda,
+            cudnn_benchmark=cuda,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, torch.device) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def check_precision(device: torch.device, precision: str) -> None:
+    """Refuse a precision the device cannot run, in one line."""
+    if precision not in PRECISIONS:
+        raise UserFacingError(f"unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}")
+    if device.type == "cpu":
+        if precision == "tf32":
+            raise UserFacingError("--precision tf32 is a CUDA setting; on the CPU use fp32 or bf16")
+        if precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+            try:
+                with torch.autocast("cpu", dtype=dtype):
+                    torch.nn.functional.conv2d(torch.ones(1, 1, 3, 3), torch.ones(1, 1, 2, 2))
+            except (RuntimeError, TypeError) as exc:
+                raise UserFacingError(f"--precision {precision} is not available on this CPU with torch {torch.__version__} "
+                                      f"({str(exc).splitlines()[0][:80]}); use fp32 or bf16") from None
+    elif device.type == "cuda":
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            raise UserFacingError(f"--precision bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16 or fp32")
+    elif precision != "fp32":
+        raise UserFacingError(f"--precision {precision} is not supported on {device.type}; use fp32")
+
+
+@contextlib.contextmanager
+def precision_context(device: torch.device, precision: str):
+    """fp32 is exact float32 (TF32 off on CUDA); tf32 allows TF32; bf16/fp16 autocast the model."""
+    if device.type != "cuda":
+        if precision in ("bf16", "fp16"):
+            with torch.autocast("cpu", dtype=torch.bfloat16 if precision == "bf16" else torch.float16):
+                yield
+        else:
+            yield
+        return
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        if precision in ("bf16", "fp16"):
+            with torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16):
+                yield
+        else:
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+# ----------------------------------------------------------------------------- helpers
+class StageTimer:
+    """Seconds per stage without host synchronisation: wall clock on the CPU, CUDA events on a GPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.totals: dict[str, float] = defaultdict(float)
+        self._events: list[tuple[str, Any, Any]] = []
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            try:
+                yield
+            finally:
+                end.record()
+                self._events.append((name, start, end))
+        else:
+            t = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.totals[name] += time.perf_counter() - t
+
+    def results(self) -> dict[str, float]:
+        if self._events:
+            torch.cuda.synchronize()
+            for name, start, end in self._events:
+                self.totals[name] += start.elapsed_time(end) / 1000.0
+            self._events.clear()
+        return {f"{k}_s": v for k, v in self.totals.items()}
+
+
+_END = object()
+
+
+class Prefetcher:
+    """Loads the next batches in a background thread (in pinned memory for a GPU) while the device works."""
+
+    def __init__(self, batches: Iterator[Batch], *, pin: bool, depth: int = 2) -> None:
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._pin = pin
+        self._thread = threading.Thread(target=self._work, args=(batches,), daemon=True, name="freqprobe-prefetch")
+        self._thread.start()
+
+    def _work(self, batches: Iterator[Batch]) -> None:
+        try:
+            for b in batches:
+                if self._pin:
+                    b = Batch(_pin(b.images), _pin(b.targets), b.indices)
+                while not self._stop.is_set():
+                    try:
+                        self._q.put(b, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._q.put(_END)
+        except BaseException as exc:  # re-raised in the consumer
+            self._q.put(exc)
+
+    def __iter__(self) -> Iterator[Batch]:
+        try:
+            while True:
+                item = self._q.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self._stop.set()
+
+
+def _pin(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.pin_memory()
+    if isinstance(x, list):
+        return [_pin(t) for t in x]
+    return x
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, list):
+        return [_to(t, device) for t in x]
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    return x
+
+
+def make_metric(cls: type, ctx: RunContext) -> Metric:
+    """Build a metric with the run's context (or without, for a metric whose constructor takes none), then reset it."""
+    try:
+        params = list(inspect.signature(cls).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    takes_ctx = any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
+    m = cls(ctx) if takes_ctx else cls()
+    m.reset()
+    return m
+
+
+class _HostValues:
+    """Per-sample columns on their way to the host: asynchronous copies from a GPU, read one batch later."""
+
+    def __init__(self, values: Mapping[str, Any], device: torch.device) -> None:
+        self.event = None
+        if device.type == "cuda":
+            host = {}
+            for k, v in values.items():
+                if isinstance(v, torch.Tensor) and v.is_cuda:
+                    h = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
+                    h.copy_(v, non_blocking=True)
+                    host[k] = h
+                else:
+                    host[k] = v
+            self.event = torch.cuda.Event()
+            self.event.record()
+            self.values = host
+        else:
+            self.values = dict(values)
+
+    def get(self) -> dict[str, Any]:
+        if self.event is not None:
+            self.event.synchronize()
+        return {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in self.values.items()}
+
+
+# ----------------------------------------------------------------------------- the loop
+@dataclasses.dataclass
+class EvalState:
+    """What the loop accumulates; states of shards merge (:meth:`merge`) before :func:`summarize`."""
+
+    variants: list
+    metrics: dict  # variant -> [Metric]
+    table: SampleTable | None
+    n: int = 0
+    timings: dict = dataclasses.field(default_factory=dict)
+    extras: dict = dataclasses.field(default_factory=dict)
+
+    def merge(self, other: "EvalState") -> None:
+        for v in self.variants:
+            for mine, theirs in zip(self.metrics[v], other.metrics[v]):
+                mine.merge(theirs)
+        if self.table is not None and other.table is not None:
+            self.table.extend(other.table)
+        self.n += other.n
+
+
+def evaluate(ctx: RunContext, sources: Sequence[VariantSource], *, probe: str, observers: Sequence[Any] = (),
+             samples: bool = True) -> ProbeResult:
+    """Evaluate ``ctx.adapter`` on every variant of ``sources`` over ``ctx.data`` (its shard); a ProbeResult."""
+    state = run_loop(ctx, sources, observers=observers, samples=samples)
+    extras: dict[str, Any] = {}
+    for ob in observers:
+        finish = getattr(ob, "finish", None)
+        if finish is not None:
+            extras.update(finish() or {})
+    return summarize(ctx, state, sources, probe=probe, extras=extras)
+
+
+def summarize(ctx: RunContext, state: EvalState, sources: Sequence[VariantSource], *, probe: str,
+              extras: Mapping[str, Any] | None = None) -> ProbeResult:
+    rows = []
+    for v in state.variants:
+        for m in state.metrics[v]:
+            try:
+                results = m.results()
+            except FreqprobeError:
+                raise
+            except Exception as exc:
+                raise PluginError(f"metric {getattr(m, 'name', type(m).__name__)!r} failed in compute(): {type(exc).__name__}: {exc}") from exc
+            for name, value in results.items():
+                rows.append({"probe": probe, "transform": ctx.transform, "decomposer": ctx.decomposer.name, **v.columns(),
+                             "metric": name, "value": value, "n": state.n})
+    dec = ctx.decomposer
+    return ProbeResult(
+        probe=probe,
+        summary=rows,
+        samples=state.table,
+        components=tuple(dec.components),
+        param_name=dec.param_name,
+        variants=list(state.variants),
+        extras={
+            "class_names": list(ctx.data.class_names) if ctx.data.class_names else None,
+            "timings": dict(state.timings),
+            "engine": state.extras.get("engine"),
+            "sources": [s.describe() for s in sources],
+            "extra_columns": extra_columns(state.variants),
+            **(extras or {}),
+        },
+    )
+
+
+def run_loop(ctx: RunContext, sources: Sequence[VariantSource], *, observers: Sequence[Any] = (),
+             samples: bool = True) -> EvalState:
+    """Stream ``ctx.data`` once; evaluate every variant of every batch. Returns the accumulated state."""
+    settings = EngineSettings.for_context(ctx)
+    variants = [v for s in sources for v in s.variants()]
+    seen: set = set()
+    for v in variants:
+        if v.key() in seen:
+            raise PluginError(f"two variant sources produce the same variant {v.columns()}")
+        seen.add(v.key())
+    index_of = {v: i for i, v in enumerate(variants)}
+    adapter, dev = ctx.adapter, settings.device
+    adapter.prepare(channels_last=settings.channels_last)
+    metrics = {v: [make_metric(cls, ctx) for cls in ctx.metrics] for v in variants}
+    extra = extra_columns(variants)
+    state = EvalState(variants=variants, metrics=metrics, table=None)
+    timer = StageTimer(dev)
+    rescale = ctx.rescale
+    rescale_all = bool(getattr(rescale, "applies_to_original", False))
+    identity_rescale = getattr(rescale, "name", "") == "none"
+    stack: torch.Tensor | None = None
+    pending: tuple | None = None
+    data_wait = 0.0
+
+    def flush(p: tuple | None) -> None:
+        if p is None or state.table is None:
+            return
+        host, indices, target_cols, n, order = p
+        vals = host.get()
+        for i, v in enumerate(order):
+            block = {"index": indices, **target_cols, **v.columns()}
+            for col in adapter.sample_columns:
+                block[col] = vals[col][i * n:(i + 1) * n] if vals[col] is not None else None
+            state.table.append(block, n)
+
+    batches = ctx.data.batches(ctx.batch_size, limit=ctx.limit, shard=ctx.shard)
+    if settings.prefetch:
+        batches = iter(Prefetcher(batches, pin=dev.type == "cuda"))
+    old_bench = torch.backends.cudnn.benchmark
+    t_loop = time.perf_counter()
+    try:
+        torch.backends.cudnn.benchmark = settings.cudnn_benchmark
+        with torch.inference_mode(), precision_context(dev, settings.precision):
+            it = iter(batches)
+            while True:
+                t = time.perf_counter()
+                batch = next(it, None)
+                data_wait += time.perf_counter() - t
+                if batch is None:
+                    break
+                images, targets = _to(batch.images, dev), _to(batch.targets, dev)
+                n = len(batch.indices)
+                if state.table is None and samples:
+                    tcols = list(ctx.data.target_columns(batch.targets))
+                    state.table = SampleTable(["index", *tcols, "variant", "param", *extra, *adapter.sample_columns])
+                target_cols = ctx.data.target_columns(batch.targets) if samples else {}
+                stackable = isinstance(images, torch.Tensor) and adapter.stackable
+                with timer.stage("decompose"):
+                    if stackable:
+                        if stack is None or stack.shape[1:] != images.shape or stack.dtype != images.dtype:
+                            stack = torch.empty((len(variants), *images.shape), dtype=images.dtype, device=dev)
+                        slots = {v: stack[i] for i, v in enumerate(variants)}
+                        produced = _produce(sources, images, targets, ctx, slots, index_of)
+                        for v in variants:
+                            if not identity_rescale and (v.component or rescale_all):
+                                slots[v].copy_(rescale.apply(slots[v]))
+                        produced = slots
+                    else:
+                        produced = _produce(sources, images, targets, ctx, None, index_of)
+                        if not identity_rescale:
+                            produced = {v: (_rescale_list(rescale, x) if (v.component or rescale_all) else x) for v, x in produced.items()}
+                with timer.stage("inference"):
+                    if stackable:
+                        flat = stack.view(len(variants) * n, *images.shape[1:])
+                        outputs = _forward(adapter, flat, settings)
+                        vals = adapter.sample_values(outputs, targets.repeat(len(variants)) if isinstance(targets, torch.Tensor) else targets)
+                        per_variant_out = {v: outputs[i * n:(i + 1) * n] for i, v in enumerate(variants)}
+                        per_variant_vals = {v: {k: (t[i * n:(i + 1) * n] if t is not None else None) for k, t in vals.items()}
+                                            for i, v in enumerate(variants)}
+                    else:
+                        per_variant_out, per_variant_vals = {}, {}
+                        for v in variants:
+                            out = adapter.predict(produced[v])
+                            per_variant_out[v] = out
+                            per_variant_vals[v] = adapter.sample_values(out, targets)
+                        vals = None
+                    for v in variants:
+                        for m in metrics[v]:
+                            m.update(per_variant_out[v], targets)
+                with timer.stage("bookkeeping"):
+                    if samples:
+                        if vals is None:  # per-variant path: columns are concatenated in variant order
+                            vals = {k: _cat([per_variant_vals[v][k] for v in variants]) for k in adapter.sample_columns}
+                        flush(pending)
+                        pending = (_HostValues(vals, dev), batch.indices.numpy(), _host_cols(target_cols), n, variants)
+                    for ob in observers:
+                        ob.on_batch(batch, produced, per_variant_vals, targets)
+                state.n += n
+                if ctx.progress:
+                    ctx.progress(n)
+            flush(pending)
+            pending = None
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+    finally:
+        torch.backends.cudnn.benchmark = old_bench
+    wall = time.perf_counter() - t_loop
+    timings = timer.results()
+    for k in ("decompose_s", "inference_s", "bookkeeping_s"):
+        timings.setdefault(k, 0.0)
+    timings["data_s"] = data_wait
+    timings["evaluate_s"] = wall - data_wait
+    state.timings = timings
+    state.extras["engine"] = settings.describe()
+    return state
+
+
+def _produce(sources, images, targets, ctx, slots, index_of) -> dict:
+    produced: dict = {}
+    for src in sources:
+        for v, imgs in src.produce(images, targets, ctx, slots):
+            if v not in index_of:
+                raise PluginError(f"{type(src).__name__} produced a variant it did not declare: {v.columns()}")
+            if slots is not None:
+                slot = slots[v]
+                if not isinstance(imgs, torch.Tensor) or imgs.shape != slot.shape:
+                    raise PluginError(f"{type(src).__name__} produced images of shape "
+                                      f"{tuple(getattr(imgs, 'shape', ()))} for {v.columns()}; expected {tuple(slot.shape)}")
+                if imgs.data_ptr() != slot.data_ptr() or imgs.stride() != slot.stride():
+                    slot.copy_(imgs)
+                produced[v] = slot
+            else:
+                produced[v] = imgs
+    missing = [v.columns() for v in index_of if v not in produced]
+    if missing:
+        raise PluginError(f"the variant sources did not produce {missing[0]} (and {len(missing) - 1} more) for a batch")
+    return produced
+
+
+def _rescale_list(rescale, x):
+    if isinstance(x, (list, tuple)):
+        return [rescale.apply(t[None])[0] for t in x]
+    return rescale.apply(x)
+
+
+def _forward(adapter, x: torch.Tensor, settings: EngineSettings) -> torch.Tensor:
+    fb = settings.forward_batch or len(x)
+    outs = []
+    for s in range(0, len(x), fb):
+        xb = x[s:s + fb]
+        if settings.channels_last and xb.dim() == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        outs.append(adapter.predict(xb))
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def _cat(parts: list) -> Any:
+    if all(isinstance(p, torch.Tensor) for p in parts):
+        return torch.cat(parts)
+    out: list = []
+    for p in parts:
+        out.extend(p if isinstance(p, list) else p.tolist())
+    return out
+
+
+def _host_cols(cols: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in cols.items()}
+
+
+def check_task(probe_requires: Mapping[str, Any], adapter, data, probe: str) -> None:
+    """A probe, an adapter and a data set of different tasks are refused before any compute."""
+    task = probe_requires.get("task")
+    if task and adapter.task != task:
+        raise IncompatibleError(f"probe '{probe}' needs a {task} model, but {adapter.spec} is a {adapter.task} model")
+    dtask = getattr(data, "task", "classification")
+    if dtask != adapter.task:
+        raise IncompatibleError(f"{adapter.spec} is a {adapter.task} model but the data set {data.name!r} holds {dtask} targets")
