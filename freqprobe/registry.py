@@ -6,7 +6,7 @@ import dataclasses
 import fnmatch
 import inspect
 import re
-from typing import Any
+from typing import Any, Mapping
 
 from . import interfaces as I
 from .errors import PluginError, UnknownNameError
@@ -91,9 +91,27 @@ def collect(kind: str, pm=None) -> dict[str, Entry]:
                     f"duplicate {k.label} name '{name}': {cls.__module__}.{cls.__qualname__} from plugin {plugin!r} "
                     f"and {prev.cls.__module__}.{prev.cls.__qualname__} from plugin {prev.plugin!r}"
                 )
+            problem = _class_problem(kind, cls)
+            if problem:
+                raise PluginError(f"plugin {plugin!r}: {k.label} '{name}' ({cls.__module__}.{cls.__qualname__}) {problem}")
             entries[name] = Entry(name, cls, plugin, dist)
     cache[kind] = entries
     return entries
+
+
+def _class_problem(kind: str, cls: type) -> str | None:
+    """What is wrong with a registered class beyond its name and base, or None."""
+    if kind == "decomposers":
+        params = getattr(cls, "default_params", ())
+        if not isinstance(params, (tuple, list)) or len(params) == 0:
+            return ("declares no default_params, so a run without --radii/--params would evaluate no parameter; "
+                    "set default_params = (...) to the values used when the user gives none")
+        comps = getattr(cls, "components", ())
+        if not isinstance(comps, (tuple, list)) or len(comps) < 1 or not all(isinstance(c, str) and c for c in comps):
+            return "declares no components; set components = ('low', 'high') or the names of its parts"
+    if kind == "probes" and not isinstance(getattr(cls, "options", {}), Mapping):
+        return "declares options that are not a dict of defaults"
+    return None
 
 
 def invalidate(pm) -> None:

@@ -85,3 +85,21 @@ def tiny_model_file(tmp_path) -> Path:
         "    return nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))\n"
     )
     return p
+
+
+@pytest.fixture
+def cli(capsys):
+    """The console entry, in-process: ``cli("run", ...) -> (exit code, stdout, stderr)``.
+
+    :func:`freqprobe.cli.main` is what the console script runs (``entry() = sys.exit(main())``)
+    and the only place that maps freqprobe errors to exit code 2.
+    """
+    from freqprobe.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        rc = main([str(a) for a in args])
+        got = capsys.readouterr()
+        return rc, got.out, got.err
+
+    return run

@@ -32,12 +32,6 @@ STD = (0.2, 0.25, 0.3)
 
 
 # ------------------------------------------------------------------ helpers
-def cli(capsys, *args):
-    """Run the console entry in-process; return (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    got = capsys.readouterr()
-    return rc, got.out, got.err
 
 
 def read_csv(path: Path):
@@ -126,11 +120,11 @@ def run_args(model_file, data, weights, out, *extra):
 
 
 # ------------------------------------------------------------------ a full run
-def test_run_writes_consistent_outputs(capsys, monkeypatch, tiny_model_file, tiny_npz, tiny_weights, tmp_path):
+def test_run_writes_consistent_outputs(cli, monkeypatch, tiny_model_file, tiny_npz, tiny_weights, tmp_path):
     out = tmp_path / "out"
     args = run_args(tiny_model_file, tiny_npz, tiny_weights, out)
     monkeypatch.setattr(sys, "argv", ["freqprobe", *map(str, args)])
-    rc, stdout, err = cli(capsys, *args)
+    rc, stdout, err = cli(*args)
     assert rc == 0, err
     assert "results in" in stdout and "original" in stdout
     n = 24
@@ -216,7 +210,7 @@ def test_run_writes_consistent_outputs(capsys, monkeypatch, tiny_model_file, tin
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
 
 
-def test_figure2_gallery_written(capsys, tiny_model_file, tiny_npz, tiny_weights, tmp_path):
+def test_figure2_gallery_written(cli, tiny_model_file, tiny_npz, tiny_weights, tmp_path):
     """Labels = the model's own predictions, so the original is always right and the gallery gets filled."""
     model = reference_model(tiny_model_file, tiny_weights)
     x, _ = npz_images(tiny_npz)
@@ -224,7 +218,7 @@ def test_figure2_gallery_written(capsys, tiny_model_file, tiny_npz, tiny_weights
     data = tmp_path / "self_labelled.npz"
     np.savez(data, x=np.load(tiny_npz)["x"], y=pred, class_names=np.array(["a", "b", "c", "d"]))
     out = tmp_path / "out"
-    rc, _, err = cli(capsys, *run_args(tiny_model_file, data, tiny_weights, out, "--gallery-size", "2"))
+    rc, _, err = cli(*run_args(tiny_model_file, data, tiny_weights, out, "--gallery-size", "2"))
     assert rc == 0, err
     _, summary = read_csv(out / "summary.csv")
     assert float(summary[0]["value"]) == 1.0
@@ -238,11 +232,11 @@ def test_figure2_gallery_written(capsys, tiny_model_file, tiny_npz, tiny_weights
         assert (out / f"figure2_r{r}.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_same_seed_is_deterministic_and_rescale_recorded(capsys, tiny_model_file, tiny_npz, tiny_weights, tmp_path):
+def test_same_seed_is_deterministic_and_rescale_recorded(cli, tiny_model_file, tiny_npz, tiny_weights, tmp_path):
     outs = []
     for i in range(2):
         out = tmp_path / f"out{i}"
-        rc, _, err = cli(capsys, *run_args(tiny_model_file, tiny_npz, tiny_weights, out, "--seed", "7", "--rescale", "clip"))
+        rc, _, err = cli(*run_args(tiny_model_file, tiny_npz, tiny_weights, out, "--seed", "7", "--rescale", "clip"))
         assert rc == 0, err
         outs.append(out)
     for name in ("summary.csv", "samples.csv", "figure2.csv"):
@@ -252,11 +246,11 @@ def test_same_seed_is_deterministic_and_rescale_recorded(capsys, tiny_model_file
     assert man["seed"] == 7
 
 
-def test_svd_decomposer(capsys, tiny_model_file, tiny_npz, tiny_weights, tmp_path):
+def test_svd_decomposer(cli, tiny_model_file, tiny_npz, tiny_weights, tmp_path):
     out = tmp_path / "out"
     args = run_args(tiny_model_file, tiny_npz, tiny_weights, out, "--decomposer", "svd")
     args[args.index("4,8")] = "1,2"
-    rc, stdout, err = cli(capsys, *args)
+    rc, stdout, err = cli(*args)
     assert rc == 0, err
     _, summary = read_csv(out / "summary.csv")
     assert [(r["decomposer"], r["variant"], r["param"]) for r in summary] == [
@@ -267,7 +261,7 @@ def test_svd_decomposer(capsys, tiny_model_file, tiny_npz, tiny_weights, tmp_pat
     assert len(samples) == 24 * 5
 
 
-def test_failure_mid_probe_leaves_nothing(capsys, tiny_npz, tmp_path):
+def test_failure_mid_probe_leaves_nothing(cli, tiny_npz, tmp_path):
     """An error after the temporary folder exists: it is removed, --out never appears."""
     f = tmp_path / "bomb.py"
     f.write_text(
@@ -283,17 +277,17 @@ def test_failure_mid_probe_leaves_nothing(capsys, tiny_npz, tmp_path):
         "def bomb(num_classes=4):\n    return Bomb(num_classes)\n"
     )
     out = tmp_path / "runs" / "out"
-    rc, _, err = cli(capsys, "run", "--model", f"{f}:bomb", "--data", f"npz:{tiny_npz}", "--no-fit", "--radii", "4,8",
+    rc, _, err = cli("run", "--model", f"{f}:bomb", "--data", f"npz:{tiny_npz}", "--no-fit", "--radii", "4,8",
                      "--batch-size", "4", "--out", out, "--device", "cpu", "-q")
     assert_clean_failure(rc, err, out, "exploded on call 4")
     assert (tmp_path / "runs").is_dir() and list((tmp_path / "runs").iterdir()) == []
 
 
-def test_existing_nonempty_out_refused(capsys, tiny_model_file, tiny_npz, tiny_weights, tmp_path):
+def test_existing_nonempty_out_refused(cli, tiny_model_file, tiny_npz, tiny_weights, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    rc, _, err = cli(capsys, *run_args(tiny_model_file, tiny_npz, tiny_weights, out))
+    rc, _, err = cli(*run_args(tiny_model_file, tiny_npz, tiny_weights, out))
     assert rc == 2 and "already exists" in err and "Traceback" not in err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
@@ -353,7 +347,7 @@ def test_checkpoint_variants_load(variant, kind, tiny_model_file, tmp_path):
         assert torch.equal(got[k], want[k]), k
 
 
-def test_checkpoint_variants_through_cli(capsys, tiny_model_file, tiny_npz, tmp_path):
+def test_checkpoint_variants_through_cli(cli, tiny_model_file, tiny_npz, tmp_path):
     """module.-prefixed nested checkpoint and a TorchScript file as the model itself, via the CLI."""
     ref, files = _weights_variants(tiny_model_file, tmp_path)
     outs = {}
@@ -364,7 +358,7 @@ def test_checkpoint_variants_through_cli(capsys, tiny_model_file, tiny_npz, tmp_
             args = ["run", "--model", model, "--data", f"npz:{tiny_npz}", "--radii", "4", "--out", outs[name], "--device", "cpu", "-q"]
             if ckpt:
                 args += ["--checkpoint", ckpt]
-            rc, _, err = cli(capsys, *args)
+            rc, _, err = cli(*args)
             assert rc == 0, err
     # same weights, no normalisation either way: identical per-sample outputs
     assert (outs["sd"] / "samples.csv").read_text() == (outs["ts"] / "samples.csv").read_text()
@@ -373,22 +367,22 @@ def test_checkpoint_variants_through_cli(capsys, tiny_model_file, tiny_npz, tmp_
     assert man["model"]["fitted"] is None
 
 
-def test_pickled_module_needs_trust(capsys, tiny_model_file, tiny_npz, tmp_path):
+def test_pickled_module_needs_trust(cli, tiny_model_file, tiny_npz, tmp_path):
     full = tmp_path / "full.pt"
     torch.save(_tiny(tiny_model_file), full)
     out = tmp_path / "out"
     base = ["run", "--model", f"{tiny_model_file}:tinynet", "--data", f"npz:{tiny_npz}", "--checkpoint", full,
             "--radii", "4", "--out", out, "--device", "cpu", "-q"]
-    rc, _, err = cli(capsys, *base)
+    rc, _, err = cli(*base)
     assert_clean_failure(rc, err, out, "--trust-checkpoint")
     assert len(err.strip().splitlines()) == 1
-    rc, _, err = cli(capsys, *base, "--trust-checkpoint")
+    rc, _, err = cli(*base, "--trust-checkpoint")
     assert rc == 0, err
     man = json.loads((out / "manifest.json").read_text())
     assert man["model"]["checkpoint_kind"] == "pickled-module"
 
 
-def test_mismatching_state_dict(capsys, tiny_model_file, tiny_npz, tmp_path):
+def test_mismatching_state_dict(cli, tiny_model_file, tiny_npz, tmp_path):
     sd = _tiny(tiny_model_file).state_dict()
     sd.pop("4.bias")
     sd["extra.weight"] = torch.zeros(2)
@@ -396,7 +390,7 @@ def test_mismatching_state_dict(capsys, tiny_model_file, tiny_npz, tmp_path):
     bad = tmp_path / "bad.pt"
     torch.save(sd, bad)
     out = tmp_path / "out"
-    rc, _, err = cli(capsys, "run", "--model", f"{tiny_model_file}:tinynet", "--data", f"npz:{tiny_npz}", "--checkpoint", bad,
+    rc, _, err = cli("run", "--model", f"{tiny_model_file}:tinynet", "--data", f"npz:{tiny_npz}", "--checkpoint", bad,
                      "--out", out, "--device", "cpu", "-q")
     assert_clean_failure(rc, err, out, "missing keys (1): 4.bias", "unexpected keys (1): extra.weight",
                          "shape conflicts (1): 0.weight: checkpoint (8, 3, 5, 5) vs model (8, 3, 3, 3)")
@@ -404,7 +398,7 @@ def test_mismatching_state_dict(capsys, tiny_model_file, tiny_npz, tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00garbage" * 64, b"hello, not a checkpoint\n", "truncated"])
-def test_corrupt_checkpoint(capsys, content, tiny_model_file, tiny_npz, tmp_path):
+def test_corrupt_checkpoint(cli, content, tiny_model_file, tiny_npz, tmp_path):
     bad = tmp_path / "bad.pt"
     if content == "truncated":
         good = tmp_path / "good.pt"
@@ -412,16 +406,16 @@ def test_corrupt_checkpoint(capsys, content, tiny_model_file, tiny_npz, tmp_path
         content = good.read_bytes()[:300]
     bad.write_bytes(content)
     out = tmp_path / "out"
-    rc, _, err = cli(capsys, "run", "--model", f"{tiny_model_file}:tinynet", "--data", f"npz:{tiny_npz}", "--checkpoint", bad,
+    rc, _, err = cli("run", "--model", f"{tiny_model_file}:tinynet", "--data", f"npz:{tiny_npz}", "--checkpoint", bad,
                      "--out", out, "--device", "cpu", "-q")
     assert_clean_failure(rc, err, out, "could not read checkpoint", "corrupt")
     assert "trust" not in err  # a broken file is not a pickled-objects file
     assert len(err.strip().splitlines()) == 1
 
 
-def test_missing_checkpoint(capsys, tiny_model_file, tiny_npz, tmp_path):
+def test_missing_checkpoint(cli, tiny_model_file, tiny_npz, tmp_path):
     out = tmp_path / "out"
-    rc, _, err = cli(capsys, "run", "--model", f"{tiny_model_file}:tinynet", "--data", f"npz:{tiny_npz}",
+    rc, _, err = cli("run", "--model", f"{tiny_model_file}:tinynet", "--data", f"npz:{tiny_npz}",
                      "--checkpoint", tmp_path / "nope.pt", "--out", out, "--device", "cpu", "-q")
     assert_clean_failure(rc, err, out, "checkpoint not found", "nope.pt")
     assert len(err.strip().splitlines()) == 1
@@ -468,7 +462,7 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_exit_2(case, capsys, tiny_model_file, tiny_npz, tiny_weights, tmp_path):
+def test_bad_input_exit_2(case, cli, tiny_model_file, tiny_npz, tiny_weights, tmp_path):
     bad_npz = tmp_path / "bad.npz"
     np.savez(bad_npz, images=np.zeros((2, 8, 8, 3), np.uint8), labels=np.zeros(2, np.int64))
     args, needles = BAD_INPUTS[case]
@@ -477,31 +471,31 @@ def test_bad_input_exit_2(case, capsys, tiny_model_file, tiny_npz, tiny_weights,
     if "--data" not in args:
         args += ["--data", f"npz:{tiny_npz}"]
     out = tmp_path / "runs" / "out"
-    rc, _, err = cli(capsys, "run", *args, "--out", out, "--device", "cpu", "-q")
+    rc, _, err = cli("run", *args, "--out", out, "--device", "cpu", "-q")
     assert_clean_failure(rc, err, out, *needles)
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
 
 
-def test_cifar10_offline_names_data_root(capsys, no_network, tiny_model_file, tmp_path):
+def test_cifar10_offline_names_data_root(cli, no_network, tiny_model_file, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     out = tmp_path / "out"
-    rc, _, err = cli(capsys, "run", "--model", f"{tiny_model_file}:tinynet", "--model-arg", "num_classes=10", "--data", "cifar10",
+    rc, _, err = cli("run", "--model", f"{tiny_model_file}:tinynet", "--model-arg", "num_classes=10", "--data", "cifar10",
                      "--data-root", empty, "--no-fit", "--out", out, "--device", "cpu", "-q")
     assert_clean_failure(rc, err, out, "cifar10", "--data-root")
     assert len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("hub_offline_flag", [True, False])
-def test_pretrained_offline_fails_fast_in_process(hub_offline_flag, capsys, monkeypatch, no_network, tiny_npz, tmp_path):
+def test_pretrained_offline_fails_fast_in_process(hub_offline_flag, cli, monkeypatch, no_network, tiny_npz, tmp_path):
     """With HF_HUB_OFFLINE set, and without it on a machine where nothing can be reached."""
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", hub_offline_flag)
     out = tmp_path / "out"
     t0 = time.perf_counter()
-    rc, _, err = cli(capsys, "run", "--model", "timm:resnet18", "--pretrained", "--data", f"npz:{tiny_npz}",
+    rc, _, err = cli("run", "--model", "timm:resnet18", "--pretrained", "--data", f"npz:{tiny_npz}",
                      "--out", out, "--device", "cpu", "-q")
     assert time.perf_counter() - t0 < 15
     assert_clean_failure(rc, err, out, "--checkpoint", "timm:resnet18")
@@ -540,12 +534,12 @@ def test_subprocess_usage_error_exit_2(tmp_path):
 
 
 # ------------------------------------------------------------------ timm / torchvision sources
-def test_timm_source_offline_normalisation(capsys, no_network, tiny_npz, tmp_path):
+def test_timm_source_offline_normalisation(cli, no_network, tiny_npz, tmp_path):
     import timm
 
     cfg = timm.get_pretrained_cfg("resnet18")
     out = tmp_path / "timm"
-    rc, _, err = cli(capsys, "run", "--model", "timm:resnet18", "--model-arg", "num_classes=4", "--data", f"npz:{tiny_npz}",
+    rc, _, err = cli("run", "--model", "timm:resnet18", "--model-arg", "num_classes=4", "--data", f"npz:{tiny_npz}",
                      "--no-fit", "--limit", "8", "--radii", "4", "--out", out, "--device", "cpu", "-q")
     assert rc == 0, err
     man = json.loads((out / "manifest.json").read_text())
@@ -558,7 +552,7 @@ def test_timm_source_offline_normalisation(capsys, no_network, tiny_npz, tmp_pat
     assert {r["n"] for r in summary} == {"8"}
 
     out2 = tmp_path / "timm_override"
-    rc, _, err = cli(capsys, "run", "--model", "timm:resnet18", "--model-arg", "num_classes=4", "--data", f"npz:{tiny_npz}",
+    rc, _, err = cli("run", "--model", "timm:resnet18", "--model-arg", "num_classes=4", "--data", f"npz:{tiny_npz}",
                      "--no-fit", "--limit", "8", "--radii", "4", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25",
                      "--out", out2, "--device", "cpu", "-q")
     assert rc == 0, err
@@ -567,9 +561,9 @@ def test_timm_source_offline_normalisation(capsys, no_network, tiny_npz, tmp_pat
     assert man["model"]["normalisation_from"] == "override"
 
 
-def test_torchvision_source_offline(capsys, no_network, tiny_npz, tmp_path):
+def test_torchvision_source_offline(cli, no_network, tiny_npz, tmp_path):
     out = tmp_path / "tv"
-    rc, _, err = cli(capsys, "run", "--model", "torchvision:resnet18", "--model-arg", "num_classes=4", "--data", f"npz:{tiny_npz}",
+    rc, _, err = cli("run", "--model", "torchvision:resnet18", "--model-arg", "num_classes=4", "--data", f"npz:{tiny_npz}",
                      "--no-fit", "--limit", "4", "--radii", "4", "--out", out, "--device", "cpu", "-q", "--batch-size", "4")
     assert rc == 0, err
     man = json.loads((out / "manifest.json").read_text())

@@ -10,15 +10,11 @@ import torch
 
 import freqprobe
 from freqprobe.builtins.decomposers import FFTRadialDecomposer
-from freqprobe.cli import main
 from freqprobe.export import export_npz, export_png
 
 
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = main(["decompose", "-q", *args])
-    out, err = capsys.readouterr()
-    return rc, out, err
+def run_cli(cli, *args: str) -> tuple[int, str, str]:
+    return cli("decompose", "-q", *args)
 
 
 def raw_images(npz) -> np.ndarray:
@@ -32,9 +28,9 @@ def leftovers(folder, *keep) -> list[str]:
 
 
 # ---------------------------------------------------------------- npz
-def test_npz_export_fft_radial(capsys, tiny_npz, tmp_path):
+def test_npz_export_fft_radial(cli, tiny_npz, tmp_path):
     out = tmp_path / "parts.npz"
-    rc, stdout, err = run_cli(capsys, "--data", f"npz:{tiny_npz}", "--decomposer", "fft-radial", "--radii", "4,8",
+    rc, stdout, err = run_cli(cli, "--data", f"npz:{tiny_npz}", "--decomposer", "fft-radial", "--radii", "4,8",
                               "--batch-size", "10", "--out", str(out))
     assert rc == 0, err
     assert f"wrote {out} (24 samples" in stdout
@@ -58,9 +54,9 @@ def test_npz_export_fft_radial(capsys, tiny_npz, tmp_path):
     assert leftovers(tmp_path) == ["parts.npz", "tiny.npz"]
 
 
-def test_npz_export_rule_limit_and_fractional_radius(capsys, tiny_npz, tmp_path):
+def test_npz_export_rule_limit_and_fractional_radius(cli, tiny_npz, tmp_path):
     out = tmp_path / "inc.npz"
-    rc, _, err = run_cli(capsys, "--data", f"npz:{tiny_npz}", "--radii", "5,2.5", "--rule", "inclusive",
+    rc, _, err = run_cli(cli, "--data", f"npz:{tiny_npz}", "--radii", "5,2.5", "--rule", "inclusive",
                          "--limit", "5", "--out", str(out))
     assert rc == 0, err
     with np.load(out) as d:
@@ -74,9 +70,9 @@ def test_npz_export_rule_limit_and_fractional_radius(capsys, tiny_npz, tmp_path)
         assert np.abs(d["low_r5"] - exc).max() > 1e-3  # the rule reached the export
 
 
-def test_npz_export_svd(capsys, tiny_npz, tmp_path):
+def test_npz_export_svd(cli, tiny_npz, tmp_path):
     out = tmp_path / "svd.npz"
-    rc, stdout, err = run_cli(capsys, "--data", f"npz:{tiny_npz}", "--decomposer", "svd", "--radii", "1,3",
+    rc, stdout, err = run_cli(cli, "--data", f"npz:{tiny_npz}", "--decomposer", "svd", "--radii", "1,3",
                               "--batch-size", "7", "--out", str(out))
     assert rc == 0, err
     with np.load(out) as d:
@@ -91,9 +87,9 @@ def test_npz_export_svd(capsys, tiny_npz, tmp_path):
             assert np.linalg.matrix_rank(dom[0, 0].astype(np.float64), tol=1e-4) == k
 
 
-def test_npz_export_rescale_applies_to_components_only(capsys, tiny_npz, tmp_path):
+def test_npz_export_rescale_applies_to_components_only(cli, tiny_npz, tmp_path):
     out = tmp_path / "clip.npz"
-    rc, _, err = run_cli(capsys, "--data", f"npz:{tiny_npz}", "--radii", "4", "--rescale", "clip", "--out", str(out))
+    rc, _, err = run_cli(cli, "--data", f"npz:{tiny_npz}", "--radii", "4", "--rescale", "clip", "--out", str(out))
     assert rc == 0, err
     with np.load(out) as d:
         np.testing.assert_array_equal(d["x"], raw_images(tiny_npz))
@@ -102,9 +98,9 @@ def test_npz_export_rescale_applies_to_components_only(capsys, tiny_npz, tmp_pat
         assert d["high_r4"].min() == 0.0 and raw["high"].min() < 0
 
 
-def test_degenerate_radius_warns_once_per_export(capsys, tiny_npz, tmp_path):
+def test_degenerate_radius_warns_once_per_export(cli, tiny_npz, tmp_path):
     out = tmp_path / "whole.npz"
-    rc, _, err = run_cli(capsys, "--data", f"npz:{tiny_npz}", "--radii", "4,12", "--batch-size", "5", "--out", str(out))
+    rc, _, err = run_cli(cli, "--data", f"npz:{tiny_npz}", "--radii", "4,12", "--batch-size", "5", "--out", str(out))
     assert rc == 0
     lines = [ln for ln in err.splitlines() if ln.startswith("warning:")]
     assert len(lines) == 1 and "r=12 covers the whole 16x16 spectrum" in lines[0]
@@ -113,11 +109,11 @@ def test_degenerate_radius_warns_once_per_export(capsys, tiny_npz, tmp_path):
 
 
 # ---------------------------------------------------------------- PNG
-def test_png_export_layout_and_content(capsys, tiny_npz, tmp_path):
+def test_png_export_layout_and_content(cli, tiny_npz, tmp_path):
     from PIL import Image
 
     out = tmp_path / "pngs"
-    rc, stdout, err = run_cli(capsys, "--data", f"npz:{tiny_npz}", "--radii", "4,8", "--limit", "6", "--batch-size", "4",
+    rc, stdout, err = run_cli(cli, "--data", f"npz:{tiny_npz}", "--radii", "4,8", "--limit", "6", "--batch-size", "4",
                               "--out", str(out))
     assert rc == 0, err
     folders = ["original", "low_r4", "high_r4", "low_r8", "high_r8"]
@@ -142,7 +138,7 @@ def test_png_export_layout_and_content(capsys, tiny_npz, tmp_path):
     assert leftovers(tmp_path) == ["pngs", "tiny.npz"]
 
 
-def test_png_export_grayscale_and_svd(capsys, tmp_path):
+def test_png_export_grayscale_and_svd(cli, tmp_path):
     from PIL import Image
 
     src = tmp_path / "gray.npz"
@@ -150,7 +146,7 @@ def test_png_export_grayscale_and_svd(capsys, tmp_path):
     np.savez(src, x=rng.integers(0, 256, size=(3, 12, 20), dtype=np.uint8), y=np.array([2, 0, 1]))
     out = tmp_path / "svd_pngs"
     out.mkdir()  # an existing empty folder is fine
-    rc, _, err = run_cli(capsys, "--data", f"npz:{src}", "--decomposer", "svd", "--radii", "2", "--rescale", "clip",
+    rc, _, err = run_cli(cli, "--data", f"npz:{src}", "--decomposer", "svd", "--radii", "2", "--rescale", "clip",
                          "--out", str(out))
     assert rc == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["dominant_k2", "manifest.json", "original", "trailing_k2"]
@@ -172,8 +168,8 @@ def assert_clean_failure(rc, out, err, tmp_path, *needles, keep=("tiny.npz",)):
 
 
 @pytest.mark.parametrize("target", ["bad.npz", "bad_dir"])
-def test_unknown_decomposer(capsys, tiny_npz, tmp_path, target):
-    rc, out, err = run_cli(capsys, "--data", f"npz:{tiny_npz}", "--decomposer", "fft-radail", "--radii", "4",
+def test_unknown_decomposer(cli, tiny_npz, tmp_path, target):
+    rc, out, err = run_cli(cli, "--data", f"npz:{tiny_npz}", "--decomposer", "fft-radail", "--radii", "4",
                            "--out", str(tmp_path / target))
     assert_clean_failure(rc, out, err, tmp_path, "Unknown decomposer 'fft-radail'", "Did you mean: fft-radial?")
 
@@ -184,35 +180,35 @@ def test_unknown_decomposer(capsys, tiny_npz, tmp_path, target):
     ("0", "r='0' must be a positive number"),
     ("-2", "must be a positive number"),
 ])
-def test_bad_radii(capsys, tiny_npz, tmp_path, radii, needle):
-    rc, out, err = run_cli(capsys, "--data", f"npz:{tiny_npz}", "--radii", radii, "--out", str(tmp_path / "bad.npz"))
+def test_bad_radii(cli, tiny_npz, tmp_path, radii, needle):
+    rc, out, err = run_cli(cli, "--data", f"npz:{tiny_npz}", "--radii", radii, "--out", str(tmp_path / "bad.npz"))
     assert_clean_failure(rc, out, err, tmp_path, needle)
 
 
 @pytest.mark.parametrize("ranks,needle", [("0", "k='0' must be a positive number"), ("1.5", "k='1.5' must be a whole number"),
                                           ("two", "k='two' is not a number")])
-def test_bad_svd_ranks(capsys, tiny_npz, tmp_path, ranks, needle):
-    rc, out, err = run_cli(capsys, "--data", f"npz:{tiny_npz}", "--decomposer", "svd", "--radii", ranks,
+def test_bad_svd_ranks(cli, tiny_npz, tmp_path, ranks, needle):
+    rc, out, err = run_cli(cli, "--data", f"npz:{tiny_npz}", "--decomposer", "svd", "--radii", ranks,
                            "--out", str(tmp_path / "bad.npz"))
     assert_clean_failure(rc, out, err, tmp_path, needle)
 
 
-def test_bad_rule_is_a_usage_error(capsys, tiny_npz, tmp_path):
-    rc, out, err = run_cli(capsys, "--data", f"npz:{tiny_npz}", "--rule", "closed", "--out", str(tmp_path / "bad.npz"))
+def test_bad_rule_is_a_usage_error(cli, tiny_npz, tmp_path):
+    rc, out, err = run_cli(cli, "--data", f"npz:{tiny_npz}", "--rule", "closed", "--out", str(tmp_path / "bad.npz"))
     assert rc == 2 and "Traceback" not in out + err and "'closed' is not one of" in err
     assert leftovers(tmp_path, "tiny.npz") == []
 
 
-def test_existing_npz_is_not_overwritten(capsys, tiny_npz, tmp_path):
+def test_existing_npz_is_not_overwritten(cli, tiny_npz, tmp_path):
     out = tmp_path / "keep.npz"
     out.write_bytes(b"precious")
-    rc, o, e = run_cli(capsys, "--data", f"npz:{tiny_npz}", "--radii", "4", "--out", str(out))
+    rc, o, e = run_cli(cli, "--data", f"npz:{tiny_npz}", "--radii", "4", "--out", str(out))
     assert_clean_failure(rc, o, e, tmp_path, "already exists", keep=("tiny.npz", "keep.npz"))
     assert out.read_bytes() == b"precious"
 
 
-def test_missing_data_file(capsys, tmp_path):
-    rc, out, err = run_cli(capsys, "--data", f"npz:{tmp_path / 'nope.npz'}", "--out", str(tmp_path / "o.npz"))
+def test_missing_data_file(cli, tmp_path):
+    rc, out, err = run_cli(cli, "--data", f"npz:{tmp_path / 'nope.npz'}", "--out", str(tmp_path / "o.npz"))
     assert_clean_failure(rc, out, err, tmp_path, "npz file not found", keep=())
 
 

@@ -17,7 +17,6 @@ import torch
 import freqprobe
 import freqprobe.plugins
 from freqprobe import Decomposer, PluginError, hookimpl, hookspecs
-from freqprobe.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,11 +45,6 @@ def register_decomposers():
 '''
 
 
-def cli(capsys, *args):
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    got = capsys.readouterr()
-    return rc, got.out, got.err
 
 
 def freqprobe_cmd() -> list[str]:
@@ -105,8 +99,8 @@ def use_pm(monkeypatch, pm):
 
 
 # ------------------------------------------------------------------ listing the built-ins
-def test_list_all_kinds(capsys, use_pm):
-    rc, out, err = cli(capsys, "list")
+def test_list_all_kinds(cli, use_pm):
+    rc, out, err = cli("list")
     assert rc == 0, err
     for kind in ("decomposers:", "probes:", "models:", "datasets:", "rescale:", "metrics:", "attacks:", "transforms:"):
         assert kind in out.splitlines(), kind
@@ -117,33 +111,33 @@ def test_list_all_kinds(capsys, use_pm):
     assert rows["npz"] == "freqprobe.builtins.datasets"
 
 
-def test_list_decomposers(capsys, use_pm):
-    rc, out, err = cli(capsys, "list", "decomposers")
+def test_list_decomposers(cli, use_pm):
+    rc, out, err = cli("list", "decomposers")
     assert rc == 0, err
     rows = listed(out)
     assert rows == {"fft-radial": "freqprobe.builtins.decomposers", "svd": "freqprobe.builtins.decomposers"}
     assert "Paper §3.1" in out  # the docstring's first line
 
 
-def test_list_with_pattern(capsys, use_pm):
-    rc, out, err = cli(capsys, "list", "models", "tim")
+def test_list_with_pattern(cli, use_pm):
+    rc, out, err = cli("list", "models", "tim")
     assert rc == 0, err
     assert listed(out) == {"timm": "freqprobe.builtins.models"}
-    rc, out, _ = cli(capsys, "list", "models", "torch*")
+    rc, out, _ = cli("list", "models", "torch*")
     assert set(listed(out)) == {"torchscript", "torchvision"}
-    rc, out, _ = cli(capsys, "list", "models", "zzz")
+    rc, out, _ = cli("list", "models", "zzz")
     assert rc == 0 and "no models match 'zzz'" in out
 
 
-def test_list_unknown_kind(capsys, use_pm):
-    rc, _, err = cli(capsys, "list", "decomposer")
+def test_list_unknown_kind(cli, use_pm):
+    rc, _, err = cli("list", "decomposer")
     assert rc == 2 and "Unknown kind 'decomposer'" in err and "decomposers" in err and "Traceback" not in err
 
 
-def test_plugins_command_builtins(capsys, use_pm):
-    rc, out, _ = cli(capsys, "plugins")
+def test_plugins_command_builtins(cli, use_pm):
+    rc, out, _ = cli("plugins")
     assert rc == 0 and "no third-party plugins installed" in out
-    rc, out, _ = cli(capsys, "plugins", "--all", "--json")
+    rc, out, _ = cli("plugins", "--all", "--json")
     data = json.loads(out)
     names = {p["name"]: p for p in data["plugins"]}
     assert set(freqprobe.plugins.DEFAULT_PLUGINS) <= set(names)
@@ -157,6 +151,7 @@ class _Gauss(Decomposer):
     """Runtime test decomposer."""
 
     name = "rt-gauss"
+    default_params = (1,)
 
     def decompose(self, x, param, *, out=None):
         return {"low": x * 0, "high": x}
@@ -168,19 +163,19 @@ class _RuntimePlugin:
         return [_Gauss]
 
 
-def test_register_at_runtime(capsys, use_pm):
+def test_register_at_runtime(cli, use_pm):
     use_pm.register(_RuntimePlugin(), name="rtplug")
-    rc, out, err = cli(capsys, "list", "decomposers")
+    rc, out, err = cli("list", "decomposers")
     assert rc == 0, err
     assert listed(out)["rt-gauss"] == "rtplug"
-    rc, out, _ = cli(capsys, "plugins", "--json")
+    rc, out, _ = cli("plugins", "--json")
     [item] = json.loads(out)["plugins"]
     assert item == {"name": "rtplug", "dist": "registered at runtime", "hooks": ["register_decomposers"]}
     parts = freqprobe.decompose(torch.rand(1, 3, 8, 8), "rt-gauss", 1, pm=use_pm)
     assert set(parts) == {"low", "high"}
     # unregistering forgets it again
     use_pm.unregister(name="rtplug")
-    rc, out, _ = cli(capsys, "list", "decomposers")
+    rc, out, _ = cli("list", "decomposers")
     assert "rt-gauss" not in out
 
 
@@ -224,8 +219,8 @@ def test_wrong_kind_rejected(pm):
         freqprobe.collect("probes", pm)
 
 
-def test_duplicate_name_in_process(capsys, use_pm):
-    dup = type("Dup", (Decomposer,), {"name": "svd", "decompose": lambda self, x, p, out=None: {}, "__doc__": "dup", "__module__": "dupmod"})
+def test_duplicate_name_in_process(cli, use_pm):
+    dup = type("Dup", (Decomposer,), {"name": "svd", "default_params": (1,), "decompose": lambda self, x, p, out=None: {}, "__doc__": "dup", "__module__": "dupmod"})
     use_pm.register(_plugin_returning(dup), name="dupplug")
     with pytest.raises(PluginError) as ei:
         freqprobe.collect("decomposers", use_pm)
@@ -233,21 +228,21 @@ def test_duplicate_name_in_process(capsys, use_pm):
     assert "duplicate decomposer name 'svd'" in msg
     assert "'dupplug'" in msg and "'freqprobe.builtins.decomposers'" in msg
     assert "dupmod.Dup" in msg and "freqprobe.builtins.decomposers.SVDDecomposer" in msg
-    rc, _, err = cli(capsys, "list", "decomposers")
+    rc, _, err = cli("list", "decomposers")
     assert rc == 2 and "duplicate decomposer name 'svd'" in err and "Traceback" not in err
 
 
-def test_plugin_failing_in_hook(capsys, use_pm):
+def test_plugin_failing_in_hook(cli, use_pm):
     class Boom:
         @hookimpl
         def register_metrics(self):
             raise RuntimeError("kaput")
 
     use_pm.register(Boom(), name="boomplug")
-    rc, _, err = cli(capsys, "list", "metrics")
+    rc, _, err = cli("list", "metrics")
     assert rc == 2 and "boomplug" in err and "register_metrics" in err and "kaput" in err
     # other kinds still list
-    rc, out, _ = cli(capsys, "list", "decomposers")
+    rc, out, _ = cli("list", "decomposers")
     assert rc == 0 and "fft-radial" in out
 
 
@@ -294,7 +289,7 @@ def test_entry_point_plugin_used_by_decompose(good_site, tiny_npz, tiny_model_fi
 
 
 
-def test_entry_point_plugin_used_by_run_in_process(good_site, capsys, monkeypatch, tiny_npz, tiny_model_file, tmp_path):
+def test_entry_point_plugin_used_by_run_in_process(good_site, cli, monkeypatch, tiny_npz, tiny_model_file, tmp_path):
     """Entry points are discovered on sys.path at load time; the loaded plugin's decomposer drives a run."""
     monkeypatch.syspath_prepend(str(good_site))
     monkeypatch.delenv("FREQPROBE_LOAD_PLUGINS", raising=False)
@@ -311,7 +306,7 @@ def test_entry_point_plugin_used_by_run_in_process(good_site, capsys, monkeypatc
         w = tmp_path / "w.pt"
         torch.save(mod.tinynet().state_dict(), w)
         out = tmp_path / "run"
-        rc, _, err = cli(capsys, "run", "--model", f"{tiny_model_file}:tinynet", "--data", f"npz:{tiny_npz}", "--checkpoint", w,
+        rc, _, err = cli("run", "--model", f"{tiny_model_file}:tinynet", "--data", f"npz:{tiny_npz}", "--checkpoint", w,
                          "--decomposer", "myplug-box", "--radii", "1", "--out", out, "--device", "cpu", "-q")
         assert rc == 0, err
         summary = (out / "summary.csv").read_text().splitlines()
@@ -346,19 +341,19 @@ def test_broken_plugin_reported_and_cli_keeps_working(tmp_path):
 
 
 
-def test_broken_plugin_in_plugins_json(tmp_path, capsys, monkeypatch):
+def test_broken_plugin_in_plugins_json(tmp_path, cli, monkeypatch):
     site = tmp_path / "site"
     make_dist(site, "brokenplug", {"brokenplug": "brokenmod"}, {"brokenmod": "raise ImportError('needs libfoo 9.9')\n"})
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.delenv("FREQPROBE_LOAD_PLUGINS", raising=False)
     pm = freqprobe.plugins.get_plugin_manager(autoload=True)
     monkeypatch.setattr(freqprobe.plugins, "_default", pm)
-    rc, out, err = cli(capsys, "plugins", "--json")
+    rc, out, err = cli("plugins", "--json")
     assert rc == 0, err
     data = json.loads(out)
     assert data["plugins"] == []
     assert data["errors"] == [{"name": "brokenplug", "dist": "brokenplug 1.0", "error": "ImportError: needs libfoo 9.9"}]
-    rc, out, err = cli(capsys, "plugins")
+    rc, out, err = cli("plugins")
     assert rc == 0 and 'failed: Error importing plugin "brokenplug"' in err
     # with autoload off (the conftest sets FREQPROBE_DISABLE_PLUGIN_AUTOLOAD=1) it is not even tried
     assert freqprobe.plugins.get_plugin_manager().load_errors == []

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from freqprobe.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGENET_MEAN = "0.485,0.456,0.406"  # akamaster trainer.py normalisation (see SOURCE.md)
@@ -21,11 +20,6 @@ IMAGENET_STD = "0.229,0.224,0.225"
 RESNET20_SHA256 = "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8"  # from SOURCE.md
 
 
-def cli(capsys, *args):
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    got = capsys.readouterr()
-    return rc, got.out, got.err
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -33,12 +27,12 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_resnet20_lfc_hfc_on_cifar10(capsys, shared_data, tmp_path):
+def test_resnet20_lfc_hfc_on_cifar10(cli, shared_data, tmp_path):
     ckpt = shared_data / "cifar10_resnet_akamaster" / "resnet20-12fca82f.th"
     data = shared_data / "cifar10_test" / "cifar10_test_first100_lossless.npz"
     model_file = REPO / "tests" / "fixtures" / "cifar_resnet.py"
     out = tmp_path / "resnet20"
-    rc, stdout, err = cli(capsys, "run", "--model", f"{model_file}:resnet20", "--checkpoint", ckpt, "--data", f"npz:{data}",
+    rc, stdout, err = cli("run", "--model", f"{model_file}:resnet20", "--checkpoint", ckpt, "--data", f"npz:{data}",
                           "--mean", IMAGENET_MEAN, "--std", IMAGENET_STD, "--radii", "4,8,16",
                           "--gallery-size", "3", "--out", out, "--device", "cpu", "-q", "--batch-size", "100")
     assert rc == 0, err
@@ -99,7 +93,7 @@ def _idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def test_mnist_reader_on_original_test_files(capsys, shared_data, tmp_path):
+def test_mnist_reader_on_original_test_files(cli, shared_data, tmp_path):
     """``--data mnist`` reads torchvision's layout (``ROOT/MNIST/raw/*-ubyte``). torchvision insists that all four
     raw files exist, even for the test split; the shared data has only the t10k files, so the two training files
     are empty placeholders here (the test split never opens them)."""
@@ -115,7 +109,7 @@ def test_mnist_reader_on_original_test_files(capsys, shared_data, tmp_path):
     assert images.shape == (10000, 28, 28) and labels.shape == (10000,)
 
     exported = tmp_path / "mnist.npz"
-    rc, _, err = cli(capsys, "decompose", "--data", "mnist", "--data-root", tmp_path / "root", "--limit", "16",
+    rc, _, err = cli("decompose", "--data", "mnist", "--data-root", tmp_path / "root", "--limit", "16",
                      "--radii", "4", "--out", exported, "--device", "cpu", "-q")
     assert rc == 0, err
     d = np.load(exported)
