@@ -13,6 +13,7 @@ from .errors import FreqprobeError, IncompatibleError, PluginError, UnknownNameE
 from .hookspecs import hookimpl, hookspec
 from .interfaces import (
     Attack,
+    Batch,
     BuiltModel,
     DataSource,
     Decomposer,
@@ -24,15 +25,19 @@ from .interfaces import (
     RescalePolicy,
     RunContext,
     Transform,
+    Variant,
+    VariantSource,
 )
 from .perf import tune_allocator
 from .plugins import get_plugin_manager
 from .registry import collect, get_class, list_entries
-from .runner import build_model, decompose, get_decomposer, open_data, run
+from .engine import DecomposerSource, OriginalSource, evaluate
+from .runner import RunSpec, build_model, decompose, get_decomposer, open_data, run
 
 __all__ = [
     "__version__",
     "Attack",
+    "Batch",
     "BuiltModel",
     "DataSource",
     "Decomposer",
@@ -48,10 +53,16 @@ __all__ = [
     "RunContext",
     "Transform",
     "UnknownNameError",
+    "Variant",
+    "VariantSource",
     "UserFacingError",
     "build_model",
     "collect",
+    "DecomposerSource",
+    "OriginalSource",
+    "RunSpec",
     "decompose",
+    "evaluate",
     "get_class",
     "get_decomposer",
     "get_plugin_manager",
