@@ -8,6 +8,7 @@ svd (§8): per channel, keep the top-k singular values.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import numpy as np
@@ -161,6 +162,22 @@ def test_fft_radial_both_paths_large_sizes(shape, rule):
         low, high = ref_fft_radial(x.numpy(), r, rule)
         np.testing.assert_allclose(results[r]["low"].numpy(), low, atol=F32_ATOL, rtol=0)
         np.testing.assert_allclose(results[r]["high"].numpy(), high, atol=F32_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 32, 32), (2, 1, 17, 40)])
+def test_fft_radial_fused_high_gemm(monkeypatch, shape):
+    """The CUDA variant of the real-basis path (high from one baddbmm), run on the CPU."""
+    monkeypatch.setattr(FFTRadialDecomposer, "_fused_high", lambda self, device: True)
+    x = make_x(21, shape)
+    for rule in ("exclusive", "inclusive"):
+        dec = FFTRadialDecomposer(rule)
+        dec.CHUNK_BYTES = 2 * shape[-1] * shape[-2] * 4
+        for out in (None, "pair"):
+            bufs = {"low": torch.empty_like(x), "high": torch.empty_like(x)} if out else None
+            for r, p in dec.decompose_all(x, [2.0, 5.0, math.sqrt(8.0)], out=bufs):
+                low, high = ref_fft_radial(x.numpy(), r, rule)
+                np.testing.assert_allclose(p["low"].numpy(), low, atol=F32_ATOL, rtol=0)
+                np.testing.assert_allclose(p["high"].numpy(), high, atol=F32_ATOL, rtol=0)
 
 
 def test_fft_radial_noncontiguous_input():
@@ -323,6 +340,81 @@ def test_radius_on_a_tie_keeps_exact_bin_counts(h, w, r, n_exc, n_inc, path):
         count, low = quiet(_kept_count_by_impulse, dec, h, w, r, path)
         assert count == expected, (rule, path)
         np.testing.assert_allclose(low, reference.fft_radial(impulse, r, rule)[0], atol=1e-6, rtol=0)
+
+
+TRITON_CHECK = r"""
+import math, os, sys
+import numpy as np, torch
+sys.path.insert(0, sys.argv[1])
+import reference
+from freqprobe.builtins.decomposers import FFTRadialDecomposer
+
+def make(rule):
+    d = FFTRadialDecomposer(rule)
+    d.TRITON = "force"  # the CUDA kernel, run on CPU tensors by Triton's interpreter
+    return d
+
+cases = [((2, 3, 32, 32), [4.0, 8.0, 12.0, 16.0, math.sqrt(2.0)]), ((1, 2, 7, 9), [1.0, math.sqrt(5.0), 3.5]),
+         ((2, 1, 28, 28), [5.0, 19.0]), ((1, 1, 64, 40), [3.0, 10.0]), ((0, 3, 32, 32), [4.0])]
+for shape, radii in cases:
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape)))
+    for rule in ("exclusive", "inclusive"):
+        d = make(rule)
+        assert d._use_triton(x) == (shape[0] > 0), shape
+        n, c, h, w = shape
+        outs = {r: {k: torch.full((n, h, w, c), float("nan")).permute(0, 3, 1, 2) for k in ("low", "high")} for r in radii}
+        for r, p in d.decompose_all(x, radii, out=outs):
+            assert p["low"] is outs[r]["low"]
+        for r in radii:
+            lo, hi = reference.fft_radial(x.numpy(), r, rule)
+            np.testing.assert_allclose(outs[r]["low"].numpy(), lo, atol=1e-5, rtol=0)
+            np.testing.assert_allclose(outs[r]["high"].numpy(), hi, atol=1e-5, rtol=0)
+# exact bin counts on ties, through the kernel (an impulse's low part is the inverse FFT of the mask)
+for h, w, r, n_exc, n_inc in [(2, 2, math.sqrt(2.0), 3, 4), (32, 32, 5.0, 69, 81), (32, 32, 16.0, 793, 795), (7, 7, math.sqrt(5.0), 13, 21)]:
+    x = torch.zeros(1, 1, h, w)
+    x[0, 0, 0, 0] = 1.0
+    for rule, want in (("exclusive", n_exc), ("inclusive", n_inc)):
+        low = make(rule).decompose(x, r)["low"]
+        assert round(float(low[0, 0, 0, 0]) * h * w) == want, (h, w, r, rule, float(low[0, 0, 0, 0]) * h * w)
+assert FFTRadialDecomposer._triton_broken is None
+print("ok")
+"""
+
+
+def test_triton_kernel_through_the_interpreter(tmp_path):
+    """The CUDA kernel's arithmetic, checked on CPU: Triton's interpreter runs it on CPU tensors."""
+    pytest.importorskip("triton", reason="triton is not installed (it ships with CUDA builds of torch)")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "check.py"
+    script.write_text(TRITON_CHECK)
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    p = subprocess.run([sys.executable, str(script), str(Path(__file__).parent)], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stderr[-3000:]
+
+
+def test_triton_failure_falls_back_to_the_exact_paths(monkeypatch, caplog):
+    """Without a usable Triton (here: a CPU tensor and no interpreter) the result is the same, with one warning."""
+    from freqprobe.builtins import _radial_triton
+
+    monkeypatch.setattr(FFTRadialDecomposer, "_triton_broken", None)
+    monkeypatch.setattr(_radial_triton, "available", lambda: True)
+
+    def broken(*a, **k):
+        raise RuntimeError("no CUDA driver")
+
+    monkeypatch.setattr(_radial_triton, "lowpass", broken)
+    x = make_x(12, (2, 3, 32, 32))
+    dec = FFTRadialDecomposer()
+    dec.TRITON = "force"
+    with caplog.at_level("WARNING", logger="freqprobe.decomposers"):
+        got = {r: {k: v.clone() for k, v in p.items()} for r, p in dec.decompose_all(x, [4.0, 8.0])}
+    assert "Triton kernel is unavailable (RuntimeError: no CUDA driver)" in caplog.text
+    for r in (4.0, 8.0):
+        np.testing.assert_allclose(got[r]["low"].numpy(), ref_fft_radial(x.numpy(), r, "exclusive")[0], atol=F32_ATOL, rtol=0)
+    assert not dec._use_triton(x)  # remembered for the process
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -14,6 +15,7 @@ import torch
 from ..errors import UserFacingError
 from ..hookspecs import hookimpl
 from ..interfaces import Decomposer
+from . import _radial_triton
 
 RULES = ("exclusive", "inclusive")
 
@@ -144,7 +146,10 @@ class FFTRadialDecomposer(Decomposer):
             missing = [p for p in params if p not in out]
             if missing:
                 raise UserFacingError(f"fft-radial: out has no buffers for r={missing[0]!r}; give a {{'low', 'high'}} pair per radius")
-        basis = self._use_basis(x)
+        if self._use_triton(x):
+            yield from self._decompose_triton(x, params, out, per_param)
+            return
+        basis = self._use_basis(x, params)
         if basis and (out is None or per_param):
             yield from self._decompose_basis_all(x, params, out)
         elif per_param:
@@ -159,14 +164,38 @@ class FFTRadialDecomposer(Decomposer):
 
     #: largest side for which the real-basis GEMM path beats rfft2/irfft2 (measured on CPU).
     MATMUL_MAX_SIDE = 64
+    #: on CUDA, larger images use the real basis too when the kept band of rows/columns is at most this wide
+    #: (the GEMMs then read the batch once and stay memory-bound); wider bands use rfft2/irfft2
+    CUDA_MAX_BAND = 64
     #: target bytes of one chunk's input (the outputs and work buffers are about as big again).
     CHUNK_BYTES = 1 << 20
+    #: on CUDA, chunks are as large as this: a few large kernels instead of many small ones
+    CUDA_CHUNK_BYTES = 1 << 28
+    #: the fused Triton kernel for float32 planes up to 64x64 on CUDA: "auto", "off", or "force"
+    #: ("force" also runs it on CPU tensors, through Triton's interpreter: for tests)
+    TRITON = "auto"
+    _triton_broken: str | None = None
 
-    def _use_basis(self, x: torch.Tensor) -> bool:
+    def _use_triton(self, x: torch.Tensor) -> bool:
+        if self.TRITON == "off" or FFTRadialDecomposer._triton_broken or x.dtype != torch.float32 or x.numel() == 0:
+            return False
+        if max(x.shape[-2:]) > _radial_triton.MAX_SIDE:
+            return False
+        if self.TRITON != "force" and x.device.type != "cuda":
+            return False
+        return _radial_triton.available()
+
+    def _use_basis(self, x: torch.Tensor, params: list | None = None) -> bool:
         if x.dtype not in (torch.float32, torch.float64) or x.numel() == 0:
             return False
         if max(x.shape[-2:]) > self.MATMUL_MAX_SIDE:
-            return False
+            if x.device.type != "cuda" or not params:
+                return False
+            h, w = x.shape[-2:]
+            kmax = max(self.max_sq(float(r)) for r in params)
+            band = 2 * math.isqrt(max(kmax, 0)) + 1  # rows/columns of the real basis with f² <= kmax
+            if band > self.CUDA_MAX_BAND:
+                return False
         if x.dtype == torch.float32:
             # The basis path relies on true fp32 GEMMs; a reduced-precision matmul setting (TF32,
             # bf16) would cost ~1e-3 accuracy, so keep the FFT path then.
@@ -176,8 +205,39 @@ class FFTRadialDecomposer(Decomposer):
                 return False
         return x.device.type in ("cpu", "cuda")
 
-    def _chunk_rows(self, plane_bytes: int, total: int) -> int:
-        return max(1, min(total, self.CHUNK_BYTES // max(1, plane_bytes)))
+    def _fused_high(self, device: torch.device) -> bool:
+        """On CUDA one GEMM writes ``high = x - Qhᵀ Z`` (baddbmm) instead of a separate subtraction pass."""
+        return device.type == "cuda"
+
+    def _chunk_rows(self, plane_bytes: int, total: int, device: torch.device | None = None) -> int:
+        budget = self.CUDA_CHUNK_BYTES if device is not None and device.type == "cuda" else self.CHUNK_BYTES
+        return max(1, min(total, budget // max(1, plane_bytes)))
+
+    def _decompose_triton(self, x: torch.Tensor, params: list, out, per_param: bool) -> Iterator[tuple[Any, dict]]:
+        h, w = x.shape[-2:]
+        shape = (x.numel() // (h * w), h, w)
+        xs = x.reshape(shape).contiguous()
+        cpu = torch.device("cpu")
+        qh, _ = self._basis(h, torch.float64, cpu)
+        qw, _ = self._basis(w, torch.float64, cpu)
+        for i, r in enumerate(params):
+            self.mask(h, w, r, x.device)  # degenerate-radius warning
+            key = ("triton", h, w, float(r), self.rule, str(x.device))
+            ops = self._masks.get(key)
+            if ops is None:
+                ops = _radial_triton.padded_operands(qh, qw, self._basis_mask(h, w, float(r), torch.float64, cpu), h, w, x.device)
+                self._masks[key] = ops
+            low, lo, high, hi = self._targets(out[r] if per_param else out, x, shape)
+            try:
+                _radial_triton.lowpass(xs, lo, hi, ops)
+            except Exception as exc:  # no compiler, no driver support...: the GEMM/FFT paths give the same result
+                FFTRadialDecomposer._triton_broken = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                logging.getLogger("freqprobe.decomposers").warning(
+                    "fft-radial: the Triton kernel is unavailable (%s); using the GEMM/FFT paths", FFTRadialDecomposer._triton_broken)
+                rest = params[i:]
+                yield from self.decompose_all(x, rest, out=out)
+                return
+            yield r, self._publish(low, lo, high, hi)
 
     @staticmethod
     def _flat_out(t: torch.Tensor | None, like: torch.Tensor, shape: tuple) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,7 +333,7 @@ class FFTRadialDecomposer(Decomposer):
                 yield r, self._publish(*self._targets(out, x, (b, h, w)))
             return
         spec = torch.fft.rfft2(xs)
-        cb = self._chunk_rows(h * w * x.element_size(), b)
+        cb = self._chunk_rows(h * w * x.element_size(), b, x.device)
         work = torch.empty((cb,) + spec.shape[1:], dtype=spec.dtype, device=spec.device)
         for r in params:
             m = self.mask(h, w, r, x.device)
@@ -313,7 +373,8 @@ class _BasisPlan:
         self.qh, self.qwt = qh_all[: self.khm], qw_all[: self.kwm].t()
         # per radius: (mask, kh, kw, Qh[:kh]^T, Qw[:kw])
         self.inv = [(m, *m.shape, qh_all[: m.shape[0]].t().contiguous(), qw_all[: m.shape[1]].contiguous()) for m in self.masks]
-        self.cb = dec._chunk_rows(h * w * x.element_size(), self.b)
+        self.cb = dec._chunk_rows(h * w * x.element_size(), self.b, dev)
+        self.fused_high = dec._fused_high(dev)
         self.t1 = torch.empty(self.cb, h, self.kwm, dtype=dt, device=dev)
         self.ym = torch.empty(self.cb * self.khm * self.kwm, dtype=dt, device=dev)
         self.t2 = torch.empty(self.cb * self.khm * w, dtype=dt, device=dev)
@@ -338,7 +399,10 @@ class _BasisPlan:
         torch.mul(spec[:, :kh, :kw], m, out=y)
         torch.matmul(y.view(n * kh, kw), qw, out=z.view(n * kh, w))
         torch.matmul(qht, z, out=lo[s:e])
-        torch.sub(self.xs[s:e], lo[s:e], out=hi[s:e])
+        if self.fused_high:
+            torch.baddbmm(self.xs[s:e], qht.expand(n, *qht.shape), z, alpha=-1.0, out=hi[s:e])
+        else:
+            torch.sub(self.xs[s:e], lo[s:e], out=hi[s:e])
 
 
 class SVDDecomposer(Decomposer):
