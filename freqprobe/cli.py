@@ -115,7 +115,7 @@ def cli(verbose: int) -> None:
 @click.option("--no-fit", is_flag=True, help="Probe a model without weights as is, instead of fitting it first.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Images read per batch (each batch is evaluated in every variant).")
-@click.option("--forward-batch", type=int, help="Images per forward pass; variants of a batch are concatenated up to it (default: the batch size on CPU, 1024 on CUDA).")
+@click.option("--forward-batch", type=int, help="Images per forward pass; the variants of a batch are concatenated and cut into equal chunks of at most this (default: the batch size on CPU; on CUDA all variants of a batch at once, up to 256 MiB of images).")
 @click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True,
               help="Model arithmetic: exact float32 (TF32 off), TF32 (CUDA), or bf16/fp16 autocast.")
 @click.option("--channels-last/--no-channels-last", default=None, help="Feed images in channels_last memory format (default: on).")

@@ -113,9 +113,12 @@ class EngineSettings:
     device: torch.device
     precision: str = "fp32"
     channels_last: bool = True
-    forward_batch: int | None = None  # None: one batch per forward (CPU); the stack up to this size on CUDA
+    #: images per forward pass; None: the whole stack of a batch's variants, up to ``stack_bytes`` of input
+    forward_batch: int | None = None
     prefetch: bool = False
     cudnn_benchmark: bool = False
+    #: with ``forward_batch`` None: the most bytes of input images one forward pass takes
+    stack_bytes: int = 256 << 20
 
     @classmethod
     def for_context(cls, ctx: RunContext) -> "EngineSettings":
@@ -125,8 +128,8 @@ class EngineSettings:
         fb = ctx.forward_batch
         if fb is not None and fb < 1:
             raise UserFacingError(f"--forward-batch must be at least 1, got {fb}")
-        if fb is None:
-            fb = 1024 if cuda else ctx.batch_size
+        if fb is None and not cuda:
+            fb = ctx.batch_size  # 2-core CPU: batch-sized forwards are fastest (docs/benchmarks.md)
         return cls(
             device=dev,
             precision=ctx.precision,
@@ -532,9 +535,15 @@ def _rescale_list(rescale, x):
 
 
 def _forward(adapter, x: torch.Tensor, settings: EngineSettings) -> torch.Tensor:
-    fb = settings.forward_batch or len(x)
+    fb = settings.forward_batch
+    if fb is None:  # the whole stack, bounded by the input bytes of one forward
+        per_image = max(1, x[0].numel() * x.element_size()) if len(x) else 1
+        fb = max(1, settings.stack_bytes // per_image)
+    if len(x) > fb:  # equal chunks: no small remainder forward
+        chunks = -(-len(x) // fb)
+        fb = -(-len(x) // chunks)
     outs = []
-    for s in range(0, len(x), fb):
+    for s in range(0, max(len(x), 1), fb):
         xb = x[s:s + fb]
         if settings.channels_last and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
