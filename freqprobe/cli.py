@@ -326,9 +326,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:  # pragma: no cover - thin wrapper for the console script
-    from .perf import tune_allocator
-
-    tune_allocator()  # fresh large outputs without a page fault per 4 KiB (docs/benchmarks.md)
     sys.exit(main())
 
 

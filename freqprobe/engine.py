@@ -401,6 +401,10 @@ def run_loop(ctx: RunContext, sources: Sequence[VariantSource], *, observers: Se
         seen.add(v.key())
     index_of = {v: i for i, v in enumerate(variants)}
     adapter, dev = ctx.adapter, settings.device
+    if dev.type == "cpu":
+        from .perf import prime_heap
+
+        prime_heap()  # activations reuse heap blocks instead of fresh page-faulted maps (freqprobe/perf.py)
     adapter.prepare(channels_last=settings.channels_last)
     metrics = {v: [make_metric(cls, ctx) for cls in ctx.metrics] for v in variants}
     extra = extra_columns(variants)

@@ -31,6 +31,10 @@ def fit(
     """
     torch.manual_seed(seed)
     adapter.to(device)
+    if torch.device(device).type == "cpu":
+        from .perf import prime_heap
+
+        prime_heap()
     module = adapter.module
     opt = torch.optim.Adam(module.parameters(), lr=lr)
     loss_fn = torch.nn.CrossEntropyLoss()
