@@ -356,6 +356,36 @@ def evaluate(ctx: RunContext, sources: Sequence[VariantSource], *, probe: str, o
     return summarize(ctx, state, sources, probe=probe, extras=extras)
 
 
+def evaluate_sweep(ctx: RunContext, probe: Any, transforms: Sequence[Any]) -> ProbeResult:
+    """The probe's evaluation once per model transform (each on a copy of the model); one combined result."""
+    import copy
+
+    results = []
+    for t in transforms:
+        label = t.label()
+        sub = dataclasses.replace(ctx, adapter=t.apply(copy.deepcopy(ctx.adapter)),
+                                  transform=",".join(x for x in (ctx.transform, label) if x))
+        res = evaluate(sub, probe.sources(sub), probe=probe.name, observers=probe.observers(sub))
+        if res.samples is not None:
+            res.samples.insert_constant("transform", sub.transform, after="param")
+        results.append((sub.transform, res))
+    first = results[0][1]
+    table = first.samples
+    for _, res in results[1:]:
+        if table is not None and res.samples is not None:
+            table.extend(res.samples)
+    timings: dict[str, float] = defaultdict(float)
+    for _, res in results:
+        for k, v in res.extras.get("timings", {}).items():
+            timings[k] += v
+    extras = {k: v for k, v in first.extras.items() if k not in ("timings",)}
+    extras["timings"] = dict(timings)
+    extras["sweep"] = [{"transform": label, **{k: v for k, v in res.extras.items() if k not in ("timings", "class_names", "engine", "sources", "extra_columns")}}
+                       for label, res in results]
+    return ProbeResult(probe=first.probe, summary=[row for _, res in results for row in res.summary], samples=table,
+                       components=first.components, param_name=first.param_name, variants=first.variants, extras=extras)
+
+
 def summarize(ctx: RunContext, state: EvalState, sources: Sequence[VariantSource], *, probe: str,
               extras: Mapping[str, Any] | None = None) -> ProbeResult:
     rows = []

@@ -455,7 +455,8 @@ class Transform(ABC):
         return self.name + ":" + ",".join(f"{k}={v}" for k, v in sorted(self.opts.items()))
 
     @abstractmethod
-    def apply(self, adapter: ModelAdapter) -> ModelAdapter: ...
+    def apply(self, adapter: ModelAdapter) -> ModelAdapter:
+        """The rewritten model. May change ``adapter`` in place: the core hands it a copy when the original is still needed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -616,8 +617,22 @@ class Probe(ABC):
         return [DecomposerSource(ctx.decomposer, ctx.params)]
 
     def observers(self, ctx: RunContext) -> list:
-        """Objects with ``on_batch(batch, images, values)`` and ``finish() -> dict`` (extras), e.g. a gallery."""
+        """Objects with ``on_batch(batch, images, values, targets)`` and ``finish() -> dict`` (extras), e.g. a gallery."""
+        return []
+
+    def model_sweep(self, ctx: RunContext) -> list:
+        """Model transforms to evaluate the model under, one evaluation each (kernel smoothing at several ρ).
+
+        ``[]`` (the default) evaluates the model as given. Each transform is applied to a copy of
+        the run's model (after any ``--transform``); its label joins the ``transform`` column and
+        the per-sample table gets a ``transform`` column.
+        """
         return []
 
     def run(self, ctx: RunContext) -> ProbeResult:
+        sweep = self.model_sweep(ctx)
+        if sweep:
+            from .engine import evaluate_sweep
+
+            return evaluate_sweep(ctx, self, sweep)
         return ctx.evaluate(self.sources(ctx), probe=self.name, observers=self.observers(ctx))

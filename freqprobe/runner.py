@@ -415,7 +415,8 @@ def evaluate_stage(ctx: RunContext, p: Plan, *, progress=None) -> ProbeResult:
     for t in p.transforms:
         ctx.adapter = t.apply(ctx.adapter)
     n = len(ctx.data) if ctx.limit is None else min(ctx.limit, len(ctx.data))
-    ctx.progress = progress("probing", n) if progress else None
+    passes = max(1, len(p.probe.model_sweep(ctx)))
+    ctx.progress = progress("probing", n * passes) if progress else None
     return p.probe.run(ctx)
 
 

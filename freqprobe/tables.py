@@ -89,6 +89,14 @@ class SampleTable:
         self._blocks.append((n, got))
         self._n += n
 
+    def insert_constant(self, name: str, value: Any, *, after: str) -> None:
+        """Add a column holding ``value`` on every row so far, placed after column ``after``."""
+        if name in self.columns:
+            raise ValueError(f"the per-sample table already has a column {name!r}")
+        self.columns.insert(self.columns.index(after) + 1, name)
+        for _, b in self._blocks:
+            b[name] = value
+
     def extend(self, other: "SampleTable") -> None:
         """Append another table's rows (same columns), e.g. another shard's."""
         if other.columns != self.columns:

@@ -468,3 +468,42 @@ def test_cuda_probe_predicts_as_cpu(cli, shared_data, tmp_path):
         assert rc == 0, err
         preds[dev] = [line.split(",")[4] for line in (out / "samples.csv").read_text().splitlines()[1:]]
     assert preds["cuda"] == preds["cpu"]
+
+
+# ------------------------------------------------------------------ a sweep over a model transform
+class ScaleFirstConv(freqprobe.Transform):
+    """Multiplies the first conv's weights in place (a stand-in for first-layer kernel smoothing)."""
+
+    name = "scale-first-conv"
+
+    def apply(self, adapter):
+        with torch.no_grad():
+            next(m for m in adapter.module.modules() if isinstance(m, nn.Conv2d)).weight.mul_(float(self.opts["k"]))
+        return adapter
+
+
+def test_probe_declaring_a_model_sweep(pm, npz_data):
+    class SweepProbe(Probe):
+        name = "sweep"
+
+        def model_sweep(self, ctx):
+            return [ScaleFirstConv(k=k) for k in (1.0, 0.5, 2.0)]
+
+    ctx = context(pm, npz_data, params=(4.0,), transform="")
+    before = {k: v.clone() for k, v in ctx.adapter.module.state_dict().items()}
+    result = SweepProbe().run(ctx)
+    assert all(torch.equal(before[k], v) for k, v in ctx.adapter.module.state_dict().items())  # each ρ got a copy
+    labels = ["scale-first-conv:k=1.0", "scale-first-conv:k=0.5", "scale-first-conv:k=2.0"]
+    assert [r["transform"] for r in result.summary] == [lab for lab in labels for _ in range(3)]
+    assert result.samples.columns == ["index", "label", "variant", "param", "transform", "pred", "confidence"]
+    assert len(result.samples) == 37 * 3 * 3
+    # each transform's rows equal a plain evaluation of the transformed model
+    for k, lab in zip((1.0, 0.5, 2.0), labels):
+        net = tiny_net()
+        with torch.no_grad():
+            net[0].weight.mul_(k)
+        plain = evaluate(context(pm, npz_data, model=net, params=(4.0,)), [DecomposerSource(ctx.decomposer, [4.0])], probe="p")
+        assert [r["value"] for r in result.summary if r["transform"] == lab] == [r["value"] for r in plain.summary]
+        np.testing.assert_array_equal(result.samples.column("pred", transform=lab), plain.samples.column("pred"))
+    assert [s["transform"] for s in result.extras["sweep"]] == labels
+    assert len({tuple(r["value"] for r in result.summary if r["transform"] == lab) for lab in labels}) > 1
