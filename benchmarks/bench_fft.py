@@ -49,7 +49,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import freqprobe  # noqa: E402
+from _common import cpu_model, loadavg, sync  # noqa: E402
 from freqprobe import runner  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"  # ../shared/data beside the checkout, as the tests use
@@ -75,27 +77,9 @@ TARGET_FLOOR_FRACTION_CUDA = 0.40
 TARGET_DECOMPOSE_SHARE = 0.10
 
 
-# ------------------------------------------------------------------------------- environment
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ------------------------------------------------------------------------------- (a) freqprobe

@@ -38,7 +38,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import freqprobe  # noqa: E402
+from _common import cpu_model, sync  # noqa: E402
 from freqprobe import runner  # noqa: E402
 from freqprobe.engine import precision_context  # noqa: E402
 
@@ -48,19 +50,8 @@ MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 TARGET = 1.2
 
 
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def variant_images(x: torch.Tensor, radii: list, dev: torch.device) -> tuple[torch.Tensor, list[str]]:
