@@ -117,3 +117,25 @@ def test_mnist_reader_on_original_test_files(cli, shared_data, tmp_path):
     np.testing.assert_allclose(d["x"][:, 0], images[:16] / 255.0, atol=1e-6)
     np.testing.assert_array_equal(d["y"], labels[:16])
     np.testing.assert_allclose(d["low_r4"] + d["high_r4"], d["x"], atol=1e-5)
+
+
+def test_resnet20_published_numbers_and_settings_that_must_not_change_them(cli, shared_data, tmp_path):
+    """The first-100 numbers the core landed with, exactly, whatever the forward batch or memory format."""
+    ckpt = shared_data / "cifar10_resnet_akamaster" / "resnet20-12fca82f.th"
+    data = shared_data / "cifar10_test" / "cifar10_test_first100_lossless.npz"
+    model_file = REPO / "tests" / "fixtures" / "cifar_resnet.py"
+    preds = {}
+    for name, extra in {"default": [], "contiguous": ["--no-channels-last"], "one-variant-per-forward": ["--forward-batch", "100"],
+                        "whole-stack": ["--forward-batch", "900"], "small-batches": ["--batch-size", "7"]}.items():
+        out = tmp_path / name
+        rc, _, err = cli("run", "--model", f"{model_file}:resnet20", "--checkpoint", ckpt, "--data", f"npz:{data}",
+                         "--mean", IMAGENET_MEAN, "--std", IMAGENET_STD, "--radii", "4,8,12,16", "--batch-size", "100",
+                         *extra, "--out", out, "--device", "cpu", "-q")
+        assert rc == 0, err
+        acc = {(r["variant"], r["param"]): float(r["value"]) for r in read_csv(out / "summary.csv")}
+        assert acc[("original", "")] == 0.94
+        assert [acc[("low", r)] for r in ("4", "8", "12", "16")] == [0.24, 0.39, 0.85, 0.90]
+        assert [acc[("high", r)] for r in ("4", "8", "12", "16")] == [0.46, 0.30, 0.16, 0.08]
+        rows = read_csv(out / "samples.csv")
+        preds[name] = sorted((r["variant"], r["param"], int(r["index"]), int(r["pred"])) for r in rows)
+    assert all(p == preds["default"] for p in preds.values())
