@@ -435,6 +435,7 @@ def run_loop(ctx: RunContext, sources: Sequence[VariantSource], *, observers: Se
         from .perf import prime_heap
 
         prime_heap()  # activations reuse heap blocks instead of fresh page-faulted maps (freqprobe/perf.py)
+    was_training = bool(getattr(adapter.module, "training", False))
     adapter.prepare(channels_last=settings.channels_last)
     metrics = {v: [make_metric(cls, ctx) for cls in ctx.metrics] for v in variants}
     extra = extra_columns(variants)
@@ -529,6 +530,7 @@ def run_loop(ctx: RunContext, sources: Sequence[VariantSource], *, observers: Se
             torch.cuda.synchronize(dev)
     finally:
         torch.backends.cudnn.benchmark = old_bench
+        adapter.module.train(was_training)  # a training loop that tracks per epoch gets its model back as it was
     wall = time.perf_counter() - t_loop
     timings = timer.results()
     for k in ("decompose_s", "inference_s", "bookkeeping_s"):
