@@ -16,6 +16,6 @@ print("high part range:", float(parts["high"].min()), float(parts["high"].max())
 
 # 2. a probe: fit timm's resnet18 on synth10's training split (no weights given), then measure
 result = freqprobe.run("timm:resnet18", data="synth10", params="4,8,12,16", fit_epochs=1, limit=500)
-for row in result.summary:
-    print(f"{row['variant']:>8} {row['param']!s:>3} {row['metric']} {row['value']:.3f}")
+for row in result.summary:  # param is None for the original images
+    print(f"{row['variant']:>8} {'' if row['param'] is None else format(row['param'], 'g'):>3} {row['metric']} {row['value']:.3f}")
 print("files in", result.extras["out_dir"])
