@@ -176,7 +176,7 @@ def main(argv=None) -> int:
             bp = best["preds"][i * n:(i + 1) * n]
             agree[name] = float(np.mean(bp == pr["preds"][name]))
         print(f"  predictions equal to the floor's: min {min(agree.values()):.4f} over variants")
-        print(f"  accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in pr["accuracy"].items()))
+        print("  accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in pr["accuracy"].items()))
         print(f"  ratio probe / floor = {ratio:.2f}  (target <= {TARGET}: {'PASS' if ratio <= TARGET else 'FAIL'})")
         results["precisions"][precision] = {
             "bare": [{k: v for k, v in r.items() if k != "preds"} for r in rows],

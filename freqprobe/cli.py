@@ -120,7 +120,7 @@ def cli(verbose: int) -> None:
               help="Model arithmetic: exact float32 (TF32 off), TF32 (CUDA), or bf16/fp16 autocast.")
 @click.option("--channels-last/--no-channels-last", default=None, help="Feed images in channels_last memory format (default: on).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--probe-opt", multiple=True, metavar="KEY=VALUE", help="Option of the probe (repeatable), e.g. gallery_size=4; see `freqprobe list probes`.")
+@click.option("--probe-opt", multiple=True, metavar="KEY=VALUE", help="Option of the probe (repeatable), e.g. gallery_size=4; an unknown key lists the probe's options.")
 @click.option("--gallery-size", type=int, help="Shorthand for --probe-opt gallery_size=N (Figure-2 examples kept per parameter; lfc-hfc default 8).")
 @click.option("--out", type=click.Path(), help="Output folder (default: a new dated folder under runs/).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines.")

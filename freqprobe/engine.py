@@ -476,10 +476,9 @@ def run_loop(ctx: RunContext, sources: Sequence[VariantSource], *, observers: Se
                     break
                 images, targets = _to(batch.images, dev), _to(batch.targets, dev)
                 n = len(batch.indices)
-                if state.table is None and samples:
-                    tcols = list(ctx.data.target_columns(batch.targets))
-                    state.table = SampleTable(["index", *tcols, "variant", "param", *extra, *adapter.sample_columns])
                 target_cols = ctx.data.target_columns(batch.targets) if samples else {}
+                if state.table is None and samples:
+                    state.table = SampleTable(["index", *target_cols, "variant", "param", *extra, *adapter.sample_columns])
                 stackable = isinstance(images, torch.Tensor) and adapter.stackable
                 with timer.stage("decompose"):
                     if stackable:

@@ -6,7 +6,7 @@ import dataclasses
 import fnmatch
 import inspect
 import re
-from typing import Any, Mapping
+from typing import Mapping
 
 from . import interfaces as I
 from .errors import PluginError, UnknownNameError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -46,11 +46,8 @@ def write_summary(rows: Sequence[Mapping[str, Any]], path: Path, extra: Sequence
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         for row in rows:
-            cells = {c: fmt_param(row.get(c)) for c in cols}
+            cells = {c: fmt_param(row.get(c)) for c in cols}  # names pass through, numbers as 8 / 2.5, None empty
             cells["value"] = f"{row['value']:.6f}"
-            cells["n"] = str(row["n"])
-            for c in ("probe", "transform", "decomposer", "variant", "metric"):
-                cells[c] = "" if row.get(c) is None else str(row[c])
             w.writerow(cells)
 
 
@@ -131,11 +128,6 @@ class SampleTable:
         """All columns of the rows whose variant columns equal ``eq``."""
         blocks = self._blocks_where(eq)
         return {c: self._concat(blocks, c) for c in self.columns}
-
-    def rows(self) -> Iterator[dict[str, Any]]:
-        for n, b in self._blocks:
-            for i in range(n):
-                yield {c: (b[c][i].item() if isinstance(b[c], np.ndarray) else b[c]) for c in self.columns}
 
     def write_csv(self, path: Path, float_format: str = "%.6f") -> None:
         """Write all rows as CSV, block by block (vectorised formatting)."""

@@ -24,7 +24,6 @@ import pytest
 import torch
 
 import reference
-from freqprobe.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 MEAN = (0.4, 0.5, 0.6)

@@ -11,11 +11,9 @@ float32 rounding. Tested on CPU through Triton's interpreter (``TRITON_INTERPRET
 from __future__ import annotations
 
 import functools
-import logging
+import importlib.util
 
 import torch
-
-log = logging.getLogger("freqprobe.decomposers")
 
 MAX_SIDE = 64
 
@@ -53,11 +51,7 @@ def _pow2(n: int) -> int:
 
 
 def available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:
-        return False
-    return True
+    return importlib.util.find_spec("triton") is not None
 
 
 def padded_operands(qh: torch.Tensor, qw: torch.Tensor, mask: torch.Tensor, h: int, w: int, device) -> tuple:

@@ -18,6 +18,7 @@ from ..interfaces import Decomposer
 from . import _radial_triton
 
 RULES = ("exclusive", "inclusive")
+log = logging.getLogger("freqprobe.decomposers")
 
 
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -232,7 +233,7 @@ class FFTRadialDecomposer(Decomposer):
                 _radial_triton.lowpass(xs, lo, hi, ops)
             except Exception as exc:  # no compiler, no driver support...: the GEMM/FFT paths give the same result
                 FFTRadialDecomposer._triton_broken = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                logging.getLogger("freqprobe.decomposers").warning(
+                log.warning(
                     "fft-radial: the Triton kernel is unavailable (%s); using the GEMM/FFT paths", FFTRadialDecomposer._triton_broken)
                 rest = params[i:]
                 yield from self.decompose_all(x, rest, out=out)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from ..engine import DecomposerSource, OriginalSource
 from ..hookspecs import hookimpl
 from ..interfaces import Probe, RunContext, Variant
