@@ -63,10 +63,11 @@ def prime_heap() -> None:
 
     glibc raises its mmap threshold (and trim threshold, to twice that) to the size of a freed
     mmapped block up to 32 MiB. Until something does, every tensor over 128 KiB is a fresh mmap
-    whose pages fault in on first touch. A no-op after the first call.
+    whose pages fault in on first touch. A no-op after the first call, off Linux, and with
+    ``FREQPROBE_NO_HEAP_PRIMING=1`` (for measuring what it changes).
     """
     global _primed
-    if _primed or not sys.platform.startswith("linux"):
+    if _primed or not sys.platform.startswith("linux") or os.environ.get("FREQPROBE_NO_HEAP_PRIMING"):
         return
     _primed = True
     import torch
