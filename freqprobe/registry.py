@@ -50,6 +50,52 @@ class Entry:
         return doc.strip().splitlines()[0].replace("``", "") if doc else "Undocumented"
 
 
+class Entries(dict):
+    """``name -> Entry`` for one kind, plus what was refused.
+
+    ``unavailable`` maps a name that was registered but refused (a bad class, or a name two
+    third-party plugins both claim) to the reason; ``errors`` are the recorded problems
+    (:class:`freqprobe.plugins.LoadError`).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unavailable: dict[str, str] = {}
+        self.errors: list = []
+        self.refused: dict[str, list[Entry]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Provider:
+    """Where a registered class came from (see :func:`provider_of`)."""
+
+    plugin: str
+    dist: str
+    label: str  # "decomposer", "metric", ...
+    name: str
+
+    @property
+    def builtin(self) -> bool:
+        from .plugins import is_builtin
+
+        return is_builtin(self.plugin)
+
+    def who(self) -> str:
+        """``plugin 'boxplug' (boxplug 1.0)``; the distribution only for entry-point plugins."""
+        dist = "" if self.dist in ("built-in", "registered at runtime", "runtime", "") else f" ({self.dist})"
+        return f"plugin {self.plugin!r}{dist}"
+
+
+_PROVIDER_ATTR = "_freqprobe_provider"
+
+
+def provider_of(obj) -> Provider | None:
+    """The plugin that registered ``obj``'s class (or ``obj`` itself when it is a class); None if unknown."""
+    cls = obj if inspect.isclass(obj) else type(obj)
+    got = getattr(cls, _PROVIDER_ATTR, None)
+    return got if isinstance(got, Provider) else None
+
+
 def _pm(pm):
     if pm is None:
         from .plugins import default_plugin_manager
@@ -58,8 +104,25 @@ def _pm(pm):
     return pm
 
 
-def collect(kind: str, pm=None) -> dict[str, Entry]:
-    """Call each plugin's hook for ``kind`` separately, so every name knows its provider."""
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _qual(cls) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}" if inspect.isclass(cls) else repr(cls)
+
+
+def collect(kind: str, pm=None) -> Entries:
+    """Call each plugin's hook for ``kind`` separately, so every name knows its provider.
+
+    A bad class (no or a bad ``name``, the wrong base class, missing declarations) is skipped and
+    recorded; so is a plugin whose hook raises. A name a built-in has is kept for the built-in; a
+    name two third-party plugins claim is refused for both. Nothing here raises for a plugin's
+    mistake: the problems are in the result's ``errors`` (and ``pm.load_errors``), warned once.
+    """
+    from .plugins import LoadError, is_builtin, warn_once
+
     pm = _pm(pm)
     k = KINDS[kind]
     cache = getattr(pm, "_freqprobe_registry_cache", None)
@@ -67,36 +130,107 @@ def collect(kind: str, pm=None) -> dict[str, Entry]:
         cache = pm._freqprobe_registry_cache = {}
     if kind in cache:
         return cache[kind]
-    entries: dict[str, Entry] = {}
-    for impl in reversed(getattr(pm.hook, k.hook).get_hookimpls()):
+    entries = Entries()
+    dists = getattr(pm, "dists", {})
+
+    def problem(plugin: str, dist: str, text: str, stage: str = k.hook) -> None:
+        err = LoadError(plugin, dist, text, stage)
+        if err not in entries.errors:
+            entries.errors.append(err)
+            warn_once(pm, err)
+
+    impls = list(reversed(getattr(pm.hook, k.hook).get_hookimpls()))
+    impls.sort(key=lambda impl: not is_builtin(pm.get_name(impl.plugin)))  # built-ins first (stable)
+    for impl in impls:
         plugin = pm.get_name(impl.plugin) or repr(impl.plugin)
-        dist = getattr(pm, "dists", {}).get(plugin, "built-in" if plugin.startswith("freqprobe.") else "runtime")
+        builtin = is_builtin(plugin)
+        dist = "built-in" if builtin else dists.get(plugin, "registered at runtime")
         try:
             got = impl.function()
         except Exception as exc:
-            raise PluginError(f"plugin {plugin!r} failed in {k.hook}(): {type(exc).__name__}: {exc}") from exc
+            problem(plugin, dist, f"{k.hook}() raised {_first_line(exc)}; its {k.key} are skipped")
+            continue
         if got is None:
             continue
         for cls in got if isinstance(got, (list, tuple)) else [got]:
             name = getattr(cls, "name", None)
-            if not (inspect.isclass(cls) and issubclass(cls, k.base)):
-                raise PluginError(f"plugin {plugin!r} registered {cls!r} as a {k.label}, but it is not a subclass of {k.base.__name__}")
-            if not isinstance(name, str) or not NAME_RE.match(name):
-                raise PluginError(
-                    f"plugin {plugin!r}: {k.label} class {cls.__qualname__} has name {name!r}; names must match {NAME_RE.pattern}"
-                )
+            why = _problem(kind, k, cls)
+            good_name = isinstance(name, str) and bool(NAME_RE.match(name))
+            if why:
+                if builtin:
+                    raise PluginError(f"freqprobe bug: built-in {k.label} {_qual(cls)} {why}")
+                problem(plugin, dist, f"{why}; the class is skipped")
+                if good_name and name not in entries:
+                    entries.unavailable.setdefault(
+                        name, f"{k.label} '{name}' from plugin {plugin!r} ({dist}) is unavailable: {why}")
+                continue
+            entry = Entry(name, cls, plugin, dist)
+            if name in entries.refused:
+                entries.refused[name].append(entry)
+                _refuse(entries, k, name, problem)
+                continue
             if name in entries:
                 prev = entries[name]
-                raise PluginError(
-                    f"duplicate {k.label} name '{name}': {cls.__module__}.{cls.__qualname__} from plugin {plugin!r} "
-                    f"and {prev.cls.__module__}.{prev.cls.__qualname__} from plugin {prev.plugin!r}"
-                )
-            problem = _class_problem(kind, cls)
-            if problem:
-                raise PluginError(f"plugin {plugin!r}: {k.label} '{name}' ({cls.__module__}.{cls.__qualname__}) {problem}")
-            entries[name] = Entry(name, cls, plugin, dist)
+                if prev.cls is cls:
+                    continue
+                if is_builtin(prev.plugin) and builtin:
+                    raise PluginError(f"freqprobe bug: two built-in {k.label}s named '{name}': {_qual(prev.cls)} and {_qual(cls)}")
+                if is_builtin(prev.plugin):
+                    problem(plugin, dist, f"{k.label} name '{name}' of {_qual(cls)} is already taken by built-in "
+                                          f"{_qual(prev.cls)} ({prev.plugin}); the built-in is kept and this class is skipped")
+                    continue
+                del entries[name]
+                entries.refused[name] = [prev, entry]
+                _refuse(entries, k, name, problem)
+                continue
+            entries.unavailable.pop(name, None)
+            try:
+                setattr(cls, _PROVIDER_ATTR, Provider(plugin, dist, k.label, name))
+            except (AttributeError, TypeError):  # pragma: no cover - a class that refuses attributes
+                pass
+            entries[name] = entry
     cache[kind] = entries
     return entries
+
+
+def _refuse(entries: Entries, k: Kind, name: str, problem) -> None:
+    from .plugins import disable_hint
+
+    claims = sorted(entries.refused[name], key=lambda e: e.plugin)
+    who = " and ".join(f"plugin {e.plugin!r} ({e.dist}: {_qual(e.cls)})" for e in claims)
+    entries.unavailable[name] = (
+        f"{k.label} '{name}' is provided by both {who}, so neither is used; "
+        f"switch one off with {disable_hint(claims[0].plugin)} (or {claims[-1].plugin})")
+    last = entries.refused[name][-1]
+    problem(last.plugin, last.dist, f"duplicate {k.label} name '{name}': {who} both claim it; "
+                                    f"the name is refused for both")
+
+
+def _problem(kind: str, k: Kind, cls) -> str | None:
+    """Why a registered object cannot be used as a ``kind`` class, or None."""
+    name = getattr(cls, "name", None)
+    if not inspect.isclass(cls):
+        return (f"registered {cls!r} as a {k.label}, which is not a class; return the class "
+                f"(a subclass of {k.base.__name__}), not an instance")
+    if not issubclass(cls, k.base):
+        return f"registered {_qual(cls)} as a {k.label}, but it is not a subclass of {k.base.__name__}"
+    if name is None:
+        return f"{k.label} class {_qual(cls)} has no name; set name = \"my-{k.label.replace(' ', '-')}\" on the class"
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        return f"{k.label} class {_qual(cls)} has name {name!r}; names must match {NAME_RE.pattern}"
+    extra = _class_problem(kind, cls)
+    return f"{k.label} '{name}' ({_qual(cls)}) {extra}" if extra else None
+
+
+def check_all(pm=None) -> list:
+    """Collect every kind (cached); the problems found, in order."""
+    pm = _pm(pm)
+    out: list = []
+    for kind in KINDS:
+        for err in collect(kind, pm).errors:
+            if err not in out:
+                out.append(err)
+    return out
 
 
 def _class_problem(kind: str, cls: type) -> str | None:
@@ -123,6 +257,8 @@ def invalidate(pm) -> None:
 def get_entry(kind: str, name: str, pm=None) -> Entry:
     entries = collect(kind, pm)
     if name not in entries:
+        if name in entries.unavailable:
+            raise PluginError(entries.unavailable[name])
         raise UnknownNameError(KINDS[kind].label, name, entries)
     return entries[name]
 

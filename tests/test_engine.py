@@ -434,8 +434,11 @@ def test_decomposer_without_default_params_refused_at_registration(pm):
             return [NoDefaults]
 
     pm.register(P(), "nodefaults")
+    # the class is skipped (recorded, warned); asking for it says why
+    with pytest.warns(freqprobe.errors.PluginWarning, match="no-defaults.*declares no default_params"):
+        assert "no-defaults" not in freqprobe.collect("decomposers", pm)
     with pytest.raises(PluginError, match="no-defaults.*declares no default_params"):
-        freqprobe.collect("decomposers", pm)
+        freqprobe.get_class("decomposers", "no-defaults", pm)
 
 
 # ------------------------------------------------------------------ the GPU path (skipped without one)

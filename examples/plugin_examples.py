@@ -1,0 +1,85 @@
+"""The worked plugin examples of docs/plugins.md, as one plugin module (tests import this file and
+check that the docs show exactly this code). Register it with ``pm.register(module, "examples")``
+or an entry point ``[project.entry-points.freqprobe] examples = "plugin_examples"``."""
+
+# --8<-- [start:metric]
+import torch
+
+import freqprobe
+from freqprobe import hookimpl
+
+
+class ExpectedCalibrationError(freqprobe.Metric):
+    """Expected calibration error of the softmax confidence (15 equal-width bins)."""
+
+    name = "ece"
+
+    def __init__(self, ctx=None, bins: int = 15):
+        super().__init__(ctx)
+        self.bins = bins
+        # per-bin sums; declared state is reset by reset() and summed across shards by merge()
+        self.add_state("count", torch.zeros(bins, dtype=torch.float64), reduce="sum")
+        self.add_state("confidence", torch.zeros(bins, dtype=torch.float64), reduce="sum")
+        self.add_state("correct", torch.zeros(bins, dtype=torch.float64), reduce="sum")
+
+    def update(self, outputs, targets):
+        # outputs: this variant's logits (N×K) on the run's device; targets: int64 labels (N,)
+        conf, pred = outputs.float().softmax(-1).max(-1)
+        idx = (conf * self.bins).long().clamp(max=self.bins - 1)
+        hit = (pred == targets).double()
+        dev = outputs.device
+        self.count = self.count.to(dev) + torch.bincount(idx, minlength=self.bins).double()
+        self.confidence = self.confidence.to(dev) + torch.bincount(idx, weights=conf.double(), minlength=self.bins)
+        self.correct = self.correct.to(dev) + torch.bincount(idx, weights=hit, minlength=self.bins)
+
+    def compute(self):
+        n = float(self.count.sum())
+        if n == 0:
+            return float("nan")
+        return float((self.confidence - self.correct).abs().sum()) / n
+
+
+@hookimpl
+def register_metrics():
+    return [ExpectedCalibrationError]
+# --8<-- [end:metric]
+
+
+# --8<-- [start:probe]
+from freqprobe import Probe, Variant, VariantSource
+from freqprobe.engine import OriginalSource
+
+
+class LowPartSource(VariantSource):
+    """The decomposer's first (smooth) component at every parameter, and nothing else."""
+
+    def __init__(self, decomposer, params):
+        self.decomposer, self.params = decomposer, list(params)
+        self.part = decomposer.components[0]
+        # component=True: the run's --rescale policy applies to these images
+        self.by_param = {p: Variant(self.part, p, component=True) for p in self.params}
+
+    def variants(self):
+        return list(self.by_param.values())
+
+    def produce(self, images, targets, ctx, out=None):
+        for p in self.params:
+            low = self.decomposer.decompose(images, p)[self.part]
+            yield self.by_param[p], low  # the loop copies it into its stack
+
+
+class LowOnlyProbe(Probe):
+    """Accuracy on the low-frequency part only (and, by default, on the original images)."""
+
+    name = "low-only"
+    options = {"with_original": True}  # --probe-opt with_original=False
+
+    def sources(self, ctx):
+        low = LowPartSource(ctx.decomposer, ctx.params)
+        return [OriginalSource(), low] if self.opts["with_original"] else [low]
+
+
+@hookimpl
+def register_probes():
+    return [LowOnlyProbe]
+# --8<-- [end:probe]
