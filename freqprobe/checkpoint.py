@@ -126,3 +126,32 @@ def load_state_dict_checked(module: torch.nn.Module, sd: Mapping[str, torch.Tens
         raise UserFacingError("\n".join(lines))
     module.load_state_dict(dict(sd), strict=False)
     return {"missing": missing, "unexpected": unexpected}
+
+
+def classifier_key(module: torch.nn.Module) -> str | None:
+    """The state_dict key of a classifier's output weight: timm's ``pretrained_cfg["classifier"]``, else the
+    last weight with two or more dimensions (``fc.weight``, ``classifier.6.weight``, ``head.weight``...)."""
+    own = module.state_dict()
+    cfg = getattr(module, "pretrained_cfg", None) or getattr(module, "default_cfg", None) or {}
+    head = cfg.get("classifier") if isinstance(cfg, Mapping) else None
+    for name in ([head] if isinstance(head, str) else list(head or ())):
+        key = f"{name}.weight"
+        if key in own and own[key].dim() >= 2:
+            return key
+    last = None
+    for key, value in own.items():
+        if key.endswith("weight") and value.dim() >= 2 and value.is_floating_point():
+            last = key
+    return last
+
+
+def checkpoint_head_size(module: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -> int | None:
+    """The checkpoint's class count when its classifier weight differs from ``module``'s only in the
+    number of outputs (so the model should be built with ``num_classes`` = that); else None."""
+    key = classifier_key(module)
+    if key is None or key not in sd:
+        return None
+    mine, theirs = module.state_dict()[key], sd[key]
+    if not isinstance(theirs, torch.Tensor) or theirs.dim() != mine.dim() or theirs.shape[1:] != mine.shape[1:]:
+        return None
+    return int(theirs.shape[0]) if theirs.shape[0] != mine.shape[0] else None

@@ -15,7 +15,11 @@ class UserFacingError(FreqprobeError):
 
 
 class PluginError(FreqprobeError):
-    """A plugin is broken: a bad registration, a duplicate name, a failed import."""
+    """A plugin is broken: a bad registration, a duplicate name, a failed import, or it failed at run time."""
+
+
+class PluginWarning(UserWarning):
+    """A plugin (or one of its classes) was skipped; warned once per plugin manager."""
 
 
 class UnknownNameError(UserFacingError, KeyError):
@@ -23,7 +27,12 @@ class UnknownNameError(UserFacingError, KeyError):
 
     def __init__(self, kind: str, name: str, available: Iterable[str]):
         self.kind, self.name = kind, name
+        # a registry (freqprobe.registry.Entries) also knows names it refused, and why
+        unavailable = getattr(available, "unavailable", None) or {}
         self.available = sorted(available)
+        if name in unavailable:
+            super().__init__(unavailable[name])
+            return
         close = difflib.get_close_matches(name, self.available, n=3, cutoff=0.5)
         if not close:
             low = name.lower().replace("_", "-")
@@ -43,3 +52,7 @@ class UnknownNameError(UserFacingError, KeyError):
 
 class IncompatibleError(UserFacingError):
     """Two parts that cannot work together (a probe and a model of the wrong task, class counts...)."""
+
+
+class ModelError(UserFacingError):
+    """The model raised while being evaluated (user code, out of memory...); the cause is chained."""

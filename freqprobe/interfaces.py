@@ -66,10 +66,23 @@ class Decomposer(ABC):
     def check_params(self, params: Sequence[Any] | None) -> list:
         """Validated, de-duplicated parameters in the given order (``default_params`` when None)."""
         out: list = []
-        for p in self.default_params if params is None else params:
+        dropped: list = []
+        given = self.default_params if params is None else params
+        for p in given:
             v = self.check_param(p)
             if v not in out:
                 out.append(v)
+            elif v not in dropped:
+                dropped.append(v)
+        if dropped and params is not None:
+            import warnings
+
+            fmt = lambda v: f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
+            warnings.warn(
+                f"dropped duplicate {', '.join(f'{self.param_name}={fmt(v)}' for v in dropped)} from "
+                f"{','.join(str(p) for p in given)}; using {','.join(fmt(v) for v in out)}",
+                stacklevel=2,
+            )
         return out
 
     @abstractmethod
@@ -193,22 +206,104 @@ class ModelAdapter:
         out = self.predict(sample[:1].to(self.device))
         return int(out.shape[-1])
 
+    def output_count(self, images: torch.Tensor, device: torch.device) -> int:
+        """Run the model once on ``images`` (a small N×C×H×W batch) and return its class count K.
+
+        Whatever goes wrong is one :class:`IncompatibleError` line naming the image shape: the
+        model raising (anything, ``sys.exit`` included), or returning something other than N×K
+        logits (a scalar, a tuple/list/dict, another shape).
+        """
+        from .errors import IncompatibleError
+
+        shape = "×".join(map(str, images.shape[1:]))
+        name = self.spec or type(self.module).__name__
+        try:
+            out = self.predict(images.to(device))
+        except UserFacingError:
+            raise
+        except (Exception, SystemExit) as exc:
+            why = f"it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else \
+                f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}".rstrip(": ")
+            raise IncompatibleError(f"the model {name} failed on a batch of this data's {shape} images: {why}") from None
+        n = images.shape[0]
+        if not isinstance(out, torch.Tensor):
+            kind = type(out).__name__
+            if isinstance(out, (tuple, list)):
+                kind += f" of {len(out)} items"
+            elif isinstance(out, dict):
+                kind += f" with keys {', '.join(map(str, list(out)[:4]))}"
+            raise IncompatibleError(
+                f"the model {name} returned a {kind} for {n} images; a classifier must return one tensor of N×K logits "
+                "(wrap it to return only the logits)"
+            )
+        if out.dim() != 2 or out.shape[0] != n or out.shape[1] < 1:
+            got = "a scalar" if out.dim() == 0 else f"a tensor of shape {tuple(out.shape)}"
+            raise IncompatibleError(
+                f"the model {name} returned {got} for {n} images of {shape}; a classifier must return N×K logits "
+                f"(here {n}×K)"
+            )
+        return int(out.shape[1])
+
+    def check_input_size(self, images: torch.Tensor, data: "DataSource | None" = None) -> None:
+        """Refuse images of another size than a model with a fixed input size takes (a ViT: timm's ``fixed_input_size``)."""
+        from .errors import IncompatibleError
+
+        size = self.info.get("input_size")
+        if not self.info.get("fixed_input_size") or not size or images.dim() != 4:
+            return
+        want = tuple(int(v) for v in size[-2:])
+        got = tuple(int(v) for v in images.shape[-2:])
+        if want == got:
+            return
+        hints = []
+        if data is not None and hasattr(data, "image_size"):
+            hints.append(f"pass --image-size {want[0]}" if want[0] == want[1] else f"resize the data to {want[0]}×{want[1]}")
+        else:
+            hints.append(f"use data of {want[0]}×{want[1]} images")
+        if not self.info.get("has_weights") and got[0] == got[1]:
+            hints.append(f"or build it for this size with --model-arg img_size={got[0]}")
+        raise IncompatibleError(
+            f"{self.spec or type(self.module).__name__} takes only {want[0]}×{want[1]} images (fixed input size) "
+            f"but the data gives {got[0]}×{got[1]}; {' '.join(hints)}"
+        )
+
     def check_data(self, data: "DataSource", device: torch.device) -> None:
-        """Refuse, before any compute, a data set this model cannot be evaluated on (raise IncompatibleError)."""
+        """Refuse, before any compute, a data set this model cannot be evaluated on (raise IncompatibleError).
+
+        One forward of the data's first two images gives the model's class count K (recorded in
+        ``info["num_classes"]``); a data source with ``use_model_classes(K)`` is told it (an
+        ImageNet folder of WordNet ids then maps them to ImageNet's indices). Labels that are a
+        subset of the model's classes are fine; a label >= K is refused.
+        """
+        import warnings
+
         from .errors import IncompatibleError
 
         batch = next(iter(data.batches(2)))
         x = batch.images
-        try:
-            k = self.num_outputs(x.to(device))
-        except RuntimeError as exc:
+        self.check_input_size(x, data)
+        k = self.output_count(x, device)
+        self.info["num_classes"] = k
+        if hasattr(data, "use_model_classes"):
+            data.use_model_classes(k)
+        max_label = data.max_label() if hasattr(data, "max_label") else data.num_classes - 1
+        if max_label is not None and max_label >= k:
+            if not self.info.get("has_weights"):
+                advice = f"build it with {max_label + 1} outputs (--model-arg num_classes={max_label + 1})"
+            else:
+                advice = "use a model or checkpoint trained on these classes"
+                if hasattr(data, "use_model_classes"):
+                    advice += ", or map the class folders to the model's classes with --class-map FILE.json"
             raise IncompatibleError(
-                f"the model cannot take this data's {tuple(x.shape[1:])} images: {str(exc).splitlines()[0][:200]}"
-            ) from None
-        if k < data.num_classes or (data.fixed_num_classes and k != data.num_classes):
-            raise IncompatibleError(
-                f"class-count mismatch: the model outputs {k} classes but the data has {data.num_classes}; "
-                f"pass --model-arg num_classes={data.num_classes} or a checkpoint trained on this data"
+                f"class-count mismatch: the data has labels up to {max_label} ({data.num_classes} classes) "
+                f"but the model outputs only {k} classes; {advice}"
+            )
+        if k != data.num_classes and data.fixed_num_classes and getattr(data, "labels_by_position", False):
+            warnings.warn(
+                f"the model outputs {k} classes but {data.name} has {data.num_classes}: its labels 0–{data.num_classes - 1} "
+                f"are read as the model's classes 0–{data.num_classes - 1}; make sure they are the same classes"
+                + (" (or pass --class-map)" if hasattr(data, "use_model_classes") else ""),
+                stacklevel=2,
             )
 
     def prepare(self, *, channels_last: bool = False) -> None:
@@ -405,6 +500,13 @@ class Metric(ABC):
             out[name] = v.detach().cpu() if isinstance(v, torch.Tensor) else v
         return out
 
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Set the declared state from a :meth:`state` dict (how a resumed run continues); tensors go to the run's device."""
+        dev = getattr(self.ctx, "device", None) if getattr(self, "ctx", None) is not None else None
+        for name in self.__dict__.get("_states", {}):
+            v = state[name]
+            setattr(self, name, v.to(dev) if isinstance(v, torch.Tensor) and dev is not None else _fresh(v))
+
     def merge(self, other: "Metric | Mapping[str, Any]") -> None:
         """Fold another instance's state (or a :meth:`state` dict) into this one."""
         states = self.__dict__.get("_states")
@@ -544,6 +646,10 @@ class RunContext:
     forward_batch: int | None = None
     #: ``(rank, world)``: evaluate only this process's share of the batches
     shard: tuple[int, int] | None = None
+    #: finish even when the model returns NaN/inf (counted in ``nonfinite-outputs`` summary rows)
+    allow_nonfinite: bool = False
+    #: the run's :class:`freqprobe.journal.RunJournal` (streamed samples.csv, checkpoints), or None
+    journal: Any = None
 
     def evaluate(self, sources: Sequence[VariantSource], *, probe: str, observers: Sequence[Any] = (), **kw: Any) -> "ProbeResult":
         """Run the one evaluation loop (:func:`freqprobe.engine.evaluate`) over ``sources``."""

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +16,8 @@ import torch
 from ..errors import UserFacingError
 from ..hookspecs import hookimpl
 from ..interfaces import Batch, DataSource
+
+log = logging.getLogger("freqprobe.datasets")
 
 
 def default_data_root() -> Path:
@@ -40,10 +46,24 @@ class ArrayDataSource(DataSource):
         if x.dtype != np.uint8:
             if not np.issubdtype(x.dtype, np.floating):
                 raise UserFacingError(f"{what}: images must be uint8 (0..255) or float in [0,1], got {x.dtype}")
+            finite = np.isfinite(x)
+            if not finite.all():
+                bad = ~finite
+                n_bad, per_image = int(bad.sum()), bad.reshape(len(x), -1).any(1)
+                first = int(np.argmax(per_image))
+                kinds = "/".join(k for k, f in (("NaN", np.isnan), ("inf", np.isinf)) if f(x[bad]).any())
+                raise UserFacingError(
+                    f"{what}: {n_bad} non-finite pixel value(s) ({kinds}) in {int(per_image.sum())} of {len(x)} images, "
+                    f"first in image {first}; fix or drop those images"
+                )
             lo, hi = float(x.min()), float(x.max())
             if lo < 0 or hi > 1:
                 raise UserFacingError(f"{what}: float images must lie in [0,1], found [{lo:.3g}, {hi:.3g}]; divide by 255 or store uint8")
         if not np.issubdtype(y.dtype, np.integer):
+            if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
+                bad = ~np.isfinite(y)
+                raise UserFacingError(f"{what}: {int(bad.sum())} non-finite label(s) (NaN/inf), first at sample {int(np.argmax(bad))}; "
+                                      "labels must be integer class indices")
             if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
                 y = y.astype(np.int64)
             else:
@@ -52,8 +72,15 @@ class ArrayDataSource(DataSource):
             raise UserFacingError(f"{what}: labels must be non-negative class indices")
         self.x, self.y = x, y.astype(np.int64)
 
+    #: labels are positions in a fixed label space of its own (CIFAR-10's 0–9...), not a model's class indices
+    labels_by_position: bool = False
+
     def __len__(self) -> int:
         return len(self.x)
+
+    def max_label(self) -> int:
+        """The largest label (what a model's output count must exceed)."""
+        return int(self.y.max())
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -79,6 +106,7 @@ class Synth10DataSource(ArrayDataSource):
     """Embedded default: procedurally generated 3×32×32, 10 classes, each with a low- and a faint high-frequency cue."""
 
     name = "synth10"
+    labels_by_position = True
 
     def __init__(self, argument=None, *, root=None, split="test", seed: int = 0, **options):
         super().__init__(argument, root=root, split=split)
@@ -104,6 +132,7 @@ class Synth10DataSource(ArrayDataSource):
 class _TorchvisionArraySource(ArrayDataSource):
     tv_class: str = ""
     fixed = 10
+    labels_by_position = True
 
     def __init__(self, argument=None, *, root=None, split="test", **options):
         super().__init__(argument, root=root, split=split)
@@ -170,6 +199,8 @@ class NpzDataSource(ArrayDataSource):
         super().__init__(argument, root=root, split=split)
         if not argument:
             raise UserFacingError("npz data needs a path: npz:PATH/TO/FILE.npz")
+        if split != "test":
+            raise UserFacingError(f"npz:{argument} has no {split} split (an .npz file is one test set); use --split test")
         p = Path(argument)
         if not p.is_file():
             raise UserFacingError(f"npz file not found: {p}")
@@ -180,11 +211,18 @@ class NpzDataSource(ArrayDataSource):
                     raise UserFacingError(f"{p} must hold arrays 'x' and 'y'; it has: {', '.join(keys) or '(none)'}")
                 x, y = d["x"], d["y"]
                 names = [str(s) for s in d["class_names"]] if "class_names" in keys else None
+                layout = str(d["layout"]) if "layout" in keys else None
         except UserFacingError:
             raise
         except Exception as exc:
             raise UserFacingError(f"could not read {p}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (corrupt or not an .npz?)") from None
+        x = _channels_last(x, layout, p)
         self._set_arrays(x, y, str(p))
+        if names and self.max_label() >= len(names):
+            raise UserFacingError(
+                f"{p}: labels go up to {self.max_label()} but class_names has only {len(names)} entries; "
+                "store one name per class index (or no class_names)"
+            )
         self.class_names = names
         self.num_classes = len(names) if names else int(self.y.max()) + 1
         self.fixed_num_classes = bool(names)
@@ -193,13 +231,108 @@ class NpzDataSource(ArrayDataSource):
         return {**super().describe(), "path": str(Path(self.argument).resolve())}
 
 
+def _channels_last(x: np.ndarray, layout: str | None, p: Path) -> np.ndarray:
+    """``x`` as N×H×W×C: an array stored N×C×H×W (``layout`` "NCHW", as ``freqprobe decompose`` writes,
+    or unmistakably channels-first: 1 or 3 channels first and a last axis that is no channel count) is transposed."""
+    if layout is not None and layout not in ("NCHW", "NHWC"):
+        raise UserFacingError(f"{p}: unknown layout {layout!r}; use NCHW or NHWC")
+    if x.ndim == 4 and (layout == "NCHW" or (layout is None and x.shape[1] in (1, 3) and x.shape[3] not in (1, 3, 4))):
+        return x.transpose(0, 2, 3, 1)
+    return x
+
+
+_WNID = re.compile(r"^n\d{8}$")
+
+
+def imagenet_classes() -> tuple[list[str], list[str]] | None:
+    """ImageNet-1k's WordNet ids in index order and short class names (from timm's offline tables), or None."""
+    try:
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo("imagenet-1k")
+        wnids = list(info.label_names())
+        names = [str(d).split(",")[0].strip() for d in info.label_descriptions()]
+    except Exception:  # pragma: no cover - timm is a dependency; its tables are in the wheel
+        return None
+    return (wnids, names) if len(wnids) == 1000 else None
+
+
+def read_class_map(class_map: Any, folders: list[str]) -> tuple[dict[str, int], list[str] | None, str]:
+    """``{folder: index}`` for every class folder, the class names by index (or None), and how it was made.
+
+    ``class_map``: a dict, ``"imagenet"`` (WordNet-id folders -> ImageNet-1k indices), a ``.json``
+    file holding ``{folder: index}``, or a text file with one folder name per line (line i = index i;
+    the first word of a line counts, so ``n01440764 tench`` works).
+    """
+    if isinstance(class_map, str) and class_map.strip().lower() in ("imagenet", "imagenet-1k") and not Path(class_map).exists():
+        got = imagenet_classes()
+        if got is None:  # pragma: no cover
+            raise UserFacingError("--class-map imagenet needs timm's ImageNet tables, which could not be read")
+        wnids, names = got
+        index = {w: i for i, w in enumerate(wnids)}
+        bad = [f for f in folders if f not in index]
+        if bad:
+            raise UserFacingError(
+                f"--class-map imagenet: {len(bad)} class folder(s) are not ImageNet-1k WordNet ids "
+                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); name them like n01440764 or pass --class-map FILE.json"
+            )
+        return {f: index[f] for f in folders}, names, "imagenet-1k (WordNet ids)"
+    if isinstance(class_map, Mapping):
+        mapping, names, how = dict(class_map), None, "given mapping"
+    else:
+        path = Path(class_map)
+        if not path.is_file():
+            raise UserFacingError(f"--class-map file not found: {path} (a JSON {{folder: index}} or a text file of folder names)")
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserFacingError(f"could not read --class-map {path}: {exc}") from None
+        how = f"class map {path.resolve()}"
+        if path.suffix.lower() == ".json":
+            try:
+                mapping = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise UserFacingError(f"--class-map {path} is not valid JSON: {exc}") from None
+            if not isinstance(mapping, dict):
+                raise UserFacingError(f"--class-map {path} must hold a JSON object {{\"folder\": index, ...}}, got {type(mapping).__name__}")
+            names = None
+        else:
+            lines = [ln.split()[0] if ln.split() else "" for ln in text.splitlines()]
+            while lines and not lines[-1]:
+                lines.pop()
+            mapping, names = {}, lines
+            for i, name in enumerate(lines):
+                if name:
+                    mapping.setdefault(name, i)
+    for k, v in mapping.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise UserFacingError(f"--class-map: the index of {k!r} must be a non-negative whole number, got {v!r}")
+    missing = [f for f in folders if f not in mapping]
+    if missing:
+        raise UserFacingError(
+            f"--class-map gives no index for {len(missing)} class folder(s): {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}; "
+            "add them to the map"
+        )
+    mapping = {f: int(mapping[f]) for f in folders}
+    if names is None:
+        top = max(mapping.values())
+        by_index = {v: k for k, v in mapping.items()}
+        names = [by_index.get(i, str(i)) for i in range(top + 1)]
+    return mapping, names, how
+
+
 class ImageFolderDataSource(DataSource):
-    """``imagefolder:PATH``: one sub-folder per class (torchvision ImageFolder); ``PATH/train`` + ``PATH/val|test`` give splits."""
+    """``imagefolder:PATH``: one sub-folder per class (torchvision ImageFolder); ``PATH/train`` + ``PATH/val|test`` give splits.
+
+    Class folders get the indices of their sorted names, unless ``--class-map`` says otherwise;
+    folders named by ImageNet WordNet ids (``n01440764``...) get ImageNet-1k's indices when the
+    model outputs 1000 classes (:meth:`use_model_classes`).
+    """
 
     name = "imagefolder"
     takes_argument = True
 
-    def __init__(self, argument=None, *, root=None, split="test", image_size: int | None = None, **options):
+    def __init__(self, argument=None, *, root=None, split="test", image_size: int | None = None, class_map: Any = None, **options):
         super().__init__(argument, root=root, split=split)
         import torchvision
         from torchvision import transforms as T
@@ -209,6 +342,8 @@ class ImageFolderDataSource(DataSource):
         base = Path(argument)
         if not base.is_dir():
             raise UserFacingError(f"image folder not found: {base}")
+        if split == "train" and not (base / "train").is_dir():
+            raise UserFacingError(f"imagefolder:{base} has no train split (no {base / 'train'} folder); use --split test")
         path = base
         if (base / "train").is_dir():
             evald = next((base / s for s in ("test", "val") if (base / s).is_dir()), None)
@@ -221,9 +356,44 @@ class ImageFolderDataSource(DataSource):
         except (FileNotFoundError, RuntimeError) as exc:
             raise UserFacingError(f"{path}: {str(exc).splitlines()[0]}") from None
         self.path, self.image_size = path, image_size
-        self.class_names = list(self.ds.classes)
-        self.num_classes = len(self.class_names)
         self._base = base
+        self.folders = list(self.ds.classes)
+        self._folder_targets = np.asarray(self.ds.targets, dtype=np.int64)
+        self._set_mapping({f: i for i, f in enumerate(self.folders)}, list(self.folders), "sorted folder names")
+        self.labels_by_position = True
+        self.explicit_map = class_map is not None
+        if class_map is not None:
+            mapping, names, how = read_class_map(class_map, self.folders)
+            self._set_mapping(mapping, names, how)
+            self.labels_by_position = False
+            # a text file or "imagenet" spells out the whole label space; a JSON/dict map only the folders' indices
+            self.fixed_num_classes = not (isinstance(class_map, Mapping) or str(class_map).lower().endswith(".json"))
+
+    def _set_mapping(self, mapping: dict[str, int], names: list[str] | None, how: str) -> None:
+        self.class_to_idx = dict(mapping)
+        lut = np.asarray([mapping[f] for f in self.folders], dtype=np.int64)
+        self.targets = lut[self._folder_targets] if len(self._folder_targets) else self._folder_targets
+        self.class_names = names
+        self.num_classes = len(names) if names else (max(mapping.values()) + 1 if mapping else 0)
+        self.label_map = how
+
+    def use_model_classes(self, k: int) -> None:
+        """Told the model's class count: WordNet-id folders map to ImageNet-1k indices for a 1000-class model."""
+        if self.explicit_map or k != 1000 or not self.folders or not all(_WNID.match(f) for f in self.folders):
+            return
+        got = imagenet_classes()
+        if got is None:  # pragma: no cover
+            return
+        wnids, names = got
+        index = {w: i for i, w in enumerate(wnids)}
+        if not all(f in index for f in self.folders):
+            return
+        self._set_mapping({f: index[f] for f in self.folders}, names, "imagenet-1k (WordNet ids)")
+        self.labels_by_position = False
+        log.info("imagefolder: %d WordNet-id class folders mapped to ImageNet-1k indices", len(self.folders))
+
+    def max_label(self) -> int | None:
+        return int(self.targets.max()) if len(self.targets) else None
 
     def has_split(self, split):
         return split == "test" or (split == "train" and (self._base / "train").is_dir())
@@ -232,18 +402,31 @@ class ImageFolderDataSource(DataSource):
         return len(self.ds)
 
     def describe(self):
-        return {**super().describe(), "path": str(self.path.resolve()), "image_size": self.image_size}
+        return {**super().describe(), "path": str(self.path.resolve()), "image_size": self.image_size,
+                "label_map": self.label_map, "class_to_idx": dict(self.class_to_idx)}
+
+    def _read(self, j: int):
+        path = self.ds.samples[j][0]
+        try:
+            img, _ = self.ds[j]
+        except UserFacingError:
+            raise
+        except Exception as exc:  # PIL: truncated, corrupt or not an image at all
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            why = why.replace(f"'{path}'", "").replace(str(path), "").strip() or type(exc).__name__
+            raise UserFacingError(f"could not read image {path}: {why}; remove or replace it") from None
+        return img
 
     def load(self, indices: np.ndarray) -> Batch:
         idx = np.asarray(indices, dtype=np.int64)
-        items = [self.ds[int(j)] for j in idx]
-        shapes = {tuple(t.shape) for t, _ in items}
+        items = [self._read(int(j)) for j in idx]
+        shapes = {tuple(t.shape) for t in items}
         if len(shapes) > 1:
             raise UserFacingError(
                 f"images in {self.path} have different sizes ({', '.join(map(str, sorted(shapes)[:3]))}...); pass --image-size N to resize them"
             )
-        x = torch.stack([t for t, _ in items])
-        y = torch.tensor([lab for _, lab in items], dtype=torch.int64)
+        x = torch.stack(items)
+        y = torch.from_numpy(self.targets[idx])
         return Batch(x, y, torch.from_numpy(idx))
 
 

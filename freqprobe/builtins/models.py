@@ -73,6 +73,31 @@ def _no_weights_message(spec: str, exc: BaseException) -> UserFacingError:
     )
 
 
+def module_data_config(module: torch.nn.Module) -> dict[str, Any]:
+    """What a module says about its inputs through timm's ``pretrained_cfg`` (or ``default_cfg``):
+    ``mean``, ``std``, ``input_size`` and ``fixed_input_size`` (None/False when it says nothing)."""
+    cfg = getattr(module, "pretrained_cfg", None) or getattr(module, "default_cfg", None) or {}
+    if not isinstance(cfg, Mapping):
+        cfg = {}
+    mean, std = cfg.get("mean"), cfg.get("std")
+    if mean is None or std is None:
+        mean = std = None
+    size = cfg.get("input_size")
+    return {
+        "mean": tuple(float(v) for v in mean) if mean is not None else None,
+        "std": tuple(float(v) for v in std) if std is not None else None,
+        "input_size": list(size) if size else None,
+        "fixed_input_size": bool(cfg.get("fixed_input_size", False)) and bool(size),
+    }
+
+
+def has_fixed_input_size(model: torch.nn.Module) -> bool:
+    """timm's flag, and what the model itself says (a ViT built with ``dynamic_img_size`` takes any size)."""
+    if not module_data_config(model)["fixed_input_size"]:
+        return False
+    return not bool(getattr(model, "dynamic_img_size", False))
+
+
 class TimmModelSource(ModelSource):
     """timm models by name, tag, ``hf-hub:`` or ``local-dir:`` (``timm:resnet18``); mean/std from timm's pretrained_cfg."""
 
@@ -110,7 +135,8 @@ class TimmModelSource(ModelSource):
             std=cfg.get("std"),
             input_size=cfg.get("input_size"),
             has_weights=pretrained,
-            info={"timm_name": target, "pretrained_tag": pcfg.get("tag"), "architecture": pcfg.get("architecture")},
+            info={"timm_name": target, "pretrained_tag": pcfg.get("tag"), "architecture": pcfg.get("architecture"),
+                  "fixed_input_size": has_fixed_input_size(model)},
         )
 
 
@@ -173,14 +199,23 @@ def _load_user_module(where: str):
         sys.modules[modname] = module
         try:
             spec.loader.exec_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             del sys.modules[modname]
-            raise UserFacingError(f"error while importing {path}: {type(exc).__name__}: {_first_line(exc)}") from None
+            raise UserFacingError(f"error while importing {path}: {_describe_exc(exc)}") from None
         return module
     try:
         return importlib.import_module(where)
     except ImportError as exc:
         raise UserFacingError(f"cannot import module {where!r}: {_first_line(exc)} (use package.module:callable or path/to/file.py:callable)") from None
+    except (Exception, SystemExit) as exc:
+        raise UserFacingError(f"error while importing module {where!r}: {_describe_exc(exc)}") from None
+
+
+def _describe_exc(exc: BaseException) -> str:
+    """One line for an exception raised by the user's code (``sys.exit`` included)."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r})"
+    return f"{type(exc).__name__}: {_first_line(exc)}"
 
 
 class PythonModelSource(ModelSource):
@@ -198,18 +233,28 @@ class PythonModelSource(ModelSource):
             public = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_") and getattr(v, "__module__", None) == module.__name__]
             raise UnknownNameError(f"callable in {where}", attr, public)
         kwargs = dict(model_args)
-        if num_classes is not None:
-            with contextlib.suppress(TypeError, ValueError):
-                if "num_classes" in inspect.signature(fn).parameters:
-                    kwargs.setdefault("num_classes", num_classes)
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            sig = None
+        if num_classes is not None and sig is not None and "num_classes" in sig.parameters:
+            kwargs.setdefault("num_classes", num_classes)
+        if sig is not None:
+            try:
+                sig.bind(**kwargs)
+            except TypeError as exc:
+                raise UserFacingError(f"{target} rejected --model-arg: {_first_line(exc)}") from None
         try:
             model = fn(**kwargs)
-        except TypeError as exc:
-            raise UserFacingError(f"{target} rejected --model-arg: {_first_line(exc)}") from None
+        except (Exception, SystemExit) as exc:  # the user's code: any failure is one line naming it
+            if sig is None and isinstance(exc, TypeError):
+                raise UserFacingError(f"{target} rejected --model-arg: {_first_line(exc)}") from None
+            raise UserFacingError(f"{target} failed while building the model: {_describe_exc(exc)}") from None
         if not isinstance(model, torch.nn.Module):
             raise UserFacingError(f"{target} returned {type(model).__name__}, not a torch.nn.Module")
-        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-        return BuiltModel(model, mean=cfg.get("mean"), std=cfg.get("std"), info={"callable": target})
+        cfg = module_data_config(model)
+        return BuiltModel(model, mean=cfg["mean"], std=cfg["std"], input_size=cfg["input_size"],
+                          info={"callable": target, "fixed_input_size": has_fixed_input_size(model)})
 
 
 @hookimpl

@@ -55,6 +55,13 @@ class Figure2Gallery:
     def finish(self) -> dict:
         return {"gallery": self.gallery}
 
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps (a resumed run continues the gallery where it stopped)."""
+        return {"params": list(self.gallery), "entries": [self.gallery[p] for p in self.gallery]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gallery = {p: list(e) for p, e in zip(state["params"], state["entries"])}
+
 
 class LfcHfcProbe(Probe):
     """Accuracy on the original images and on each frequency component at each radius/rank."""
@@ -62,6 +69,15 @@ class LfcHfcProbe(Probe):
     name = "lfc-hfc"
     requires = {"task": "classification"}
     options = {"gallery_size": 8}
+
+    @classmethod
+    def check_options(cls, given):
+        opts = super().check_options(given)
+        if opts["gallery_size"] < 0:
+            from ..errors import UserFacingError
+
+            raise UserFacingError(f"--gallery-size (gallery_size) must be 0 or more, got {opts['gallery_size']}")
+        return opts
 
     def sources(self, ctx: RunContext) -> list:
         self._source = DecomposerSource(ctx.decomposer, ctx.params, OriginalSource())
