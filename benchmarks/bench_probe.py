@@ -10,8 +10,9 @@ original images and the low and high parts at radii 4, 8, 12, 16: 9 variants, 9Â
     ``torch.inference_mode`` at several batch sizes, contiguous and channels_last. Each setting is
     warmed up, then timed ``--repeats`` times (CUDA synchronised); its median counts. The floor is
     the fastest setting.
-(b) The probe: ``lfc-hfc`` through freqprobe's evaluation loop (decomposition, inference and
-    bookkeeping; data loading, process start-up and writing files excluded: the loop's
+(b) The probe: ``lfc-hfc`` through freqprobe's evaluation loop as ``freqprobe run`` drives it
+    (decomposition, inference, bookkeeping, per-sample rows streamed to samples.csv and the
+    checkpoints that ``--resume`` needs; ``--no-journal`` leaves those two out); data loading, process start-up and writing files excluded: the loop's
     ``evaluate_s`` is its wall time minus the time spent waiting for the data source), ``--repeats``
     times, median. Its predictions are checked against (a)'s (the same model on the same images).
 (c) Optionally (``--precisions fp32,bf16``) the probe in other precisions: accuracy and time.
@@ -43,6 +44,7 @@ import freqprobe  # noqa: E402
 from _common import cpu_model, sync  # noqa: E402
 from freqprobe import runner  # noqa: E402
 from freqprobe.engine import precision_context  # noqa: E402
+from freqprobe.journal import RunJournal, workspace  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 MODEL = f"{ROOT / 'tests' / 'fixtures' / 'cifar_resnet.py'}:resnet20"
@@ -94,7 +96,8 @@ def bare(adapter, imgs: torch.Tensor, bs: int, channels_last: bool, precision: s
             "preds": preds.cpu().numpy()}
 
 
-def probe(npz: Path, n: int, radii: str, dev: str, bs: int, precision: str, repeats: int, fb: int | None) -> dict:
+def probe(npz: Path, n: int, radii: str, dev: str, bs: int, precision: str, repeats: int, fb: int | None,
+          journal: bool = True) -> dict:
     pm = freqprobe.get_plugin_manager(autoload=False)
     times, res = [], None
     for i in range(repeats + 1):  # the first run warms up
@@ -104,7 +107,14 @@ def probe(npz: Path, n: int, radii: str, dev: str, bs: int, precision: str, repe
                                   out=Path(tmp) / "o")
             p = runner.plan(spec, pm)
             ctx = runner.build_context(p, pm)
-            res = runner.evaluate_stage(ctx, p)
+            if journal:  # as `freqprobe run` does: per-sample rows streamed to disk, checkpoints for --resume
+                with workspace(p.out_dir, kind="run") as ws:
+                    ws.bind(runner.fingerprint(spec, ctx))
+                    ctx.journal = RunJournal(ws)
+                    res = runner.evaluate_stage(ctx, p)
+                    ctx.journal.close()
+            else:
+                res = runner.evaluate_stage(ctx, p)
         if i:
             times.append(res.extras["timings"]["evaluate_s"])
     acc = {f"{r['variant']}{'' if r['param'] is None else '@' + format(r['param'], 'g')}": r["value"] for r in res.summary}
@@ -127,6 +137,7 @@ def main(argv=None) -> int:
     ap.add_argument("--forward-batch", type=int, default=None, help="the probe's --forward-batch (default: the engine's)")
     ap.add_argument("--precisions", default="fp32", help="comma list, e.g. fp32,bf16 (the floor is measured per precision)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-journal", action="store_true", help="evaluate without streaming samples.csv and checkpoints (the Python API's ctx.evaluate)")
     ap.add_argument("--json", metavar="OUT")
     args = ap.parse_args(argv)
 
@@ -164,7 +175,8 @@ def main(argv=None) -> int:
         best = min(rows, key=lambda r: r["median_s"])
         print(f"  floor: {best['median_s']:.3f} s (batch {best['batch']}, {'channels_last' if best['channels_last'] else 'contiguous'})")
         print(f"[{precision}] (b) lfc-hfc probe (batch {args.probe_batch}) ...", flush=True)
-        pr = probe(npz, n, args.radii, str(dev), args.probe_batch, precision, args.repeats, args.forward_batch)
+        pr = probe(npz, n, args.radii, str(dev), args.probe_batch, precision, args.repeats, args.forward_batch,
+                   journal=not args.no_journal)
         ratio = pr["median_s"] / best["median_s"]
         worst = max(worst, ratio)
         t = pr["timings_last"]

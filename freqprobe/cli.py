@@ -13,6 +13,7 @@ import click
 
 from . import registry
 from .errors import FreqprobeError, PluginError
+from .journal import StopRequested
 from .plugins import default_plugin_manager, list_plugins
 
 log = logging.getLogger("freqprobe")
@@ -39,6 +40,22 @@ def _progress_factory(quiet: bool):
         return update
 
     return factory
+
+
+def _warning_lines():
+    """Warnings as ``warning: ...`` lines on stderr (a context manager)."""
+    cm = warnings.catch_warnings()
+
+    class _Ctx:
+        def __enter__(self):
+            cm.__enter__()
+            warnings.simplefilter("always")
+            warnings.showwarning = lambda m, c, f, l, file=None, line=None: click.echo(f"warning: {m}", err=True)
+
+        def __exit__(self, *exc):
+            return cm.__exit__(*exc)
+
+    return _Ctx()
 
 
 def _say(quiet: bool):
@@ -83,8 +100,10 @@ def format_table(result) -> str:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="freqprobe")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def cli(verbose: int) -> None:
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug, and the traceback behind a plugin's failure).")
+@click.option("-p", "plugin_switches", multiple=True, metavar="no:NAME",
+              help="Switch off the plugin NAME before plugins load (repeatable), like FREQPROBE_DISABLE_PLUGINS=NAME.")
+def cli(verbose: int, plugin_switches: tuple[str, ...]) -> None:
     """Measure how image models rely on low- and high-frequency components (Wang et al., CVPR 2020)."""
     logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), format="%(levelname)s %(name)s: %(message)s")
 
@@ -95,6 +114,7 @@ def cli(verbose: int) -> None:
 @click.option("--data", default="synth10", show_default=True, help="synth10 (embedded), cifar10, cifar100, mnist, fashion-mnist, npz:PATH, imagefolder:PATH.")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Where torchvision data sets are (or get downloaded).")
 @click.option("--image-size", type=int, help="Resize+centre-crop imagefolder images to this size.")
+@click.option("--class-map", metavar="FILE|imagenet", help="imagefolder: class folder -> label index: FILE.json {folder: index}, a text file of folder names (line i = index i), or 'imagenet' (WordNet-id folders -> ImageNet-1k indices).")
 @click.option("--limit", type=int, help="Use only the first N samples.")
 @click.option("--decomposer", default="fft-radial", show_default=True, help="fft-radial or svd (see `freqprobe list decomposers`).")
 @click.option("--radii", "--params", "params", help="Comma-separated radii (fft-radial) or ranks (svd); default 4,8,12,16 / 1,2,4,8.")
@@ -123,6 +143,8 @@ def cli(verbose: int) -> None:
 @click.option("--probe-opt", multiple=True, metavar="KEY=VALUE", help="Option of the probe (repeatable), e.g. gallery_size=4; an unknown key lists the probe's options.")
 @click.option("--gallery-size", type=int, help="Shorthand for --probe-opt gallery_size=N (Figure-2 examples kept per parameter; lfc-hfc default 8).")
 @click.option("--out", type=click.Path(), help="Output folder (default: a new dated folder under runs/).")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run at --out from its last checkpoint (same options).")
+@click.option("--allow-nonfinite", is_flag=True, help="Finish even when the model returns NaN/inf, counting such samples in the summary (default: fail).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines.")
 def run(**kw) -> None:
     """Run a probe (default lfc-hfc) and write summary.csv, samples.csv, plots and manifest.json."""
@@ -135,7 +157,9 @@ def run(**kw) -> None:
     if kw["gallery_size"] is not None:
         popts["gallery_size"] = kw["gallery_size"]
     quiet = kw["quiet"]
-    with warnings.catch_warnings():
+    from .journal import graceful_stop
+
+    with warnings.catch_warnings(), graceful_stop(lambda m: click.echo(m, err=True)):
         warnings.simplefilter("always")
         warnings.showwarning = lambda m, c, f, l, file=None, line=None: click.echo(f"warning: {m}", err=True)
         result = run_probe(
@@ -157,6 +181,7 @@ def run(**kw) -> None:
             std=kw["std"],
             data_root=kw["data_root"],
             image_size=kw["image_size"],
+            class_map=kw["class_map"],
             limit=kw["limit"],
             device=kw["device"],
             batch_size=kw["batch_size"],
@@ -168,6 +193,8 @@ def run(**kw) -> None:
             fit_lr=kw["fit_lr"],
             fit=False if kw["no_fit"] else None,
             out=kw["out"],
+            resume=kw["resume"],
+            allow_nonfinite=kw["allow_nonfinite"],
             probe_options=popts,
             command="freqprobe " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
             progress=_progress_factory(quiet),
@@ -186,6 +213,7 @@ def run(**kw) -> None:
 @click.option("--data", default="synth10", show_default=True, help="Data spec, as for `run`.")
 @click.option("--data-root", type=click.Path(file_okay=False))
 @click.option("--image-size", type=int)
+@click.option("--class-map", metavar="FILE|imagenet", help="imagefolder: class folder -> label index (as for `run`).")
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option("--limit", type=int, help="Only the first N samples.")
 @click.option("--decomposer", default="fft-radial", show_default=True)
@@ -197,45 +225,58 @@ def run(**kw) -> None:
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(), help="FILE.npz for arrays, or a folder for PNG images.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted export to --out from its last finished batch (same options).")
 @click.option("-q", "--quiet", is_flag=True)
 def decompose(**kw) -> None:
     """Export a decomposed data set: FILE.npz (x, y, low_r8, high_r8, ...) or a folder of PNGs per component."""
     from .errors import UserFacingError
     from .export import export_npz, export_png
-    from .runner import get_decomposer, open_data, parse_kv, parse_params, resolve_device
+    from .runner import check_image_size, get_decomposer, open_data, parse_kv, parse_params, resolve_device
 
     pm = _pm()
     if kw["batch_size"] < 1:
         raise UserFacingError("--batch-size must be at least 1")
     if kw["limit"] is not None and kw["limit"] < 1:
         raise UserFacingError("--limit must be at least 1")
+    check_image_size(kw["image_size"])
+    resolve_device(kw["device"])  # an unavailable --device is refused before anything is read
     dopts = parse_kv(kw["decomposer_opt"], "--decomposer-opt")
     if kw["rule"]:
         dopts["rule"] = kw["rule"]
     dec = get_decomposer(kw["decomposer"], pm, **dopts)
-    params = dec.check_params(parse_params(kw["params"]))
+    with _warning_lines():  # e.g. duplicate radii dropped
+        params = dec.check_params(parse_params(kw["params"]))
     out = Path(kw["out"])
     as_npz = out.suffix == ".npz"
     if as_npz and out.exists():
-        raise UserFacingError(f"{out} already exists; pass another --out or remove it")
-    if not as_npz and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserFacingError(f"output folder {out} already exists and is not empty; pass another --out or remove it")
+        raise UserFacingError(f"{out} already exists{' (a finished export: nothing to resume)' if kw['resume'] else ''}; "
+                              "pass another --out or remove it")
+    if not as_npz:
+        from .runner import check_out_dir
+
+        check_out_dir(out)
     if not out.parent.exists():
         raise UserFacingError(f"folder {out.parent} does not exist; create it or choose another --out")
     rescale_name = kw["rescale"] or ("none" if as_npz else "minmax")
     rescale = registry.get_class("rescale", rescale_name, pm)()
     device = resolve_device(kw["device"])
-    data = open_data(kw["data"], root=kw["data_root"], split=kw["split"], image_size=kw["image_size"], seed=kw["seed"], pm=pm)
+    with _warning_lines():
+        data = open_data(kw["data"], root=kw["data_root"], split=kw["split"], image_size=kw["image_size"], seed=kw["seed"],
+                         class_map=kw["class_map"], pm=pm)
     n = len(data) if kw["limit"] is None else min(kw["limit"], len(data))
     prog = _progress_factory(kw["quiet"])("decompose", n)
-    with warnings.catch_warnings():
+    from .journal import graceful_stop
+
+    cmd = "freqprobe " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    common = dict(limit=n, batch_size=kw["batch_size"], device=device, progress=prog, resume=kw["resume"],
+                  announce=_say(kw["quiet"]), resume_hint=cmd if "--resume" in cmd else cmd + " --resume")
+    with warnings.catch_warnings(), graceful_stop(lambda m: click.echo(m, err=True)):
         warnings.simplefilter("always")
         warnings.showwarning = lambda m, c, f, l, file=None, line=None: click.echo(f"warning: {m}", err=True)
         if as_npz:
-            keys = export_npz(data, dec, params, out, rescale=None if rescale_name == "none" else rescale, limit=n,
-                              batch_size=kw["batch_size"], device=device, progress=prog)
+            keys = export_npz(data, dec, params, out, rescale=None if rescale_name == "none" else rescale, **common)
         else:
-            keys = export_png(data, dec, params, out, rescale=rescale, limit=n, batch_size=kw["batch_size"], device=device, progress=prog)
+            keys = export_png(data, dec, params, out, rescale=rescale, **common)
     click.echo(f"wrote {out} ({n} samples; {', '.join(keys)})")
 
 
@@ -247,8 +288,7 @@ def list_cmd(kind: str | None, pattern: str) -> None:
     from .errors import UnknownNameError
 
     pm = _pm()
-    for err in pm.load_errors:
-        click.echo(f"warning: {err.message()}", err=True)
+    registry.check_all(pm)  # skipped plugins and classes are warned about (once per process)
     kinds = list(registry.KINDS)
     if kind is not None and kind not in registry.KINDS:
         alias = {"model-sources": "models", "adapters": "models", "data": "datasets", "rescale-policies": "rescale"}.get(kind)
@@ -275,36 +315,109 @@ def plugins(show_all: bool, as_json: bool) -> None:
     """Show installed plugins, their distributions and hooks (and any that failed to load)."""
     pm = _pm()
     items = list_plugins(pm, include_builtins=show_all)
-    errors = [{"name": e.name, "dist": e.dist, "error": e.error} for e in pm.load_errors]
+    load_errors = pm.load_errors
+    disabled = sorted(getattr(pm, "disabled", ()))
     if as_json:
-        click.echo(json.dumps({"plugins": items, "errors": errors}, indent=2))
+        errors = [e.as_dict() for e in load_errors]
+        click.echo(json.dumps({"plugins": items, "errors": errors, "disabled": disabled}, indent=2))
         return
     if not items:
         click.echo("no third-party plugins installed" + ("" if show_all else " (use --all to show built-ins)"))
     for it in items:
         click.echo(f"{it['name']}  ({it['dist']})\n    hooks: {', '.join(it['hooks'])}")
-    for e in pm.load_errors:
+    if disabled:
+        click.echo(f"switched off: {', '.join(disabled)}")
+    for e in load_errors:
         click.echo(f"failed: {e.message()}", err=True)
 
 
 def _add_plugin_commands() -> None:
-    try:
-        _pm().hook.register_commands(cli=cli)
-    except FreqprobeError:
-        raise
-    except Exception as exc:  # a plugin's command registration must not break the CLI
-        log.warning("a plugin failed in register_commands: %s", exc)
+    """Each plugin's ``register_commands`` on its own: one that raises, or replaces a core command, is recorded and skipped."""
+    from .plugins import LoadError, is_builtin
+
+    pm = _pm()
+    core = {name: cmd for name, cmd in cli.commands.items() if name in _CORE_COMMANDS}
+    for impl in reversed(pm.hook.register_commands.get_hookimpls()):
+        name = pm.get_name(impl.plugin)
+        try:
+            impl.function(**({"cli": cli} if "cli" in impl.argnames else {}))
+        except Exception as exc:  # a plugin's command registration must not break the CLI
+            if is_builtin(name):
+                raise
+            text = str(exc).strip().splitlines()
+            pm.record_error(LoadError(name, pm.dist_of(name), f"register_commands() raised {type(exc).__name__}"
+                                      f"{': ' + text[0] if text else ''}; its commands may be missing", "register_commands"))
+        for cname, cmd in core.items():
+            if cli.commands.get(cname) is not cmd:
+                cli.add_command(cmd, cname)
+                pm.record_error(LoadError(name, pm.dist_of(name), f"register_commands() replaced the core command "
+                                          f"'{cname}'; the core command is kept", "register_commands"))
+
+
+_CORE_COMMANDS = ("run", "decompose", "list", "plugins")
+
+
+def _plugin_switches(args: list[str]) -> tuple[list[str], str | None]:
+    """``freqprobe [-v] [-p no:NAME]... COMMAND ...``: the NAMEs switched off, and the command (read before click parses)."""
+    names: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--" or not a.startswith("-"):
+            return names, (a if a != "--" else None)
+        if a == "-p" or (a.startswith("-p") and not a.startswith("--")):
+            value = a[2:] if a != "-p" else (args[i + 1] if i + 1 < len(args) else "")
+            i += 1 if a != "-p" else 2
+            if not value.startswith("no:") or not value[3:]:
+                raise click.UsageError(f"-p {value!r}: use -p no:NAME to switch the plugin NAME off")
+            names.append(value[3:])
+            continue
+        i += 1
+    return names, None
+
+
+def _show_plugin_warnings(quiet: bool):
+    """Plugin warnings as ``warning: ...`` lines on stderr (the plugin manager warns about each problem once)."""
+    from .errors import PluginWarning
+
+    show = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, PluginWarning):
+            if not quiet:
+                click.echo(f"warning: {message}", err=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
+
+
+def _load_plugins(args: list[str]) -> None:
+    """Build the plugin manager (without the plugins ``-p no:NAME`` switches off) and add plugin commands."""
+    names, _ = _plugin_switches(args)
+    default_plugin_manager(disable=names)
+    _add_plugin_commands()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: freqprobe errors become one-line messages with exit code 2."""
+    """Console entry point: freqprobe errors (and a plugin's exceptions) become one-line messages with exit code 2."""
+    from .errors import PluginWarning
+
+    args = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     try:
-        try:
-            _add_plugin_commands()
-        except PluginError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            return 2
-        cli.main(args=argv, prog_name="freqprobe", standalone_mode=False)
+        command = _plugin_switches(args)[1]
+    except click.UsageError:
+        command = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", PluginWarning)  # the plugin manager itself warns once per problem
+        warnings.showwarning = _show_plugin_warnings(quiet=command == "plugins")  # `plugins` lists them itself
+        return _main(args)
+
+
+def _main(args: list[str]) -> int:
+    try:
+        _load_plugins(args)
+        cli.main(args=args, prog_name="freqprobe", standalone_mode=False)
         return 0
     except click.exceptions.Exit as exc:
         return exc.exit_code
@@ -317,12 +430,27 @@ def main(argv: list[str] | None = None) -> int:
     except click.Abort:
         click.echo("Aborted.", err=True)
         return 130
+    except StopRequested as exc:  # SIGINT/SIGTERM: stopped at a batch boundary, state kept for --resume
+        click.echo(f"Stopped: {exc}", err=True)
+        return exc.exit_code
     except FreqprobeError as exc:
         click.echo(f"Error: {exc}", err=True)
+        if exc.__cause__ is not None:  # a plugin's or the model's own exception: its traceback with -vv
+            log.debug("the traceback behind it:", exc_info=exc.__cause__)
         return 2
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         return 130
+    except Exception as exc:  # a third-party plugin's exception outside the guarded calls: name the plugin
+        from . import plugins as _plugins
+        from .guard import attribute
+
+        err = attribute(exc, _plugins._default)
+        if err is None:
+            raise
+        click.echo(f"Error: {err}", err=True)
+        log.debug("the plugin's traceback:", exc_info=exc)
+        return 2
 
 
 def entry() -> None:  # pragma: no cover - thin wrapper for the console script

@@ -21,8 +21,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from .errors import FreqprobeError, IncompatibleError, PluginError, UserFacingError
-from .interfaces import Batch, Decomposer, Metric, ProbeResult, RunContext, Variant, VariantSource
+from . import guard as _guard
+from .errors import FreqprobeError, IncompatibleError, ModelError, PluginError, UserFacingError
+from .interfaces import Batch, DataSource, Decomposer, Metric, ProbeResult, RunContext, Variant, VariantSource, batch_indices
 from .tables import SampleTable, extra_columns
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -85,7 +86,7 @@ class DecomposerSource(VariantSource):
             if isinstance(bimgs, (list, tuple)):  # images of different sizes: one at a time
                 parts = {k: [] for k in derived}
                 for img in bimgs:
-                    for p, got in self.decomposer.decompose_all(img[None].contiguous(), self.params):
+                    for p, got in _guard.decompose_all(self.decomposer, img[None].contiguous(), self.params):
                         for c in comps:
                             parts[(c, p)].append(got[c][0])
                 for k, v in derived.items():
@@ -94,7 +95,7 @@ class DecomposerSource(VariantSource):
             bufs = None
             if out is not None and all(v in out for v in derived.values()):
                 bufs = {p: {c: out[derived[(c, p)]] for c in comps} for p in self.params}
-            for p, got in self.decomposer.decompose_all(bimgs.contiguous(), self.params, out=bufs):
+            for p, got in _guard.decompose_all(self.decomposer, bimgs.contiguous(), self.params, out=bufs):
                 for c in comps:
                     yield derived[(c, p)], got[c]
 
@@ -292,8 +293,10 @@ def make_metric(cls: type, ctx: RunContext) -> Metric:
     except (TypeError, ValueError):
         params = []
     takes_ctx = any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
-    m = cls(ctx) if takes_ctx else cls()
-    m.reset()
+    with _guard.guarded(cls, "the constructor"):
+        m = cls(ctx) if takes_ctx else cls()
+    with _guard.guarded(cls, "reset()"):
+        m.reset()
     return m
 
 
@@ -345,9 +348,12 @@ class EvalState:
 
 
 def evaluate(ctx: RunContext, sources: Sequence[VariantSource], *, probe: str, observers: Sequence[Any] = (),
-             samples: bool = True) -> ProbeResult:
-    """Evaluate ``ctx.adapter`` on every variant of ``sources`` over ``ctx.data`` (its shard); a ProbeResult."""
-    state = run_loop(ctx, sources, observers=observers, samples=samples)
+             samples: bool = True, constants: Mapping[str, Any] | None = None) -> ProbeResult:
+    """Evaluate ``ctx.adapter`` on every variant of ``sources`` over ``ctx.data`` (its shard); a ProbeResult.
+
+    ``constants``: per-sample columns with one value for the whole evaluation (after ``param``).
+    """
+    state = run_loop(ctx, sources, observers=observers, samples=samples, constants=constants)
     extras: dict[str, Any] = {}
     for ob in observers:
         finish = getattr(ob, "finish", None)
@@ -365,9 +371,8 @@ def evaluate_sweep(ctx: RunContext, probe: Any, transforms: Sequence[Any]) -> Pr
         label = t.label()
         sub = dataclasses.replace(ctx, adapter=t.apply(copy.deepcopy(ctx.adapter)),
                                   transform=",".join(x for x in (ctx.transform, label) if x))
-        res = evaluate(sub, probe.sources(sub), probe=probe.name, observers=probe.observers(sub))
-        if res.samples is not None:
-            res.samples.insert_constant("transform", sub.transform, after="param")
+        res = evaluate(sub, probe.sources(sub), probe=probe.name, observers=probe.observers(sub),
+                       constants={"transform": sub.transform})
         results.append((sub.transform, res))
     first = results[0][1]
     table = first.samples
@@ -392,7 +397,8 @@ def summarize(ctx: RunContext, state: EvalState, sources: Sequence[VariantSource
     for v in state.variants:
         for m in state.metrics[v]:
             try:
-                results = m.results()
+                with _guard.guarded(m, "compute()"):
+                    results = m.results()
             except FreqprobeError:
                 raise
             except Exception as exc:
@@ -400,6 +406,11 @@ def summarize(ctx: RunContext, state: EvalState, sources: Sequence[VariantSource
             for name, value in results.items():
                 rows.append({"probe": probe, "transform": ctx.transform, "decomposer": ctx.decomposer.name, **v.columns(),
                              "metric": name, "value": value, "n": state.n})
+    if getattr(ctx, "allow_nonfinite", False):  # the summary counts what --allow-nonfinite let through
+        counts = state.extras.get("nonfinite") or {}
+        for v in state.variants:
+            rows.append({"probe": probe, "transform": ctx.transform, "decomposer": ctx.decomposer.name, **v.columns(),
+                         "metric": "nonfinite-outputs", "value": float(counts.get(v, 0)), "n": state.n})
     dec = ctx.decomposer
     return ProbeResult(
         probe=probe,
@@ -420,8 +431,15 @@ def summarize(ctx: RunContext, state: EvalState, sources: Sequence[VariantSource
 
 
 def run_loop(ctx: RunContext, sources: Sequence[VariantSource], *, observers: Sequence[Any] = (),
-             samples: bool = True) -> EvalState:
-    """Stream ``ctx.data`` once; evaluate every variant of every batch. Returns the accumulated state."""
+             samples: bool = True, constants: Mapping[str, Any] | None = None) -> EvalState:
+    """Stream ``ctx.data`` once; evaluate every variant of every batch. Returns the accumulated state.
+
+    ``constants`` are per-sample columns with one value for the whole evaluation (a swept
+    transform's label), placed after ``param``. With ``ctx.journal`` (a run writing to an output
+    folder) the per-sample rows stream to disk and checkpoints let an interrupted run resume.
+    """
+    from .journal import StopRequested, stop_signal
+
     settings = EngineSettings.for_context(ctx)
     variants = [v for s in sources for v in s.variants()]
     seen: set = set()
@@ -439,7 +457,20 @@ def run_loop(ctx: RunContext, sources: Sequence[VariantSource], *, observers: Se
     adapter.prepare(channels_last=settings.channels_last)
     metrics = {v: [make_metric(cls, ctx) for cls in ctx.metrics] for v in variants}
     extra = extra_columns(variants)
+    constants = dict(constants or {})
+    scalar_cols = ["variant", "param", *constants, *extra]
     state = EvalState(variants=variants, metrics=metrics, table=None)
+    nonfinite = [0] * len(variants)
+    allow_nonfinite = bool(getattr(ctx, "allow_nonfinite", False))
+    journal = getattr(ctx, "journal", None)
+    seg = journal.begin(ctx.transform or "") if journal is not None else None
+    start_batch = 0
+    finished = False  # a resumed evaluation that was complete before the stop
+    if seg is not None and seg.saved:
+        start_batch = _restore(seg, state, observers, nonfinite, samples, journal, scalar_cols)
+        finished = bool(seg.saved.get("done"))
+        if ctx.progress and state.n:
+            ctx.progress(state.n)
     timer = StageTimer(dev)
     rescale = ctx.rescale
     rescale_all = bool(getattr(rescale, "applies_to_original", False))
@@ -449,26 +480,50 @@ def run_loop(ctx: RunContext, sources: Sequence[VariantSource], *, observers: Se
     data_wait = 0.0
 
     def flush(p: tuple | None) -> None:
-        if p is None or state.table is None:
+        if p is None:
             return
         host, indices, target_cols, n, order = p
         vals = host.get()
+        bad = vals.pop("__nonfinite__", None)
+        if bad is not None:
+            for i, c in enumerate(bad.tolist()):
+                nonfinite[i] += int(c)
+            if not allow_nonfinite and any(nonfinite):
+                raise UserFacingError(_nonfinite_message(variants, nonfinite, state.n, ctx))
+        if state.table is None:
+            return
         for i, v in enumerate(order):
-            block = {"index": indices, **target_cols, **v.columns()}
+            block = {"index": indices, **target_cols, **v.columns(), **constants}
             for col in adapter.sample_columns:
                 block[col] = vals[col][i * n:(i + 1) * n] if vals[col] is not None else None
             state.table.append(block, n)
 
-    batches = ctx.data.batches(ctx.batch_size, limit=ctx.limit, shard=ctx.shard)
-    if settings.prefetch:
+    def checkpoint(batches: int, done: bool = False) -> None:
+        seg.checkpoint(batches=batches, n=state.n, columns=state.table.columns if state.table is not None else None,
+                       rows=len(state.table) if state.table is not None else 0,
+                       metrics=[[_metric_state(m) for m in metrics[v]] for v in variants],
+                       observers=[_observer_state(ob) for ob in observers], nonfinite=list(nonfinite), done=done)
+
+    n_total = len(ctx.data) if ctx.limit is None else min(ctx.limit, len(ctx.data))
+    batches = iter(()) if finished else _batches(ctx.data, ctx.batch_size, limit=ctx.limit, shard=ctx.shard, start=start_batch)
+    if settings.prefetch and not finished:
         batches = iter(Prefetcher(batches, pin=dev.type == "cuda"))
     old_bench = torch.backends.cudnn.benchmark
     t_loop = time.perf_counter()
+    b = start_batch
     try:
         torch.backends.cudnn.benchmark = settings.cudnn_benchmark
         with torch.inference_mode(), precision_context(dev, settings.precision):
             it = iter(batches)
-            while True:
+            while not finished:
+                if seg is not None and (stop_signal() is not None or journal.due()) and b > start_batch:
+                    t_ck = time.perf_counter()
+                    flush(pending)  # on a GPU this waits for the last batch: counted in the checkpoint's cost
+                    pending = None
+                    checkpoint(b)
+                    journal.checkpoint_s = time.perf_counter() - t_ck
+                if stop_signal() is not None:
+                    raise StopRequested(f"stopped after {state.n} of {n_total} samples", stop_signal())
                 t = time.perf_counter()
                 batch = next(it, None)
                 data_wait += time.perf_counter() - t
@@ -478,7 +533,8 @@ def run_loop(ctx: RunContext, sources: Sequence[VariantSource], *, observers: Se
                 n = len(batch.indices)
                 target_cols = ctx.data.target_columns(batch.targets) if samples else {}
                 if state.table is None and samples:
-                    state.table = SampleTable(["index", *target_cols, "variant", "param", *extra, *adapter.sample_columns])
+                    state.table = SampleTable(["index", *target_cols, "variant", "param", *constants, *extra, *adapter.sample_columns],
+                                              sink=journal.csv() if journal is not None else None)
                 stackable = isinstance(images, torch.Tensor) and adapter.stackable
                 with timer.stage("decompose"):
                     if stackable:
@@ -497,7 +553,9 @@ def run_loop(ctx: RunContext, sources: Sequence[VariantSource], *, observers: Se
                 with timer.stage("inference"):
                     if stackable:
                         flat = stack.view(len(variants) * n, *images.shape[1:])
-                        outputs = _forward(adapter, flat, settings)
+                        with _model_call(adapter, b, n, images, settings):
+                            outputs = _forward(adapter, flat, settings)
+                        bad = _nonfinite_rows(outputs, len(variants), n)
                         vals = adapter.sample_values(outputs, targets.repeat(len(variants)) if isinstance(targets, torch.Tensor) else targets)
                         per_variant_out = {v: outputs[i * n:(i + 1) * n] for i, v in enumerate(variants)}
                         per_variant_vals = {v: {k: (t[i * n:(i + 1) * n] if t is not None else None) for k, t in vals.items()}
@@ -505,26 +563,31 @@ def run_loop(ctx: RunContext, sources: Sequence[VariantSource], *, observers: Se
                     else:
                         per_variant_out, per_variant_vals = {}, {}
                         for v in variants:
-                            out = adapter.predict(produced[v])
+                            with _model_call(adapter, b, n, images, settings):
+                                out = adapter.predict(produced[v])
                             per_variant_out[v] = out
                             per_variant_vals[v] = adapter.sample_values(out, targets)
+                        bad = torch.stack([_nonfinite_rows(per_variant_out[v], 1, n).reshape(()) for v in variants])
                         vals = None
                     for v in variants:
                         for m in metrics[v]:
-                            m.update(per_variant_out[v], targets)
+                            _guard.call(m, "update()", m.update, per_variant_out[v], targets)
                 with timer.stage("bookkeeping"):
-                    if samples:
-                        if vals is None:  # per-variant path: columns are concatenated in variant order
-                            vals = {k: _cat([per_variant_vals[v][k] for v in variants]) for k in adapter.sample_columns}
-                        flush(pending)
-                        pending = (_HostValues(vals, dev), batch.indices.numpy(), _host_cols(target_cols), n, variants)
+                    if vals is None and samples:  # per-variant path: columns are concatenated in variant order
+                        vals = {k: _cat([per_variant_vals[v][k] for v in variants]) for k in adapter.sample_columns}
+                    flush(pending)
+                    pending = (_HostValues({**(vals if samples else {}), "__nonfinite__": bad}, dev), batch.indices.numpy(),
+                               _host_cols(target_cols), n, variants)
                     for ob in observers:
                         ob.on_batch(batch, produced, per_variant_vals, targets)
                 state.n += n
+                b += 1
                 if ctx.progress:
                     ctx.progress(n)
             flush(pending)
             pending = None
+            if seg is not None and not finished:
+                checkpoint(b, done=True)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
     finally:
@@ -538,7 +601,132 @@ def run_loop(ctx: RunContext, sources: Sequence[VariantSource], *, observers: Se
     timings["evaluate_s"] = wall - data_wait
     state.timings = timings
     state.extras["engine"] = settings.describe()
+    state.extras["nonfinite"] = {v: c for v, c in zip(variants, nonfinite)}
     return state
+
+
+@contextlib.contextmanager
+def _model_call(adapter, b: int, n: int, images: Any, settings: EngineSettings):
+    """The model raising in the middle of a run (a bug in user code, CUDA out of memory, ``sys.exit``): one line."""
+    try:
+        yield
+    except FreqprobeError:
+        raise
+    except (Exception, SystemExit) as exc:
+        name = adapter.spec or type(adapter.module).__name__
+        shape = "×".join(map(str, images.shape[1:])) if isinstance(images, torch.Tensor) else "variable-size"
+        why = f"it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else \
+            f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}".rstrip(": ")
+        hint = ""
+        if "out of memory" in why.lower():
+            hint = (f"; lower --forward-batch (now {settings.forward_batch or 'the whole stack'}) or --batch-size")
+        raise ModelError(f"the model {name} failed in batch {b + 1} ({n} images of {shape}): {why}{hint} "
+                         "(-vv shows the traceback)") from exc
+
+
+def _batches(data, batch_size: int, *, limit, shard, start: int = 0):
+    """The data's batches from the ``start``-th on (a resumed run skips what it finished without loading it)."""
+    if start == 0:
+        yield from data.batches(batch_size, limit=limit, shard=shard)
+        return
+    if type(data).batches is DataSource.batches:  # loads by index: skip without loading
+        idx = batch_indices(len(data), batch_size, limit=limit, shard=shard)
+        for i, ix in enumerate(idx):
+            if i >= start:
+                yield data.load(ix)
+        return
+    for i, batch in enumerate(data.batches(batch_size, limit=limit, shard=shard)):
+        if i >= start:
+            yield batch
+
+
+def _nonfinite_rows(outputs: Any, groups: int, n: int) -> torch.Tensor:
+    """Per group of ``n`` samples, how many have a non-finite output (NaN/inf), as a device tensor."""
+    if isinstance(outputs, torch.Tensor) and outputs.is_floating_point() and outputs.numel():
+        bad = ~torch.isfinite(outputs.reshape(groups * n, -1)).all(-1)
+        return bad.view(groups, n).sum(1)
+    if isinstance(outputs, (list, tuple)) and outputs and all(isinstance(o, Mapping) for o in outputs):
+        flags = [any(isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+                     for t in o.values()) for o in outputs]
+        return torch.tensor(flags, dtype=torch.int64).view(groups, -1).sum(1)
+    return torch.zeros(groups, dtype=torch.int64)
+
+
+def _nonfinite_message(variants, counts, n: int, ctx) -> str:
+    pn = getattr(ctx.decomposer, "param_name", "param")
+    parts = []
+    for v, c in zip(variants, counts):
+        if c:
+            label = v.name + (f" {pn}={v.param:g}" if isinstance(v.param, (int, float)) else "")
+            label += "".join(f" {k}={val}" for k, val in v.extra)
+            parts.append(f"{label}: {c}")
+    shown = ", ".join(parts[:6]) + (f", ... ({len(parts) - 6} more variants)" if len(parts) > 6 else "")
+    total = max(counts)
+    return (f"the model returned non-finite outputs (NaN or inf) for {total} of the first {n} samples ({shown}); "
+            "nothing was published. Check the weights, --mean/--std and the data, "
+            "or pass --allow-nonfinite to finish anyway and count them in the summary")
+
+
+def _plain(v: Any) -> bool:
+    """Whether a checkpoint can keep ``v`` (and load it back without unpickling code)."""
+    if v is None or isinstance(v, (bool, int, float, str, torch.Tensor)):
+        return True
+    if isinstance(v, (list, tuple)):
+        return all(_plain(x) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, (str, int, float)) and _plain(x) for k, x in v.items())
+    return False
+
+
+def _metric_state(m: Metric) -> dict:
+    """A metric's state for a checkpoint: the declared state (add_state), else its plain attributes."""
+    if m.__dict__.get("_states"):
+        return {"declared": m.state()}
+    attrs = {k: v for k, v in vars(m).items() if k not in ("ctx", "options")}
+    odd = sorted(k for k, v in attrs.items() if not _plain(v))
+    if odd:  # the run goes on; only a resume of it is refused
+        return {"unsaved": f"{type(m).__name__}.{odd[0]}"}
+    return {"attributes": {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in attrs.items()}}
+
+
+def _load_metric_state(m: Metric, saved: Mapping[str, Any], device: torch.device) -> None:
+    if "declared" in saved:
+        m.load_state(saved["declared"])
+        return
+    if "unsaved" in saved:
+        raise UserFacingError(f"cannot resume: metric {getattr(m, 'name', type(m).__name__)!r} keeps its state in "
+                              f"{saved['unsaved']}, which a checkpoint cannot hold (declare it with add_state); "
+                              "leave out --resume to start again")
+    for k, v in saved["attributes"].items():
+        setattr(m, k, v.to(device) if isinstance(v, torch.Tensor) else v)
+
+
+def _observer_state(ob: Any) -> Any:
+    fn = getattr(ob, "state_dict", None)
+    return fn() if fn is not None else None
+
+
+def _restore(seg, state: EvalState, observers, nonfinite: list, samples: bool, journal, scalar_cols) -> int:
+    """Put a resumed segment's saved state back: metrics, observers, counts, the rows written so far."""
+    saved = seg.saved
+    for v, ms in zip(state.variants, saved["metrics"]):
+        for m, st in zip(state.metrics[v], ms):
+            _load_metric_state(m, st, getattr(m.ctx, "device", torch.device("cpu")) if m.ctx is not None else torch.device("cpu"))
+    for ob, st in zip(observers, saved.get("observers") or []):
+        if st is None:
+            continue
+        load = getattr(ob, "load_state_dict", None)
+        if load is None:
+            raise UserFacingError(f"cannot resume: {type(ob).__name__} cannot restore its state; leave out --resume to start again")
+        load(st)
+    nonfinite[:] = list(saved.get("nonfinite") or nonfinite)
+    state.n = int(saved["n"])
+    if samples and saved.get("columns"):
+        state.table = SampleTable(saved["columns"])
+        start = int(saved["rows_start"])
+        state.table.load_csv_rows(journal.samples_path, start, start + int(saved["rows"]), scalar_cols)
+        state.table.sink = journal.csv()
+    return int(saved["batches"])
 
 
 def _produce(sources, images, targets, ctx, slots, index_of) -> dict:

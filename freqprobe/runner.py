@@ -11,19 +11,22 @@ import dataclasses
 import datetime as _dt
 import json
 import logging
+import math
 import os
 import platform
 import re
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from . import guard as _guard
 from . import registry
-from .checkpoint import load_state_dict_checked, read_checkpoint, sha256_file
+from .checkpoint import checkpoint_head_size, load_state_dict_checked, read_checkpoint, sha256_file
 from .errors import PluginError, UnknownNameError, UserFacingError
 from .interfaces import DataSource, Decomposer, ModelAdapter, ProbeResult, RunContext
 
@@ -44,13 +47,52 @@ def parse_params(text: str | Sequence | None) -> list | None:
 
 
 def parse_floats(text: str | Sequence[float] | None, what: str) -> list[float] | None:
+    """``"0.5,0.4"`` (or a sequence) -> ``[0.5, 0.4]``; empty items, non-numbers, NaN and inf are refused."""
     if text is None:
         return None
     items = text.split(",") if isinstance(text, str) else list(text)
     try:
-        return [float(s) for s in items]
-    except ValueError:
+        values = [float(s) for s in items]
+    except (TypeError, ValueError):
         raise UserFacingError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise UserFacingError(f"{what} must be comma-separated numbers, got {text!r}")
+    bad = [v for v in values if not math.isfinite(v)]
+    if bad:
+        raise UserFacingError(f"{what} must be finite numbers, got {text if isinstance(text, str) else values!r}")
+    return values
+
+
+def parse_mean_std(mean: str | Sequence[float] | None, std: str | Sequence[float] | None, *,
+                   warn: bool = True) -> tuple[list[float] | None, list[float] | None]:
+    """The ``--mean``/``--std`` pair, parsed and checked (both or neither; finite; std > 0).
+
+    Values that look like a 0–255 scale get a warning (with ``warn``): freqprobe's images are in [0, 1].
+    """
+    m, s = parse_floats(mean, "--mean"), parse_floats(std, "--std")
+    if s is not None and any(v <= 0 for v in s):
+        raise UserFacingError(f"--std values must be positive, got {tuple(s)}")
+    if (m is None) != (s is None):
+        given, missing = ("--mean", "--std") if s is None else ("--std", "--mean")
+        raise UserFacingError(
+            f"{given} given without {missing}; pass both (e.g. --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225)"
+        )
+    if warn and m is not None and (max(abs(v) for v in m) > 1 or max(s) > 1):
+        warnings.warn(
+            f"--mean {','.join(f'{v:g}' for v in m)} --std {','.join(f'{v:g}' for v in s)} look like a 0–255 scale, "
+            "but freqprobe feeds the model images in [0,1]; divide them by 255 if the model was trained on "
+            "0–255 statistics (e.g. 123.7 -> 0.485)",
+            stacklevel=2,
+        )
+    return m, s
+
+
+def check_image_size(image_size: int | None) -> None:
+    """``--image-size`` must be a positive whole number (None: keep the data's own size)."""
+    if image_size is None:
+        return
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise UserFacingError(f"--image-size must be a positive number of pixels (e.g. 224), got {image_size!r}")
 
 
 def parse_kv(pairs: Iterable[str], what: str) -> dict[str, Any]:
@@ -70,26 +112,51 @@ def parse_kv(pairs: Iterable[str], what: str) -> dict[str, Any]:
     return out
 
 
+def available_devices() -> list[str]:
+    """The device names this torch can run on here: ``cpu``, ``cuda:0``..., ``mps``, ``xpu:0``..."""
+    out = ["cpu"]
+    with contextlib.suppress(Exception):
+        out += [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    with contextlib.suppress(Exception):
+        if torch.backends.mps.is_available():
+            out.append("mps")
+    with contextlib.suppress(Exception):
+        if hasattr(torch, "xpu") and torch.xpu.is_available():
+            out += [f"xpu:{i}" for i in range(torch.xpu.device_count())]
+    return out
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
+    """``auto`` (the first GPU, else the CPU), or a device torch has here; anything else is refused in one line."""
+    if isinstance(device, str) and device.strip().lower() == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserFacingError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+    avail = available_devices()
+    choices = "auto, " + ", ".join(avail)
     try:
-        return torch.device(device)
-    except RuntimeError:
-        raise UserFacingError(f"unknown device {device!r}: use auto, cpu or cuda") from None
+        dev = device if isinstance(device, torch.device) else torch.device(str(device).strip().lower())
+    except (RuntimeError, TypeError, ValueError):
+        raise UserFacingError(f"unknown device {device!r}; available here: {choices}") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserFacingError(f"--device {device} asked for, but torch sees no CUDA GPU; available here: {choices}")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserFacingError(f"--device {device}: torch sees only {torch.cuda.device_count()} CUDA GPU(s); available here: {choices}")
+    if dev.type != "cuda" and not any(a.split(":")[0] == dev.type for a in avail):
+        raise UserFacingError(f"device {str(device)!r} is not available in this torch build or machine; available here: {choices}")
+    if dev.type == "xpu" and dev.index is not None and f"xpu:{dev.index}" not in avail:
+        raise UserFacingError(f"device {str(device)!r} is not available; available here: {choices}")
+    return dev
 
 
 # ---------------------------------------------------------------- components
 def get_decomposer(name: str, pm=None, **options: Any) -> Decomposer:
     cls = registry.get_class("decomposers", name, pm)
-    try:
-        return cls(**options)
-    except TypeError as exc:
-        raise UserFacingError(f"decomposer '{name}' rejected its options {options}: {exc}") from None
+    with _guard.guarded(cls, "the constructor"):
+        try:
+            return cls(**options)
+        except TypeError as exc:
+            raise UserFacingError(f"decomposer '{name}' rejected its options {options}: {exc}") from None
 
 
 def decompose(images: torch.Tensor, name: str = "fft-radial", param: Any = 8, *, pm=None, **options: Any) -> dict[str, torch.Tensor]:
@@ -110,7 +177,7 @@ def decompose(images: torch.Tensor, name: str = "fft-radial", param: Any = 8, *,
     dec = get_decomposer(name, pm, **options)
     exact = images.dtype in (torch.float32, torch.float64)  # float16/bfloat16 are computed in float32
     x = images if exact else images.float()
-    parts = dec.decompose(x.contiguous(), dec.check_param(param))
+    parts = _guard.decompose(dec, x.contiguous(), dec.check_param(param))
     return {k: v if exact else v.to(images.dtype) for k, v in parts.items()}
 
 
@@ -145,37 +212,60 @@ def build_model(
     trust_checkpoint: bool = False,
     strict: bool = True,
     model_args: Mapping[str, Any] | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
+    mean: str | Sequence[float] | None = None,
+    std: str | Sequence[float] | None = None,
     num_classes: int | None = None,
     pm=None,
 ) -> ModelAdapter:
     """A :class:`ModelAdapter` from a spec (``timm:resnet18``...), an ``nn.Module`` or an adapter.
 
     ``info["has_weights"]`` says whether it carries weights (pretrained, checkpoint or TorchScript).
+
+    Class count: ``num_classes`` (the data's) only sizes the head of a model built *without*
+    weights. A model with weights keeps its own: with ``checkpoint``, the head is sized from the
+    checkpoint's classifier weight (the model is rebuilt when they differ); ``--model-arg
+    num_classes=K`` (``model_args``) wins over both. Normalisation: ``mean``/``std`` (both or
+    neither) override what the source (or a module's timm ``pretrained_cfg``) says.
     """
+    from .builtins.models import has_fixed_input_size, module_data_config
+
+    mean, std = parse_mean_std(mean, std)
     if isinstance(spec, ModelAdapter):
         adapter = spec
         if mean is not None:
-            adapter.mean = tuple(mean)
-        if std is not None:
-            adapter.std = tuple(std)
+            adapter.mean, adapter.std = tuple(mean), tuple(std)
+            adapter._norm_cache = None
+            adapter.info["normalisation_from"] = "override"
         adapter.info.setdefault("has_weights", True)
         return adapter
     if isinstance(spec, torch.nn.Module):
-        return ModelAdapter(spec, mean=mean, std=std, spec=type(spec).__name__, info={"has_weights": True, "source": "module"})
+        cfg = module_data_config(spec)
+        info = {"has_weights": True, "source": "module", "input_size": cfg["input_size"],
+                "fixed_input_size": has_fixed_input_size(spec),
+                "normalisation_from": "override" if mean is not None else ("pretrained_cfg" if cfg["mean"] is not None else "none")}
+        return ModelAdapter(spec, mean=mean if mean is not None else cfg["mean"], std=std if std is not None else cfg["std"],
+                            spec=type(spec).__name__, info=info)
     if pretrained and checkpoint:
         raise UserFacingError("pass either --pretrained or --checkpoint, not both")
     source_name, target = parse_model_spec(spec, pm)
     entry = registry.get_entry("models", source_name, pm)
-    source = entry.cls()
-    built = source.build(target, pretrained=pretrained, num_classes=num_classes, model_args=dict(model_args or {}))
+    source = _guard.call(entry.cls, "the constructor", entry.cls)
+    args = dict(model_args or {})
+    sd = kind = None
+    if checkpoint:  # read (and refuse a bad file) before building anything
+        obj, kind = read_checkpoint(checkpoint, trust=trust_checkpoint)
+        sd = dict((obj.state_dict() if kind == "torchscript" else obj).items())
+    explicit_k = "num_classes" in args
+    hint = None if (explicit_k or pretrained) else num_classes
+    built = _guard.call(source, "build()", source.build, target, pretrained=pretrained, num_classes=hint, model_args=args)
     info: dict[str, Any] = {"source": source_name, "provided_by": entry.plugin, "pretrained": pretrained, **built.info}
     has_weights = built.has_weights
-    if checkpoint:
-        obj, kind = read_checkpoint(checkpoint, trust=trust_checkpoint)
-        sd = obj.state_dict() if kind == "torchscript" else obj
-        sd = {k: v for k, v in sd.items()}
+    if sd is not None:
+        k = None if explicit_k else checkpoint_head_size(built.module, sd)
+        if k is not None:  # the checkpoint's head has another class count: build the model it was trained as
+            built = _guard.call(source, "build()", source.build, target, pretrained=False, num_classes=k, model_args=args)
+            info.update(built.info)
+            log.info("sized the model's head from checkpoint %s: %d classes", checkpoint, k)
         loaded = load_state_dict_checked(built.module, sd, strict=strict, source=f"checkpoint {checkpoint}")
         info.update(
             checkpoint=str(Path(checkpoint).resolve()),
@@ -185,9 +275,10 @@ def build_model(
             checkpoint_missing=loaded["missing"],
             checkpoint_unexpected=loaded["unexpected"],
         )
+        if loaded["missing"] or loaded["unexpected"]:
+            warnings.warn(_non_strict_summary(checkpoint, built.module, loaded), stacklevel=2)
         has_weights = True
-    mean_src = "override" if mean is not None else (source_name if built.mean is not None else "none")
-    info["normalisation_from"] = mean_src if std is None else "override"
+    info["normalisation_from"] = "override" if mean is not None else (source_name if built.mean is not None else "none")
     info["has_weights"] = has_weights
     info["input_size"] = list(built.input_size) if built.input_size else None
     return source.adapter_class(
@@ -199,6 +290,35 @@ def build_model(
     )
 
 
+def _non_strict_summary(checkpoint, module: torch.nn.Module, loaded: Mapping[str, list]) -> str:
+    own = [k for k in module.state_dict() if not k.endswith("num_batches_tracked")]
+    missing, unexpected = loaded["missing"], loaded["unexpected"]
+
+    def few(items):
+        return ", ".join(items[:3]) + (f", +{len(items) - 3} more" if len(items) > 3 else "")
+
+    msg = f"loaded {checkpoint} with --non-strict: {len(missing)} of {len(own)} model weights missing"
+    msg += f" ({few(missing)}) — they keep their initial (random) values" if missing else ""
+    if unexpected:
+        msg += f"; {len(unexpected)} checkpoint weights unused ({few(unexpected)})"
+    if own and len(missing) > len(own) // 2:
+        msg += "; most of the model is untrained: check --model against the checkpoint"
+    return msg
+
+
+def warn_if_unnormalised(adapter: ModelAdapter) -> None:
+    """A model with weights that gets [0,1] pixels unnormalised: say so (it may have been trained on normalised ones)."""
+    if adapter.mean is not None or adapter.std is not None or not adapter.info.get("has_weights"):
+        return
+    if type(adapter).normalize is not ModelAdapter.normalize:  # the adapter normalises in its own way
+        return
+    warnings.warn(
+        f"the model gets [0,1] pixels unnormalised (no mean/std known for {adapter.spec}); "
+        "pass --mean/--std if it was trained on normalised inputs",
+        stacklevel=2,
+    )
+
+
 def open_data(
     spec: str | DataSource,
     *,
@@ -206,9 +326,17 @@ def open_data(
     split: str = "test",
     image_size: int | None = None,
     seed: int = 0,
+    class_map: str | os.PathLike | Mapping[str, int] | None = None,
     pm=None,
 ) -> DataSource:
-    """A :class:`DataSource` from a spec: ``synth10``, ``cifar10``, ``npz:PATH``, ``imagefolder:PATH``..."""
+    """A :class:`DataSource` from a spec: ``synth10``, ``cifar10``, ``npz:PATH``, ``imagefolder:PATH``...
+
+    ``image_size`` resizes sources that take it (``imagefolder:``; others warn that they ignore
+    it); ``class_map`` (a JSON file ``{folder: index}``, a text file of folder names in index
+    order, a dict, or ``"imagenet"``) gives ``imagefolder:`` class folders their label indices.
+    A ``split`` the data does not have is refused.
+    """
+    check_image_size(image_size)
     if isinstance(spec, DataSource):
         return spec
     name, sep, arg = spec.partition(":")
@@ -220,10 +348,33 @@ def open_data(
         raise UserFacingError(f"dataset '{name}' takes no argument after ':' (got {spec!r})")
     if cls.takes_argument and not arg:
         raise UserFacingError(f"dataset '{name}' needs an argument: {name}:PATH")
+    params = _init_params(cls)
     opts: dict[str, Any] = {"seed": seed}  # every source takes **options; those that draw (synth10) use the seed
     if image_size:
-        opts["image_size"] = image_size
-    return cls(arg or None, root=Path(root) if root else None, split=split, **opts)
+        if "image_size" in params:
+            opts["image_size"] = image_size
+        else:
+            warnings.warn(f"--image-size {image_size} is ignored: {name} data is used at its own size "
+                          "(only sources such as imagefolder: resize)", stacklevel=2)
+    if class_map is not None:
+        if "class_map" not in params:
+            raise UserFacingError(f"--class-map applies to imagefolder: data (folders named by class), not to {name}; "
+                                  f"{name} data carries its own integer labels")
+        opts["class_map"] = class_map
+    data = cls(arg or None, root=Path(root) if root else None, split=split, **opts)
+    if not data.has_split(split):
+        raise UserFacingError(f"{spec} has no {split} split; use --split test" if split != "test"
+                              else f"{spec} has no test split")
+    return data
+
+
+def _init_params(cls) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(cls.__init__).parameters)
+    except (TypeError, ValueError):  # pragma: no cover
+        return set()
 
 
 def _default_out(model: str, probe: str) -> Path:
@@ -305,6 +456,12 @@ class RunSpec:
     fit: bool | None = None
     out: str | os.PathLike | None = None
     command: str | None = None
+    #: imagefolder class folders -> label indices: a JSON/text file, a dict, or "imagenet" (WordNet ids)
+    class_map: str | os.PathLike | Mapping[str, int] | None = None
+    #: continue the interrupted run at ``out`` from its last checkpoint (see :mod:`freqprobe.journal`)
+    resume: bool = False
+    #: finish even when the model returns NaN/inf (counted in ``nonfinite-outputs`` rows) instead of failing
+    allow_nonfinite: bool = False
 
 
 @dataclasses.dataclass
@@ -329,12 +486,16 @@ def plan(spec: RunSpec, pm) -> Plan:
                         ("--forward-batch", spec.forward_batch)):
         if value is not None and value < 1:
             raise UserFacingError(f"{what} must be at least 1, got {value}")
+    check_image_size(spec.image_size)
+    if spec.fit_lr is not None and not (isinstance(spec.fit_lr, (int, float)) and math.isfinite(spec.fit_lr) and spec.fit_lr > 0):
+        raise UserFacingError(f"--fit-lr must be a positive number (e.g. 1e-3), got {spec.fit_lr!r}")
+    parse_mean_std(spec.mean, spec.std, warn=False)  # both or neither, finite, std > 0: refused before anything is loaded
     from .engine import check_precision
 
     dev = resolve_device(spec.device)
     check_precision(dev, spec.precision)
     probe_entry = registry.get_entry("probes", spec.probe, pm)
-    probe_obj = probe_entry.cls(**dict(spec.probe_options or {}))
+    probe_obj = _guard.call(probe_entry.cls, "the constructor", probe_entry.cls, **dict(spec.probe_options or {}))
     dec = get_decomposer(spec.decomposer, pm, **dict(spec.decomposer_options or {}))
     params = dec.check_params(parse_params(spec.params))
     rescale_obj = registry.get_class("rescale", spec.rescale, pm)()
@@ -345,9 +506,10 @@ def plan(spec: RunSpec, pm) -> Plan:
         tcls = registry.get_class("transforms", tname, pm)
         transforms.append(tcls(**parse_kv([a for a in targs.split(",") if a], f"option of transform {tname}")))
     model_name = spec.model if isinstance(spec.model, str) else type(spec.model).__name__
+    if spec.resume and spec.out is None:
+        raise UserFacingError("--resume needs the --out folder of the interrupted run")
     out_dir = Path(spec.out) if spec.out is not None else _default_out(model_name, spec.probe)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserFacingError(f"output folder {out_dir} already exists and is not empty; pass another --out or remove it")
+    check_out_dir(out_dir, resume=spec.resume)
     return Plan(spec, probe_entry, probe_obj, dec, params, rescale_obj, metric_classes, transforms, dev, out_dir)
 
 
@@ -356,7 +518,8 @@ def build_context(p: Plan, pm) -> RunContext:
     from .engine import check_task
 
     spec = p.spec
-    data = open_data(spec.data, root=spec.data_root, split="test", image_size=spec.image_size, seed=spec.seed, pm=pm)
+    data = open_data(spec.data, root=spec.data_root, split="test", image_size=spec.image_size, seed=spec.seed,
+                     class_map=spec.class_map, pm=pm)
     adapter = build_model(
         spec.model,
         checkpoint=spec.checkpoint,
@@ -364,11 +527,12 @@ def build_context(p: Plan, pm) -> RunContext:
         trust_checkpoint=spec.trust_checkpoint,
         strict=spec.strict,
         model_args=spec.model_args,
-        mean=parse_floats(spec.mean, "--mean") if isinstance(spec.mean, str) else spec.mean,
-        std=parse_floats(spec.std, "--std") if isinstance(spec.std, str) else spec.std,
-        num_classes=data.num_classes,
+        mean=spec.mean,
+        std=spec.std,
+        num_classes=data.num_classes,  # sizes only the head of a model without weights
         pm=pm,
     )
+    warn_if_unnormalised(adapter)
     check_task(p.probe.requires, adapter, data, spec.probe)
     adapter.to(p.device)
     if fit_needed(spec, adapter) and not data.has_split("train"):
@@ -395,7 +559,10 @@ def fit_stage(ctx: RunContext, spec: RunSpec, pm, *, progress=None, say=None) ->
         return None
     from .training import fit as _fit
 
-    train = open_data(spec.data, root=spec.data_root, split="train", image_size=spec.image_size, seed=spec.seed, pm=pm)
+    train = open_data(spec.data, root=spec.data_root, split="train", image_size=spec.image_size, seed=spec.seed,
+                      class_map=spec.class_map, pm=pm)
+    if hasattr(train, "use_model_classes") and ctx.adapter.info.get("num_classes"):
+        train.use_model_classes(int(ctx.adapter.info["num_classes"]))  # the same label mapping as the test split
     epochs = spec.fit_epochs or train.default_fit_epochs
     lr = spec.fit_lr or train.default_fit_lr
     say = say or (lambda msg: log.info(msg))
@@ -415,9 +582,9 @@ def evaluate_stage(ctx: RunContext, p: Plan, *, progress=None) -> ProbeResult:
     for t in p.transforms:
         ctx.adapter = t.apply(ctx.adapter)
     n = len(ctx.data) if ctx.limit is None else min(ctx.limit, len(ctx.data))
-    passes = max(1, len(p.probe.model_sweep(ctx)))
+    passes = max(1, len(_guard.call(p.probe, "model_sweep()", p.probe.model_sweep, ctx)))
     ctx.progress = progress("probing", n * passes) if progress else None
-    return p.probe.run(ctx)
+    return _guard.call(p.probe, "run()", p.probe.run, ctx)
 
 
 def manifest_for(ctx: RunContext, p: Plan, result: ProbeResult, *, fit_record, timings: Mapping[str, float],
@@ -458,7 +625,8 @@ def manifest_for(ctx: RunContext, p: Plan, result: ProbeResult, *, fit_record, t
 
 def _plugin_entries(pm, ctx, result):
     for impl in reversed(pm.hook.manifest_entries.get_hookimpls()):
-        got = impl.function(context=ctx, result=result) if "result" in impl.argnames else impl.function(context=ctx)
+        with _guard.hook_guarded(pm, impl, "manifest_entries()"):
+            got = impl.function(context=ctx, result=result) if "result" in impl.argnames else impl.function(context=ctx)
         if got:
             if not isinstance(got, Mapping):
                 name = pm.get_name(impl.plugin)
@@ -466,35 +634,84 @@ def _plugin_entries(pm, ctx, result):
             yield pm.get_name(impl.plugin), got
 
 
-@contextlib.contextmanager
-def staging(out_dir: Path):
-    """A hidden sibling folder to write into; renamed to ``out_dir`` on success, removed on any failure."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked in plan()
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def check_out_dir(out_dir: Path, *, resume: bool = False, flag: str = "--out") -> None:
+    """An output folder must be new or empty (a file, or a folder with results, is refused)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserFacingError(f"{flag} {out_dir} is an existing file; pass the path of a new folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if resume and (out_dir / "manifest.json").is_file():
+            raise UserFacingError(f"{out_dir} already holds a finished run (manifest.json); nothing to resume")
+        raise UserFacingError(f"output folder {out_dir} already exists and is not empty; pass another {flag} or remove it")
+
+
+def fingerprint(spec: RunSpec, ctx: RunContext) -> dict[str, Any]:
+    """What decides a run's results: its options (not where it writes) and what they resolved to.
+
+    A resumed run must match the interrupted one in all of these.
+    """
+    from .journal import module_digest
+
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(spec):
+        if f.name in ("out", "command", "resume"):
+            continue
+        v = getattr(spec, f.name)
+        if isinstance(v, ModelAdapter):
+            v = f"{type(v).__name__}:{module_digest(v.module)}"
+        elif isinstance(v, torch.nn.Module):
+            v = f"{type(v).__name__}:{module_digest(v)}"
+        elif isinstance(v, DataSource):
+            v = f"{type(v).__name__}:{len(v)}"
+        out[f.name] = v
+    out["resolved_device"] = str(ctx.device)
+    out["checkpoint_sha256"] = ctx.adapter.info.get("checkpoint_sha256")
+    out["data_described"] = ctx.data.describe()
+    return json.loads(json.dumps(out, default=str))
+
+
+def resume_hint(spec: RunSpec, out_dir: Path) -> str:
+    """How to continue an interrupted run: its own command with --out and --resume."""
+    import shlex
+
+    if spec.command:
+        cmd = spec.command
+        if " --out " not in f" {cmd} " and " --out=" not in cmd:
+            cmd += f" --out {shlex.quote(str(out_dir))}"
+        return cmd if " --resume" in cmd else cmd + " --resume"
+    return f"freqprobe.run(..., out={str(out_dir)!r}, resume=True) with the same options"
 
 
 def publish(ctx: RunContext, p: Plan, result: ProbeResult, tmp: Path, *, fit_record, sw: "Stopwatch") -> dict:
-    """Writers (``report_result``), the fitted weights, the manifest; into the staging folder."""
+    """Writers (``report_result``), the fitted weights, the manifest; into the run's unfinished folder."""
     ctx.out_dir = tmp
-    if fit_record is not None:
+    if fit_record is not None and not (tmp / "model.pt").exists():
         torch.save(ctx.adapter.module.state_dict(), tmp / "model.pt")
-    ctx.pm.hook.report_result(result=result, context=ctx)
+    _guard.call_hook(ctx.pm, "report_result", result=result, context=ctx)
     sw.lap("write_s")
     timings = {**sw.stages, **result.extras.get("timings", {}), "total_s": sw.total()}
-    manifest = manifest_for(ctx, p, result, fit_record=fit_record, timings=timings, outputs=[q.name for q in tmp.iterdir()])
+    from .journal import STATE_FILES
+
+    outputs = [q.name for q in tmp.iterdir() if q.name not in STATE_FILES]
+    manifest = manifest_for(ctx, p, result, fit_record=fit_record, timings=timings, outputs=outputs)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=_json_default) + "\n")
     return manifest
+
+
+def _fit_or_restore(ctx: RunContext, spec: RunSpec, pm, ws, *, progress, say) -> dict | None:
+    """Fit (and keep the fitted weights in the run's folder at once), or reuse those of the interrupted run."""
+    if not fit_needed(spec, ctx.adapter):
+        return None
+    saved = ws.dir / "model.pt"
+    record = ws.journal.get("fit")
+    if ws.resumed and saved.is_file() and record is not None:
+        ctx.adapter.module.load_state_dict(torch.load(saved, map_location="cpu", weights_only=True))
+        ctx.adapter.to(ctx.device)
+        say(f"resuming: using the model fitted before the stop ({saved.name}); not fitting again")
+        return record
+    record = fit_stage(ctx, spec, pm, progress=progress, say=say)
+    torch.save(ctx.adapter.module.state_dict(), saved)
+    ws.note("fit", record)
+    return record
 
 
 def run(
@@ -508,12 +725,17 @@ def run(
     """Run a probe on ``model``; write results to ``out`` (None: a new dated folder under ``runs/``).
 
     ``options`` are the fields of :class:`RunSpec` (probe, data, decomposer, params, checkpoint,
-    mean, std, device, batch_size, precision, ...). With no weights (no ``checkpoint``/``pretrained``,
+    mean, std, device, batch_size, precision, resume, ...). With no weights (no ``checkpoint``/``pretrained``,
     and a spec that builds a fresh model) the model is first fitted on the data's training split
     (Adam, batch 100), or pass ``fit=False`` to probe it as is. ``progress(stage, total)`` may
     return a callback that receives counts of processed samples. Returns the
     :class:`ProbeResult`; ``result.extras["out_dir"]`` is where the files are.
+
+    The run works in ``.NAME.partial`` beside ``out`` (per-sample rows streamed, checkpoints) and
+    renames it to ``out`` when done; ``resume=True`` continues an interrupted run from its last
+    checkpoint (:mod:`freqprobe.journal`).
     """
+    from .journal import RunJournal, StopRequested, workspace
     from .plugins import default_plugin_manager
 
     names = {f.name for f in dataclasses.fields(RunSpec)}
@@ -522,18 +744,36 @@ def run(
         raise TypeError(f"run() got unexpected keyword argument(s) {', '.join(unknown)}; see freqprobe.runner.RunSpec")
     spec = RunSpec(model=model, **options)
     pm = pm or default_plugin_manager()
+    say = announce or (lambda msg: log.warning(msg))
     sw = Stopwatch()
     torch.manual_seed(spec.seed)
     p = plan(spec, pm)
-    ctx = build_context(p, pm)
-    sw.lap("load_s")
-    fit_record = fit_stage(ctx, spec, pm, progress=progress, say=announce)
-    if fit_record is not None:
-        sw.lap("fit_s")
-    with staging(p.out_dir) as tmp:
-        result = evaluate_stage(ctx, p, progress=progress)
-        sw.lap("probe_s")
-        manifest = publish(ctx, p, result, tmp, fit_record=fit_record, sw=sw)
+    stage = "loading"
+    with workspace(p.out_dir, kind="run", resume=spec.resume, announce=say) as ws:
+        try:
+            ctx = build_context(p, pm)
+            ws.bind(fingerprint(spec, ctx), command=spec.command)
+            sw.lap("load_s")
+            stage = "fitting"
+            fit_record = _fit_or_restore(ctx, spec, pm, ws, progress=progress, say=say)
+            if fit_record is not None:
+                sw.lap("fit_s")
+            stage = "probing"
+            journal = RunJournal(ws)
+            ctx.journal, ctx.allow_nonfinite = journal, spec.allow_nonfinite
+            try:
+                result = evaluate_stage(ctx, p, progress=progress)
+            finally:
+                journal.close()
+            sw.lap("probe_s")
+            manifest = publish(ctx, p, result, ws.dir, fit_record=fit_record, sw=sw)
+        except StopRequested as exc:
+            if stage == "probing":
+                what = f"{exc}; the finished part is kept in {ws.dir}. Resume with: {resume_hint(spec, p.out_dir)}"
+            else:
+                what = f"stopped while {stage}, before any result; {resume_hint(spec, p.out_dir)} starts it again"
+            raise StopRequested(what, exc.signum) from None
+        ws.commit()
     result.extras["out_dir"] = p.out_dir
     result.extras["manifest"] = manifest
     return result

@@ -66,10 +66,16 @@ class SampleTable:
     (the variant's columns) holds that value for the whole block.
     """
 
-    def __init__(self, columns: Sequence[str]) -> None:
+    def __init__(self, columns: Sequence[str], *, sink: Any = None, float_format: str = "%.6f") -> None:
         self.columns = list(columns)
         self._blocks: list[tuple[int, dict[str, Any]]] = []
         self._n = 0
+        #: a binary file the rows stream into as they arrive (the run's ``samples.csv``); the
+        #: header is written when the file is empty
+        self.sink = sink
+        self.float_format = float_format
+        if sink is not None and sink.tell() == 0:
+            sink.write(_header(self.columns))
 
     def append(self, block: Mapping[str, Any], n: int) -> None:
         """Add ``n`` rows."""
@@ -85,6 +91,8 @@ class SampleTable:
                 got[c] = v
         self._blocks.append((n, got))
         self._n += n
+        if self.sink is not None and n:
+            self.sink.write(_block_text(self.columns, n, got, self.float_format).encode())
 
     def insert_constant(self, name: str, value: Any, *, after: str) -> None:
         """Add a column holding ``value`` on every row so far, placed after column ``after``."""
@@ -130,13 +138,73 @@ class SampleTable:
         return {c: self._concat(blocks, c) for c in self.columns}
 
     def write_csv(self, path: Path, float_format: str = "%.6f") -> None:
-        """Write all rows as CSV, block by block (vectorised formatting)."""
-        with open(path, "w", newline="") as f:
-            f.write(",".join(self.columns) + "\n")
+        """Write all rows as CSV, block by block (vectorised formatting); the same bytes as a streamed table."""
+        with open(path, "wb") as f:
+            f.write(_header(self.columns))
             for n, b in self._blocks:
                 if n:
-                    cells = [_format_cells(b[c], n, float_format) for c in self.columns]
-                    f.writelines(",".join(row) + "\n" for row in zip(*cells))
+                    f.write(_block_text(self.columns, n, b, float_format).encode())
+
+    def load_csv_rows(self, path: Path, start: int, stop: int, scalar_columns: Sequence[str]) -> None:
+        """Add rows ``start:stop`` (0 = the first after the header) of a CSV this table wrote, without
+        streaming them again: how a resumed run gets back the rows it finished before it stopped.
+
+        ``scalar_columns`` (the variant columns) are constant within a block, as when the rows were
+        made; numbers are read back as numbers (integers as int64).
+        """
+        if stop <= start:
+            return
+        with open(path, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader)
+            if header != self.columns:
+                raise ValueError(f"{path} has columns {header}, expected {self.columns}")
+            rows = [r for i, r in enumerate(reader) if start <= i < stop]
+        scalar = [c for c in self.columns if c in set(scalar_columns)]
+        i = 0
+        while i < len(rows):
+            key = [rows[i][self.columns.index(c)] for c in scalar]
+            j = i + 1
+            while j < len(rows) and [rows[j][self.columns.index(c)] for c in scalar] == key:
+                j += 1
+            block: dict[str, Any] = {}
+            for k, c in enumerate(self.columns):
+                cells = [r[k] for r in rows[i:j]]
+                block[c] = _parse_scalar(cells[0]) if c in scalar else _parse_column(cells)
+            self._blocks.append((j - i, block))
+            self._n += j - i
+            i = j
+
+
+def _header(columns: Sequence[str]) -> bytes:
+    return (",".join(_csv_cell(c) for c in columns) + "\n").encode()
+
+
+def _block_text(columns: Sequence[str], n: int, block: Mapping[str, Any], float_format: str) -> str:
+    cells = [_format_cells(block[c], n, float_format) for c in columns]
+    return "".join(",".join(row) + "\n" for row in zip(*cells))
+
+
+def _parse_scalar(s: str) -> Any:
+    if s == "":
+        return None
+    if s in ("true", "false"):
+        return s == "true"
+    try:
+        return float(s)
+    except ValueError:
+        return s
+
+
+def _parse_column(cells: list[str]) -> np.ndarray:
+    for conv in (np.int64, np.float64):
+        try:
+            return np.array([conv(c) for c in cells])
+        except (TypeError, ValueError, OverflowError):
+            continue
+    if all(c in ("true", "false") for c in cells):
+        return np.array([c == "true" for c in cells])
+    return np.array(cells, dtype=object)
 
 
 def _format_cells(v: Any, size: int, float_format: str) -> list[str]:

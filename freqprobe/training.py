@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 
 from .interfaces import DataSource, ModelAdapter
+from .journal import check_stop
 
 log = logging.getLogger("freqprobe.training")
 
@@ -45,6 +46,7 @@ def fit(
         correct = total = 0
         loss_sum = 0.0
         for x, y, _ in data.batches(batch_size, shuffle=True, seed=seed * 1000 + epoch):
+            check_stop("fitting")  # SIGINT/SIGTERM under the CLI: stop between batches
             x, y = x.to(device), y.to(device)
             opt.zero_grad(set_to_none=True)
             logits = adapter.forward(x)

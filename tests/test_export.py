@@ -35,8 +35,9 @@ def test_npz_export_fft_radial(cli, tiny_npz, tmp_path):
     assert rc == 0, err
     assert f"wrote {out} (24 samples" in stdout
     with np.load(out) as d:
-        assert set(d.files) == {"x", "y", "low_r4", "high_r4", "low_r8", "high_r8"}
+        assert set(d.files) == {"x", "y", "layout", "low_r4", "high_r4", "low_r8", "high_r8"}
         arrs = {k: d[k] for k in d.files}
+    assert str(arrs["layout"]) == "NCHW" and arrs["y"].dtype == np.int64
     x = arrs["x"]
     assert x.dtype == np.float32 and x.shape == (24, 3, 16, 16)
     np.testing.assert_array_equal(x, raw_images(tiny_npz))
@@ -60,7 +61,7 @@ def test_npz_export_rule_limit_and_fractional_radius(cli, tiny_npz, tmp_path):
                          "--limit", "5", "--out", str(out))
     assert rc == 0, err
     with np.load(out) as d:
-        assert set(d.files) == {"x", "y", "low_r5", "high_r5", "low_r2.5", "high_r2.5"}
+        assert set(d.files) == {"x", "y", "layout", "low_r5", "high_r5", "low_r2.5", "high_r2.5"}
         assert d["x"].shape == (5, 3, 16, 16) and d["y"].shape == (5,)
         xt = torch.from_numpy(d["x"])
         for r, key in ((5, "low_r5"), (2.5, "low_r2.5")):
@@ -76,7 +77,7 @@ def test_npz_export_svd(cli, tiny_npz, tmp_path):
                               "--batch-size", "7", "--out", str(out))
     assert rc == 0, err
     with np.load(out) as d:
-        assert set(d.files) == {"x", "y", "dominant_k1", "trailing_k1", "dominant_k3", "trailing_k3"}
+        assert set(d.files) == {"x", "y", "layout", "dominant_k1", "trailing_k1", "dominant_k3", "trailing_k3"}
         x = d["x"]
         for k in (1, 3):
             dom, trl = d[f"dominant_k{k}"], d[f"trailing_k{k}"]

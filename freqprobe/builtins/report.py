@@ -116,8 +116,8 @@ def report_result(result, context):
         return
     out = Path(out)
     write_summary(result, out / "summary.csv")
-    if result.samples is not None and len(result.samples):
-        write_samples(result, out / "samples.csv")
+    if result.samples is not None and len(result.samples) and not (out / "samples.csv").exists():
+        write_samples(result, out / "samples.csv")  # a run into a folder has streamed it already
     if result.components and any(r["variant"] != "original" for r in result.summary):
         plot_accuracy(result, out / "accuracy.png")
     gallery = result.extras.get("gallery") or {}

@@ -1,0 +1,436 @@
+"""Unfinished work lives in one place beside its output: streamed results, checkpoints, resume, signals.
+
+A run (``freqprobe run --out DIR``) or an export (``freqprobe decompose --out FILE.npz``) writes
+into the hidden sibling ``.NAME.partial/`` and renames it into place when it is complete, so the
+output never exists half-written. The partial folder holds:
+
+* ``LOCK`` — an advisory lock (``flock``) held by the process at work, with its pid: a second run
+  into the same place is refused while the first lives; the lock dies with its process, even on
+  SIGKILL, so a later run knows the state is stale;
+* ``journal.json`` — what the work is (the options that decide its results) and when it started;
+* ``progress.pt`` — the last checkpoint (samples finished, metric states, observers' states),
+  replaced atomically;
+* the outputs so far: ``samples.csv`` streamed batch by batch, ``model.pt`` of a fitted model, the
+  arrays of an export.
+
+SIGINT and SIGTERM (under :func:`graceful_stop`, which the CLI installs) stop at the next batch
+boundary with a checkpoint; ``--resume`` continues from the last checkpoint after any stop,
+SIGKILL included; a run into the same place without ``--resume`` removes the stale state first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import json
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+
+from .errors import FreqprobeError, UserFacingError
+
+try:  # POSIX
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: fall back to the pid in LOCK
+    fcntl = None  # type: ignore[assignment]
+
+PARTIAL_SUFFIX = ".partial"
+STATE_FILES = ("LOCK", "journal.json", "progress.pt", "progress.pt.tmp")
+
+
+def partial_dir(out: Path) -> Path:
+    """Where the unfinished work for ``out`` lives: ``.NAME.partial`` beside it."""
+    out = Path(out)
+    return out.with_name(f".{out.name}{PARTIAL_SUFFIX}")
+
+
+# ----------------------------------------------------------------------------- stopping
+class StopRequested(FreqprobeError):
+    """A SIGINT/SIGTERM asked the work to stop; it stopped at a batch boundary with a checkpoint."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)
+
+
+_stop = {"signum": None}
+_lock = threading.Lock()
+
+
+def request_stop(signum: int = signal.SIGINT) -> None:
+    """Ask the running loop to stop at its next batch boundary (what the signal handlers do)."""
+    with _lock:
+        if _stop["signum"] is None:
+            _stop["signum"] = signum
+
+
+def stop_signal() -> int | None:
+    """The signal that asked for a stop, or None."""
+    return _stop["signum"]
+
+
+def clear_stop() -> None:
+    _stop["signum"] = None
+
+
+def check_stop(what: str = "the work") -> None:
+    """Raise :class:`StopRequested` when a stop was asked for (call at a batch boundary)."""
+    signum = _stop["signum"]
+    if signum is not None:
+        raise StopRequested(f"{what} stopped by {signal.Signals(signum).name}", signum)
+
+
+@contextlib.contextmanager
+def graceful_stop(announce: Callable[[str], None] | None = None) -> Iterator[None]:
+    """SIGINT/SIGTERM stop at the next batch boundary (a second one aborts at once); main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    say = announce or (lambda m: None)
+
+    def handler(signum, frame):
+        if _stop["signum"] is not None:  # the second signal: abort now (the last checkpoint stays)
+            raise KeyboardInterrupt
+        request_stop(signum)
+        say(f"\n{signal.Signals(signum).name}: stopping after the current batch (send it again to abort at once)")
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    clear_stop()
+    try:
+        for s in old:
+            signal.signal(s, handler)
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        clear_stop()
+
+
+# ----------------------------------------------------------------------------- the workspace
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+
+
+class Workspace:
+    """The hidden ``.NAME.partial`` folder of one output, locked by the process working in it.
+
+    ``open()`` checks that the output can be written (before anything is loaded), refuses a
+    second live process, and either resumes (``resume=True`` and a journal is there) or starts
+    clean, removing the stale state a dead process left. ``commit()`` moves the finished output
+    into place; ``discard()`` removes everything.
+    """
+
+    def __init__(self, out: Path, *, kind: str, resume: bool = False, flag: str = "--out",
+                 announce: Callable[[str], None] | None = None) -> None:
+        self.out = Path(out)
+        self.kind = kind
+        self.want_resume = resume
+        self.flag = flag
+        self.dir = partial_dir(self.out)
+        self.resumed = False
+        self._fd: int | None = None
+        self._say = announce or (lambda m: None)
+        self.journal: dict[str, Any] = {}
+
+    # -- opening
+    def open(self) -> "Workspace":
+        parent = self.out.parent
+        top = parent
+        while not top.exists() and top.parent != top:
+            top = top.parent
+        self._created = [q for q in [parent, *parent.parents] if not q.exists() and top in q.parents]
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserFacingError(f"cannot create the folder of {self.flag} {self.out}: {_why(exc)}; choose another {self.flag}") from None
+        if not parent.is_dir():
+            raise UserFacingError(f"{self.flag} {self.out}: {parent} is not a folder; choose another {self.flag}")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UserFacingError(f"cannot write to {self.flag} {self.out}: {parent} is not writable; choose another {self.flag}")
+        self._remove_legacy()
+        try:
+            self.dir.mkdir(exist_ok=True)
+            fd = os.open(self.dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UserFacingError(f"cannot write to {self.flag} {self.out}: {_why(exc)}; choose another {self.flag}") from None
+        if not self._lock(fd):
+            os.close(fd)
+            pid = self._lock_pid()
+            who = f"process {pid}" if pid else "another process"
+            raise UserFacingError(
+                f"another freqprobe {who} is writing to {self.out} (its unfinished state is in {self.dir}); "
+                f"wait for it to finish or choose another {self.flag}"
+            )
+        self._fd = fd
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        jpath = self.dir / "journal.json"
+        if self.want_resume and jpath.is_file():
+            try:
+                self.journal = json.loads(jpath.read_text())
+            except (OSError, ValueError):
+                self.journal = {}
+            if self.journal.get("kind") == self.kind:
+                self.resumed = True
+                return self
+            self._say(f"the unfinished state in {self.dir} is not a {self.kind}'s and cannot be resumed; starting from the beginning")
+        elif self.want_resume:
+            self._say(f"nothing to resume at {self.out} (no unfinished state in {self.dir}); starting from the beginning")
+        stale = [p for p in self.dir.iterdir() if p.name != "LOCK"]
+        if stale:
+            self._say(f"removed the unfinished state of an earlier {self.kind} in {self.dir} (pass --resume to continue one instead)")
+            for p in stale:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        return self
+
+    def _lock(self, fd: int) -> bool:
+        if fcntl is None:  # pragma: no cover
+            pid = self._lock_pid()
+            return not (pid and pid != os.getpid() and _pid_alive(pid))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            return False
+
+    def _lock_pid(self) -> int | None:
+        try:
+            return int((self.dir / "LOCK").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _remove_legacy(self) -> None:
+        """Folders ``.NAME.partial-PID`` of earlier versions, left by processes that no longer live."""
+        pat = re.compile(re.escape(f".{self.out.name}.partial-") + r"(\d+)$")
+        with contextlib.suppress(OSError):
+            for p in self.out.parent.iterdir():
+                m = pat.match(p.name)
+                if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+                    shutil.rmtree(p, ignore_errors=True)
+
+    # -- what the work is
+    def bind(self, fingerprint: Mapping[str, Any], *, command: str | None = None) -> None:
+        """Record what this work is; on resume, refuse when it differs from what was started."""
+        fp = json.loads(json.dumps(dict(fingerprint), default=str))
+        if self.resumed:
+            old = self.journal.get("fingerprint") or {}
+            diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
+            if diff:
+                shown = "; ".join(f"{k}: {_short(old.get(k))} then, {_short(fp.get(k))} now" for k in diff[:3])
+                raise UserFacingError(
+                    f"cannot resume {self.out}: it was started with other settings ({shown}); "
+                    f"repeat the original options, or leave out --resume to start again"
+                )
+            return
+        self.journal = {"kind": self.kind, "fingerprint": fp, "command": command,
+                        "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "pid": os.getpid()}
+        self._write_json("journal.json", self.journal)
+
+    def note(self, key: str, value: Any) -> None:
+        """Keep ``value`` in the journal (the fit record of a fitted model, for a resumed run)."""
+        self.journal[key] = value
+        self._write_json("journal.json", self.journal)
+
+    def _write_json(self, name: str, obj: Any) -> None:
+        tmp = self.dir / f"{name}.tmp"
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+        os.replace(tmp, self.dir / name)
+
+    # -- checkpoints
+    def load_progress(self) -> dict | None:
+        p = self.dir / "progress.pt"
+        if not (self.resumed and p.is_file()):
+            return None
+        try:
+            return torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise UserFacingError(f"cannot resume {self.out}: its checkpoint {p} is unreadable ({type(exc).__name__}); "
+                                  "leave out --resume to start again") from None
+
+    def save_progress(self, progress: Mapping[str, Any]) -> None:
+        tmp = self.dir / "progress.pt.tmp"
+        torch.save(dict(progress), tmp)
+        os.replace(tmp, self.dir / "progress.pt")
+
+    # -- closing
+    def commit(self, payload: Path | None = None) -> None:
+        """Move the finished output into place: ``payload`` (a file in the workspace) or the workspace folder itself."""
+        if payload is not None:
+            os.replace(payload, self.out)
+            self.discard()
+            return
+        for name in STATE_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / name).unlink()
+        if self.out.is_dir():
+            self.out.rmdir()  # empty: checked before the work started
+        os.replace(self.dir, self.out)
+        self._release()
+
+    def discard(self) -> None:
+        """Remove everything this work wrote, including the folders it created for its output."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self._release()
+        for q in getattr(self, "_created", []):  # deepest first
+            with contextlib.suppress(OSError):
+                q.rmdir()
+
+    def release(self) -> None:
+        """Keep the state for a later ``--resume``; let another process take over."""
+        self._release()
+
+    def _release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
+def module_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's state (names, shapes, dtypes, values): the identity of weights passed as an object."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in module.state_dict().items():
+        h.update(f"{k}:{tuple(v.shape)}:{v.dtype};".encode())
+        t = v.detach().cpu().contiguous()
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(v, default=str) if not isinstance(v, str) else v
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+@contextlib.contextmanager
+def workspace(out: Path, *, kind: str, resume: bool = False, flag: str = "--out",
+              announce: Callable[[str], None] | None = None) -> Iterator[Workspace]:
+    """Open a :class:`Workspace`; on an error a fresh one is removed (a resumed one is kept), on a stop it stays."""
+    ws = Workspace(out, kind=kind, resume=resume, flag=flag, announce=announce).open()
+    try:
+        yield ws
+    except (StopRequested, KeyboardInterrupt):
+        ws.release()
+        raise
+    except BaseException:
+        if ws.resumed:
+            ws.release()
+        else:
+            ws.discard()
+        raise
+    else:
+        ws._release()
+
+
+# ----------------------------------------------------------------------------- the run journal
+class RunJournal:
+    """Checkpoints of a run's evaluations ("segments": one per evaluation, e.g. per swept transform).
+
+    The per-sample rows of all segments stream into one ``samples.csv``; a checkpoint records
+    how many bytes of it are final, how many batches each segment finished, and the states of
+    its metrics and observers. On resume the file is cut back to the last checkpoint.
+    """
+
+    SAMPLES = "samples.csv"
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        saved = ws.load_progress() or {}
+        self.saved_segments: list[dict] = list(saved.get("segments", []))
+        self.segments: list[dict] = []
+        self.csv_bytes = int(saved.get("csv_bytes", 0))
+        self._csv = None
+        #: seconds the last checkpoint cost (the engine adds the wait for the device)
+        self.checkpoint_s = 0.0
+        self._last = time.perf_counter()
+        path = ws.dir / self.SAMPLES
+        if path.exists():
+            if not self.saved_segments:
+                path.unlink()
+                self.csv_bytes = 0
+            else:
+                with open(path, "r+b") as f:
+                    f.truncate(self.csv_bytes)
+
+    @property
+    def samples_path(self) -> Path:
+        return self.ws.dir / self.SAMPLES
+
+    def begin(self, label: str) -> "Segment":
+        i = len(self.segments)
+        saved = self.saved_segments[i] if i < len(self.saved_segments) else None
+        if saved is not None and saved.get("label") != label:
+            raise UserFacingError(f"cannot resume {self.ws.out}: its evaluation {i + 1} was {saved.get('label')!r}, now {label!r}; "
+                                  "leave out --resume to start again")
+        seg = Segment(self, i, label, saved)
+        self.segments.append(seg.record)
+        return seg
+
+    def csv(self):
+        if self._csv is None:
+            self._csv = open(self.samples_path, "ab")
+        return self._csv
+
+    def due(self) -> bool:
+        """Whether a checkpoint is due: keeps their cost under ~5 % of the run."""
+        return time.perf_counter() - self._last >= 20 * self.checkpoint_s
+
+    def save(self) -> None:
+        t = time.perf_counter()
+        if self._csv is not None:
+            self._csv.flush()
+            self.csv_bytes = self._csv.tell()
+        self.ws.save_progress({"version": 1, "segments": self.segments, "csv_bytes": self.csv_bytes})
+        now = time.perf_counter()
+        self.checkpoint_s = now - t
+        self._last = now
+
+    def close(self) -> None:
+        if self._csv is not None:
+            self._csv.close()
+            self._csv = None
+
+
+class Segment:
+    """One evaluation's checkpoints inside a :class:`RunJournal`."""
+
+    def __init__(self, journal: RunJournal, i: int, label: str, saved: dict | None) -> None:
+        self.journal = journal
+        self.saved = saved
+        self.record: dict[str, Any] = dict(saved) if saved else {"label": label, "done": False, "batches": 0, "rows": 0}
+        if saved is None:  # rows of samples.csv (after its header) before this evaluation's
+            self.record["rows_start"] = sum(int(s.get("rows", 0)) for s in journal.segments)
+
+    @property
+    def start_batch(self) -> int:
+        return int(self.saved["batches"]) if self.saved else 0
+
+    def checkpoint(self, *, batches: int, n: int, columns: list | None, rows: int, metrics: list, observers: list,
+                   nonfinite: list | None, done: bool = False) -> None:
+        """Record that ``batches`` batches (``n`` samples, ``rows`` rows of samples.csv) are finished."""
+        self.record.update(done=done, batches=batches, n=n, columns=columns, rows=rows, metrics=metrics,
+                           observers=observers, nonfinite=nonfinite)
+        self.journal.save()
