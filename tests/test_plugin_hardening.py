@@ -263,6 +263,20 @@ class _RaisingProbe(Probe):
         raise RuntimeError("probe bug")
 
 
+class _RaisingObserver:
+    def on_batch(self, batch, images, values, targets):
+        raise IndexError("gallery full")
+
+
+class _ObservingProbe(Probe):
+    """Its observer raises."""
+
+    name = "observing-probe"
+
+    def observers(self, ctx):
+        return [_RaisingObserver()]
+
+
 class _RaisingWriter:
     @hookimpl
     def report_result(self, result, context):
@@ -280,7 +294,7 @@ class _Plug:
 
     @hookimpl
     def register_probes(self):
-        return [_RaisingProbe]
+        return [_RaisingProbe, _ObservingProbe]
 
 
 RUNTIME_FAILURES = {
@@ -288,6 +302,7 @@ RUNTIME_FAILURES = {
     "metric-update": (("--metric", "raising-update"), "failed in _RaisingUpdate.update() of metric 'raising-update': KeyError: 'no such logit'"),
     "metric-compute": (("--metric", "raising-compute"), "failed in _RaisingCompute.compute() of metric 'raising-compute': ZeroDivisionError"),
     "probe": (("--probe", "raising-probe"), "failed in _RaisingProbe.sources() of probe 'raising-probe': RuntimeError: probe bug"),
+    "observer": (("--probe", "observing-probe"), "failed in _RaisingObserver.on_batch() of probe 'observing-probe': IndexError: gallery full"),
 }
 
 
