@@ -115,15 +115,17 @@ def load_state_dict_checked(module: torch.nn.Module, sd: Mapping[str, torch.Tens
         return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
 
     if shapes or (strict and (missing or unexpected)):
-        lines = [f"{source} does not fit the model architecture:"]
+        parts = []
         if missing:
-            lines.append(f"  missing keys ({len(missing)}): {few(missing)}")
+            parts.append(f"missing keys ({len(missing)}): {few(missing)}")
         if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {few(unexpected)}")
+            parts.append(f"unexpected keys ({len(unexpected)}): {few(unexpected)}")
         if shapes:
-            lines.append(f"  shape conflicts ({len(shapes)}): {few(shapes)}")
-        lines.append("  check --model (and --model-arg, e.g. num_classes=...) or pass --non-strict to ignore missing/unexpected keys")
-        raise UserFacingError("\n".join(lines))
+            parts.append(f"shape conflicts ({len(shapes)}): {few(shapes)}")
+        fix = "check --model (and --model-arg, e.g. num_classes=...)"
+        if not shapes:
+            fix += " or pass --non-strict to ignore missing/unexpected keys"
+        raise UserFacingError(f"{source} does not fit the model architecture: {'; '.join(parts)}; {fix}")
     module.load_state_dict(dict(sd), strict=False)
     return {"missing": missing, "unexpected": unexpected}
 

@@ -231,7 +231,7 @@ def decompose(**kw) -> None:
     """Export a decomposed data set: FILE.npz (x, y, low_r8, high_r8, ...) or a folder of PNGs per component."""
     from .errors import UserFacingError
     from .export import export_npz, export_png
-    from .runner import check_image_size, get_decomposer, open_data, parse_kv, parse_params, resolve_device
+    from .runner import check_image_size, check_seed, get_decomposer, open_data, parse_kv, parse_params, resolve_device
 
     pm = _pm()
     if kw["batch_size"] < 1:
@@ -239,6 +239,7 @@ def decompose(**kw) -> None:
     if kw["limit"] is not None and kw["limit"] < 1:
         raise UserFacingError("--limit must be at least 1")
     check_image_size(kw["image_size"])
+    check_seed(kw["seed"])
     resolve_device(kw["device"])  # an unavailable --device is refused before anything is read
     dopts = parse_kv(kw["decomposer_opt"], "--decomposer-opt")
     if kw["rule"]:

@@ -152,11 +152,33 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 # ---------------------------------------------------------------- components
 def get_decomposer(name: str, pm=None, **options: Any) -> Decomposer:
     cls = registry.get_class("decomposers", name, pm)
+    import inspect
+
+    try:
+        sig = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        sig = {}
+    known = [k for k, p in sig.items() if k != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in sig.values()) and cls.__init__ is not Decomposer.__init__
+    if not takes_any:
+        for key in options:
+            if key not in known:
+                raise UnknownNameError(f"option of decomposer '{name}'", key, known) if known else UserFacingError(
+                    f"decomposer '{name}' takes no options (got {key}={options[key]!r})")
     with _guard.guarded(cls, "the constructor"):
         try:
             return cls(**options)
         except TypeError as exc:
             raise UserFacingError(f"decomposer '{name}' rejected its options {options}: {exc}") from None
+
+
+#: seeds are refused outside what every random generator freqprobe feeds (torch, numpy) takes
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserFacingError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
 
 
 def decompose(images: torch.Tensor, name: str = "fft-radial", param: Any = 8, *, pm=None, **options: Any) -> dict[str, torch.Tensor]:
@@ -487,6 +509,7 @@ def plan(spec: RunSpec, pm) -> Plan:
         if value is not None and value < 1:
             raise UserFacingError(f"{what} must be at least 1, got {value}")
     check_image_size(spec.image_size)
+    check_seed(spec.seed)
     if spec.fit_lr is not None and not (isinstance(spec.fit_lr, (int, float)) and math.isfinite(spec.fit_lr) and spec.fit_lr > 0):
         raise UserFacingError(f"--fit-lr must be a positive number (e.g. 1e-3), got {spec.fit_lr!r}")
     parse_mean_std(spec.mean, spec.std, warn=False)  # both or neither, finite, std > 0: refused before anything is loaded
@@ -746,6 +769,7 @@ def run(
     pm = pm or default_plugin_manager()
     say = announce or (lambda msg: log.warning(msg))
     sw = Stopwatch()
+    check_seed(spec.seed)
     torch.manual_seed(spec.seed)
     p = plan(spec, pm)
     stage = "loading"

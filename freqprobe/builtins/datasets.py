@@ -204,6 +204,10 @@ class NpzDataSource(ArrayDataSource):
         p = Path(argument)
         if not p.is_file():
             raise UserFacingError(f"npz file not found: {p}")
+        import zipfile
+
+        if not zipfile.is_zipfile(p):
+            raise UserFacingError(f"{p} is not an .npz file (not a zip archive of arrays); save one with numpy.savez(path, x=..., y=...)")
         try:
             with np.load(p, allow_pickle=False) as d:
                 keys = list(d.keys())
