@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import FreqprobeError, IncompatibleError, PluginError, UnknownNameError, UserFacingError
+from .errors import FreqprobeError, IncompatibleError, ModelError, PluginError, PluginWarning, UnknownNameError, UserFacingError
 from .hookspecs import hookimpl, hookspec
 from .interfaces import (
     Attack,
@@ -45,8 +45,10 @@ __all__ = [
     "IncompatibleError",
     "Metric",
     "ModelAdapter",
+    "ModelError",
     "ModelSource",
     "PluginError",
+    "PluginWarning",
     "Probe",
     "ProbeResult",
     "RescalePolicy",
