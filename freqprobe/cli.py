@@ -58,6 +58,15 @@ def _warning_lines():
     return _Ctx()
 
 
+_ARGS: list[str] | None = None
+
+
+def command_line() -> str:
+    """The command being run, as a shell line (``freqprobe run ...``): what manifests record and resume hints repeat."""
+    args = _ARGS if _ARGS is not None else sys.argv[1:]
+    return "freqprobe " + " ".join(shlex.quote(a) for a in args)
+
+
 def _say(quiet: bool):
     def say(msg: str) -> None:
         if not quiet:
@@ -143,6 +152,9 @@ def cli(verbose: int, plugin_switches: tuple[str, ...]) -> None:
 @click.option("--probe-opt", multiple=True, metavar="KEY=VALUE", help="Option of the probe (repeatable), e.g. gallery_size=4; an unknown key lists the probe's options.")
 @click.option("--gallery-size", type=int, help="Shorthand for --probe-opt gallery_size=N (Figure-2 examples kept per parameter; lfc-hfc default 8).")
 @click.option("--out", type=click.Path(), help="Output folder (default: a new dated folder under runs/).")
+@click.option("--attack", "attacks", multiple=True, metavar="NAME[:K=V,...]",
+              help="Attack for --probe robustness (repeatable), e.g. fgsm, pgd:steps=10,random_start=false (see `freqprobe list attacks`).")
+@click.option("--eps", help="Attack budgets for --probe robustness, comma-separated in [0,1] pixel units, e.g. 0.03,0.06,0.09 or 8/255.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run at --out from its last checkpoint (same options).")
 @click.option("--allow-nonfinite", is_flag=True, help="Finish even when the model returns NaN/inf, counting such samples in the summary (default: fail).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines.")
@@ -195,8 +207,10 @@ def run(**kw) -> None:
             out=kw["out"],
             resume=kw["resume"],
             allow_nonfinite=kw["allow_nonfinite"],
+            attacks=kw["attacks"],
+            eps=kw["eps"],
             probe_options=popts,
-            command="freqprobe " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            command=command_line(),
             progress=_progress_factory(quiet),
             announce=_say(quiet),
         )
@@ -268,7 +282,7 @@ def decompose(**kw) -> None:
     prog = _progress_factory(kw["quiet"])("decompose", n)
     from .journal import graceful_stop
 
-    cmd = "freqprobe " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    cmd = command_line()
     common = dict(limit=n, batch_size=kw["batch_size"], device=device, progress=prog, resume=kw["resume"],
                   announce=_say(kw["quiet"]), resume_hint=cmd if "--resume" in cmd else cmd + " --resume")
     with warnings.catch_warnings(), graceful_stop(lambda m: click.echo(m, err=True)):
@@ -404,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: freqprobe errors (and a plugin's exceptions) become one-line messages with exit code 2."""
     from .errors import PluginWarning
 
+    global _ARGS
     args = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    _ARGS = args
     try:
         command = _plugin_switches(args)[1]
     except click.UsageError:

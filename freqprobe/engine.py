@@ -531,6 +531,7 @@ def run_loop(ctx: RunContext, sources: Sequence[VariantSource], *, observers: Se
                     break
                 images, targets = _to(batch.images, dev), _to(batch.targets, dev)
                 n = len(batch.indices)
+                ctx.current_indices = batch.indices
                 target_cols = ctx.data.target_columns(batch.targets) if samples else {}
                 if state.table is None and samples:
                     state.table = SampleTable(["index", *target_cols, "variant", "param", *constants, *extra, *adapter.sample_columns],

@@ -528,13 +528,67 @@ def _fresh(default: Any) -> Any:
     return default
 
 
+def check_declared_options(kind: str, name: str, declared: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """``declared`` defaults updated with ``given`` (``--attack pgd:steps=10``, ``--probe-opt``...).
+
+    An unknown key answers "Did you mean ...?"; a value is converted to its default's type
+    (``"10"`` -> 10; booleans only from booleans: ``random_start=false`` is parsed as one); a
+    default of None takes any value.
+    """
+    from .errors import UnknownNameError
+
+    out = dict(declared)
+    for key, value in given.items():
+        if key not in declared:
+            raise UnknownNameError(f"option of {kind} '{name}'", key, declared) if declared else UserFacingError(
+                f"{kind} '{name}' takes no options (got {key}={value!r})"
+            )
+        default = declared[key]
+        if default is not None and not isinstance(value, type(default)):
+            try:
+                if isinstance(default, bool) or (isinstance(default, int) and isinstance(value, float) and not value.is_integer()):
+                    raise ValueError
+                if isinstance(value, bool):  # True is an int: never a number by accident
+                    raise ValueError
+                value = type(default)(value)
+            except (TypeError, ValueError):
+                raise UserFacingError(
+                    f"{kind} '{name}': option {key}={value!r} must be a {type(default).__name__} (default {default!r})"
+                ) from None
+        out[key] = value
+    return out
+
+
 class Attack(ABC):
-    """An adversarial attack in the torchattacks shape; works in [0,1] pixel space and never normalises."""
+    """An adversarial attack in the torchattacks shape: ``forward(images01, labels) -> adv01``.
+
+    Works in [0, 1] pixel space: the adapter's :meth:`ModelAdapter.forward` normalises inside
+    the differentiable call, so an attack never sees normalised pixels. ``eps`` is the budget in
+    the attack's ``norm`` (``linf`` or ``l2``, in [0, 1] pixel units); ``seed`` makes random
+    starts deterministic. ``options`` declares what ``--attack NAME:K=V`` may set, with defaults.
+    """
 
     name: ClassVar[str]
+    #: options ``--attack NAME:K=V,...`` may set, with their defaults (None: any value)
+    options: ClassVar[Mapping[str, Any]] = {}
 
-    def __init__(self, adapter: ModelAdapter, **options: Any) -> None:
+    def __init__(self, adapter: ModelAdapter, *, eps: float, seed: int = 0, **options: Any) -> None:
         self.adapter = adapter
+        self.eps = float(eps)
+        self.seed = int(seed)
+        self.opts = self.check_options(options)
+
+    @classmethod
+    def check_options(cls, given: Mapping[str, Any]) -> dict[str, Any]:
+        return check_declared_options("attack", cls.name, cls.options, given)
+
+    @classmethod
+    def label(cls, options: Mapping[str, Any] | None = None) -> str:
+        """``pgd`` or ``pgd:steps=20`` (only options that differ from the defaults): the ``attack`` column."""
+        diff = {k: v for k, v in (options or {}).items() if cls.options.get(k, object()) != v}
+        if not diff:
+            return cls.name
+        return cls.name + ":" + ",".join(f"{k}={_fmt_opt(v)}" for k, v in sorted(diff.items()))
 
     @abstractmethod
     def forward(self, images01: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
@@ -543,18 +597,32 @@ class Attack(ABC):
         return self.forward(images01, labels)
 
 
+def _fmt_opt(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
 class Transform(ABC):
-    """A model -> model rewrite (e.g. first-layer kernel smoothing); recorded in the ``transform`` column."""
+    """A model -> model rewrite (e.g. first-layer kernel smoothing); recorded in the ``transform`` column.
+
+    ``options`` declares what ``--transform NAME:K=V,...`` may set, with defaults (None: any value).
+    """
 
     name: ClassVar[str]
+    options: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, **options: Any) -> None:
-        self.opts = options
+        self.opts = check_declared_options("transform", self.name, self.options, options) if self.options or options else {}
+        self.given = dict(options)
 
     def label(self) -> str:
-        if not self.opts:
+        """``smooth:rho=0.5``: the name and the options given (the ``transform`` column)."""
+        if not self.given:
             return self.name
-        return self.name + ":" + ",".join(f"{k}={v}" for k, v in sorted(self.opts.items()))
+        return self.name + ":" + ",".join(f"{k}={_fmt_opt(self.opts[k])}" for k in sorted(self.given))
 
     @abstractmethod
     def apply(self, adapter: ModelAdapter) -> ModelAdapter:
@@ -650,6 +718,13 @@ class RunContext:
     allow_nonfinite: bool = False
     #: the run's :class:`freqprobe.journal.RunJournal` (streamed samples.csv, checkpoints), or None
     journal: Any = None
+    #: ``--attack``: ``(Attack class, checked options)`` pairs, for probes that take attacks
+    attacks: list = dataclasses.field(default_factory=list)
+    #: ``--eps``: the attack budgets
+    eps: list = dataclasses.field(default_factory=list)
+    #: the data-set indices of the batch being evaluated (set by the loop; a variant source that
+    #: draws random numbers seeds from them, so a resumed or sharded run draws the same)
+    current_indices: Any = None
 
     def evaluate(self, sources: Sequence[VariantSource], *, probe: str, observers: Sequence[Any] = (), **kw: Any) -> "ProbeResult":
         """Run the one evaluation loop (:func:`freqprobe.engine.evaluate`) over ``sources``."""
@@ -688,6 +763,8 @@ class Probe(ABC):
     name: ClassVar[str]
     requires: ClassVar[Mapping[str, Any]] = {"task": "classification"}
     options: ClassVar[Mapping[str, Any]] = {}
+    #: whether the probe uses the run's ``--attack``/``--eps`` (``ctx.attacks``, ``ctx.eps``)
+    takes_attacks: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.opts = self.check_options(options)
@@ -695,26 +772,7 @@ class Probe(ABC):
     @classmethod
     def check_options(cls, given: Mapping[str, Any]) -> dict[str, Any]:
         """The declared defaults updated with ``given``; unknown keys and bad types raise UserFacingError."""
-        from .errors import UnknownNameError
-
-        out = dict(cls.options)
-        for key, value in given.items():
-            if key not in cls.options:
-                raise UnknownNameError(f"option of probe '{cls.name}'", key, cls.options) if cls.options else UserFacingError(
-                    f"probe '{cls.name}' takes no options (got {key}={value!r})"
-                )
-            default = cls.options[key]
-            if default is not None and not isinstance(value, type(default)):
-                try:
-                    if isinstance(default, bool) or (isinstance(default, int) and isinstance(value, float) and not value.is_integer()):
-                        raise ValueError
-                    value = type(default)(value)
-                except (TypeError, ValueError):
-                    raise UserFacingError(
-                        f"probe '{cls.name}': option {key}={value!r} must be a {type(default).__name__} (default {default!r})"
-                    ) from None
-            out[key] = value
-        return out
+        return check_declared_options("probe", cls.name, cls.options, given)
 
     def sources(self, ctx: RunContext) -> list[VariantSource]:
         """The variant sources to evaluate; default: the original images and the decomposer's parts."""

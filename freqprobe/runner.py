@@ -105,6 +105,10 @@ def parse_kv(pairs: Iterable[str], what: str) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key.isidentifier():
             raise UserFacingError(f"malformed {what} {item!r}: use KEY=VALUE")
+        low = val.strip().lower()
+        if low in ("true", "false", "none"):  # random_start=false: a boolean, as on every command line
+            out[key] = {"true": True, "false": False, "none": None}[low]
+            continue
         try:
             out[key] = ast.literal_eval(val)
         except (ValueError, SyntaxError):
@@ -484,6 +488,10 @@ class RunSpec:
     resume: bool = False
     #: finish even when the model returns NaN/inf (counted in ``nonfinite-outputs`` rows) instead of failing
     allow_nonfinite: bool = False
+    #: ``--attack NAME[:K=V,...]`` specs, for probes that take attacks (``robustness``)
+    attacks: Sequence[str] = ()
+    #: ``--eps``: attack budgets, a comma list or numbers (None: the probe's default)
+    eps: str | Sequence[float] | None = None
 
 
 @dataclasses.dataclass
@@ -500,6 +508,49 @@ class Plan:
     transforms: list
     device: torch.device
     out_dir: Path
+    attacks: list = dataclasses.field(default_factory=list)
+    eps: list = dataclasses.field(default_factory=list)
+
+
+def parse_attacks(specs: Sequence[str], pm) -> list:
+    """``["fgsm", "pgd:steps=10,random_start=false"]`` -> ``[(FGSM, {...}), (PGD, {...})]``, options checked."""
+    out, seen = [], set()
+    for spec in specs or ():
+        aname, _, aargs = str(spec).partition(":")
+        acls = registry.get_class("attacks", aname.strip(), pm)
+        opts = _guard.call(acls, "check_options()", acls.check_options,
+                           parse_kv([x for x in aargs.split(",") if x.strip()], f"option of attack {aname}"))
+        label = acls.label(opts)
+        if label in seen:
+            raise UserFacingError(f"--attack {spec} is given twice; pass each attack once")
+        seen.add(label)
+        out.append((acls, opts))
+    return out
+
+
+def parse_eps(text: str | Sequence[float] | None) -> list[float]:
+    """``"0.03,0.06"`` -> ``[0.03, 0.06]``: positive, finite, no duplicates (``8/255`` is accepted)."""
+    if text is None:
+        return []
+    items = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
+    out: list[float] = []
+    for item in items:
+        try:
+            if isinstance(item, str) and "/" in item:
+                num, _, den = item.partition("/")
+                v = float(num) / float(den)
+            else:
+                v = float(item)
+        except (TypeError, ValueError, ZeroDivisionError):
+            raise UserFacingError(f"--eps must be comma-separated numbers like 0.03,0.06 or 8/255, got {text!r}") from None
+        if not (math.isfinite(v) and v > 0):
+            raise UserFacingError(f"--eps values must be positive and finite, got {item!r}")
+        if v in out:
+            raise UserFacingError(f"--eps {item} is given twice; pass each budget once")
+        out.append(v)
+    if not out:
+        raise UserFacingError(f"--eps must be comma-separated numbers like 0.03,0.06, got {text!r}")
+    return out
 
 
 def plan(spec: RunSpec, pm) -> Plan:
@@ -533,7 +584,11 @@ def plan(spec: RunSpec, pm) -> Plan:
         raise UserFacingError("--resume needs the --out folder of the interrupted run")
     out_dir = Path(spec.out) if spec.out is not None else _default_out(model_name, spec.probe)
     check_out_dir(out_dir, resume=spec.resume)
-    return Plan(spec, probe_entry, probe_obj, dec, params, rescale_obj, metric_classes, transforms, dev, out_dir)
+    attacks, eps = parse_attacks(spec.attacks, pm), parse_eps(spec.eps)
+    if (attacks or eps) and not getattr(probe_entry.cls, "takes_attacks", False):
+        what = "--attack" if attacks else "--eps"
+        raise UserFacingError(f"probe '{spec.probe}' takes no attacks, so {what} has no effect; use --probe robustness")
+    return Plan(spec, probe_entry, probe_obj, dec, params, rescale_obj, metric_classes, transforms, dev, out_dir, attacks, eps)
 
 
 def build_context(p: Plan, pm) -> RunContext:
@@ -569,6 +624,7 @@ def build_context(p: Plan, pm) -> RunContext:
         metrics=p.metric_classes, device=p.device, batch_size=spec.batch_size, limit=spec.limit, seed=spec.seed,
         transform=",".join(t.label() for t in p.transforms), options=dict(p.probe.opts), pm=pm,
         precision=spec.precision, channels_last=spec.channels_last, forward_batch=spec.forward_batch,
+        attacks=list(p.attacks), eps=list(p.eps),
     )
 
 

@@ -478,6 +478,7 @@ class ScaleFirstConv(freqprobe.Transform):
     """Multiplies the first conv's weights in place (a stand-in for first-layer kernel smoothing)."""
 
     name = "scale-first-conv"
+    options = {"k": 1.0}
 
     def apply(self, adapter):
         with torch.no_grad():
@@ -496,7 +497,7 @@ def test_probe_declaring_a_model_sweep(pm, npz_data):
     before = {k: v.clone() for k, v in ctx.adapter.module.state_dict().items()}
     result = SweepProbe().run(ctx)
     assert all(torch.equal(before[k], v) for k, v in ctx.adapter.module.state_dict().items())  # each ρ got a copy
-    labels = ["scale-first-conv:k=1.0", "scale-first-conv:k=0.5", "scale-first-conv:k=2.0"]
+    labels = ["scale-first-conv:k=1", "scale-first-conv:k=0.5", "scale-first-conv:k=2"]
     assert [r["transform"] for r in result.summary] == [lab for lab in labels for _ in range(3)]
     assert result.samples.columns == ["index", "label", "variant", "param", "transform", "pred", "confidence"]
     assert len(result.samples) == 37 * 3 * 3

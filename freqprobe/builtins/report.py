@@ -34,10 +34,15 @@ def _plt():
 
 def plot_accuracy(result, path: Path) -> None:
     plt = _plt()
-    metric_names = sorted({r["metric"] for r in result.summary})
+    extra = list(result.extras.get("extra_columns") or [])
+    # the clean images' curves: rows of variants without extra columns (not an attack's), per metric with a component curve
+    plain = [r for r in result.summary if all(r.get(c) is None for c in extra)]
+    metric_names = sorted({r["metric"] for r in plain if r["variant"] in result.components})
+    if not metric_names:
+        return
     fig, axes = plt.subplots(1, len(metric_names), figsize=(5.5 * len(metric_names), 4), squeeze=False)
     for ax, metric in zip(axes[0], metric_names):
-        rows = [r for r in result.summary if r["metric"] == metric]
+        rows = [r for r in plain if r["metric"] == metric]
         orig = [r["value"] for r in rows if r["variant"] == "original"]
         for comp in result.components:
             pts = sorted((float(r["param"]), r["value"]) for r in rows if r["variant"] == comp)

@@ -1,4 +1,4 @@
-"""Shared test setup: offline, CPU only, temporary caches, no third-party plugin autoload."""
+"""Shared test setup (the core's tests and the first-party plugins' tests): offline, CPU only, temporary caches, no third-party plugin autoload."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def pytest_collection_modifyitems(config, items):
         if "cuda" in item.keywords:
             item.add_marker(skip)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parent
 FIXTURES = REPO / "tests" / "fixtures"
 SHARED_DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(FIXTURES))

@@ -1,0 +1,213 @@
+"""FGSM and PGD (L∞, L2) in [0, 1] pixel space, batched, through the adapter's normalisation.
+
+Both follow the torchattacks shape (``attack(images01, labels) -> adv01``) and its update rules
+(Goodfellow et al. 2015; Madry et al. 2018, the paper's [21] and [37]), so their results can be
+compared with ``torchattacks.FGSM`` / ``PGD`` / ``PGDL2`` on a model that normalises inside:
+
+* the loss is the cross-entropy of :meth:`ModelAdapter.forward` (which normalises) against the
+  labels, summed over the batch (torchattacks takes the mean: the same signs, and for L2 the
+  same directions up to rounding);
+* the whole batch is attacked at once; the attack may be called from inside the evaluation
+  loop's ``torch.inference_mode()``: it works on a normal clone of the images in a block with
+  inference mode off and gradients on, and returns a normal tensor of the input's shape and dtype;
+* the model's parameters are frozen while it runs (no weight gradients are computed; their
+  ``requires_grad`` is restored afterwards, also on errors) and its train/eval mode is left alone;
+* 4-D images are attacked in ``channels_last`` (the memory format the engine gives the model);
+* random starts come from a ``torch.Generator`` on the images' device seeded with ``self.seed`` at
+  every call, so the same seed gives the same adversarial images (the robustness probe sets the
+  seed per batch);
+* an active autocast (``--precision bf16``) is respected: the model runs in it, the loss and
+  the images stay float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, ClassVar, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from freqprobe import UserFacingError
+from freqprobe.interfaces import Attack
+
+__all__ = ["ATTACKS", "FGSM", "PGD"]
+
+NORMS = ("linf", "l2")
+
+
+@contextlib.contextmanager
+def _frozen(module: torch.nn.Module) -> Iterator[None]:
+    """Parameters with ``requires_grad=False`` inside, restored on the way out (errors included)."""
+    saved = [(p, p.requires_grad) for p in module.parameters() if p.requires_grad]
+    try:
+        for p, _ in saved:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
+
+
+def _fresh_norm_stats(adapter: Any) -> None:
+    """Drop an adapter's cached mean/std when they were made in inference mode.
+
+    ``ModelAdapter`` caches its normalisation tensors on first use, usually during a ``predict``
+    under ``torch.inference_mode``; such inference tensors cannot be saved for backward, so the
+    division by std would fail in the attack's graph. Rebuilt outside inference mode they are
+    normal tensors that work in both modes.
+    """
+    cache = getattr(adapter, "_norm_cache", None)
+    if cache and any(isinstance(t, torch.Tensor) and t.is_inference() for t in cache[1:]):
+        adapter._norm_cache = None
+
+
+class _GradientAttack(Attack):
+    """What FGSM and PGD share: the gradient of the summed cross-entropy w.r.t. the [0, 1] images."""
+
+    #: attack 4-D images in channels_last (set False to keep the caller's memory format)
+    channels_last: ClassVar[bool] = True
+
+    def _loss_grad(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """∇x Σ CE(adapter.forward(x), labels), for a leaf ``x`` (float32, requires grad)."""
+        logits = self.adapter.forward(x)
+        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
+        return grad
+
+    def _prepare(self, images01: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normal (non-inference) copies: x0 in float32 or float64 (channels_last when 4-D), labels as int64."""
+        if not isinstance(images01, torch.Tensor) or images01.dim() < 2:
+            raise UserFacingError(f"attack '{self.name}' needs a batch tensor of images, got {type(images01).__name__}")
+        fmt = torch.channels_last if self.channels_last and images01.dim() == 4 else torch.contiguous_format
+        dtype = images01.dtype if images01.dtype in (torch.float32, torch.float64) else torch.float32
+        x0 = images01.to(dtype=dtype).clone(memory_format=fmt)
+        y = labels.to(device=x0.device, dtype=torch.long).clone()
+        return x0, y
+
+    def forward(self, images01: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        _fresh_norm_stats(self.adapter)
+        with torch.inference_mode(False), torch.enable_grad(), _frozen(self.adapter.module):
+            x0, y = self._prepare(images01, labels)
+            adv = self._attack(x0, y)
+            out = adv.to(dtype=images01.dtype).contiguous(memory_format=_memory_format(images01))
+        return out
+
+    def _attack(self, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+class FGSM(_GradientAttack):
+    """Fast gradient sign method (L∞): x + ε·sign(∇x loss), clamped to [0, 1]."""
+
+    name = "fgsm"
+    options: ClassVar[Mapping[str, Any]] = {}
+
+    def _attack(self, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = x0.clone().requires_grad_(True)
+        g = self._loss_grad(x, y)
+        return x0.add_(g.sign_(), alpha=self.eps).clamp_(0, 1)
+
+
+class PGD(_GradientAttack):
+    """Projected gradient descent, L∞ or L2 (options steps, alpha, random_start, norm)."""
+
+    name = "pgd"
+    options: ClassVar[Mapping[str, Any]] = {"steps": 10, "alpha": None, "random_start": True, "norm": "linf"}
+
+    @classmethod
+    def check_options(cls, given: Mapping[str, Any]) -> dict[str, Any]:
+        opts = super().check_options(given)
+        norm = str(opts["norm"]).strip().lower()
+        if norm not in NORMS:
+            raise UserFacingError(f"attack 'pgd': option norm={opts['norm']!r} must be one of {', '.join(NORMS)}")
+        opts["norm"] = norm
+        if opts["steps"] < 1:
+            raise UserFacingError(f"attack 'pgd': option steps={opts['steps']!r} must be at least 1")
+        alpha = opts["alpha"]
+        if alpha is not None:
+            try:
+                if isinstance(alpha, bool):
+                    raise ValueError
+                alpha = float(alpha)
+            except (TypeError, ValueError):
+                raise UserFacingError(
+                    f"attack 'pgd': option alpha={opts['alpha']!r} must be a positive number (default: 2.5·eps/steps)"
+                ) from None
+            if not (alpha > 0 and math.isfinite(alpha)):
+                raise UserFacingError(
+                    f"attack 'pgd': option alpha={opts['alpha']!r} must be a positive finite number (default: 2.5·eps/steps)"
+                )
+            opts["alpha"] = alpha
+        return opts
+
+    @property
+    def steps(self) -> int:
+        return int(self.opts["steps"])
+
+    @property
+    def alpha(self) -> float:
+        a = self.opts["alpha"]
+        return 2.5 * self.eps / self.steps if a is None else float(a)
+
+    def _generator(self, x: torch.Tensor) -> torch.Generator:
+        g = torch.Generator(device=x.device)
+        g.manual_seed(self.seed)
+        return g
+
+    def _attack(self, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.opts["norm"] == "l2":
+            return self._attack_l2(x0, y)
+        return self._attack_linf(x0, y)
+
+    def _attack_linf(self, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        eps, alpha = self.eps, self.alpha
+        x = x0.clone()
+        if self.opts["random_start"]:
+            noise = torch.rand(x0.shape, generator=self._generator(x0), device=x0.device, dtype=x0.dtype)
+            x.add_(noise.mul_(2 * eps).sub_(eps)).clamp_(0, 1)
+        for _ in range(self.steps):
+            x.requires_grad_(True)
+            g = self._loss_grad(x, y)
+            x = x.detach()
+            # project (in place, torchattacks' arithmetic): δ = clamp(x − x0, ±ε), x = clamp(x0 + δ, 0, 1)
+            x.add_(g.sign_(), alpha=alpha).sub_(x0).clamp_(-eps, eps).add_(x0).clamp_(0, 1)
+        return x
+
+    def _attack_l2(self, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        eps, alpha = self.eps, self.alpha
+        n = x0.shape[0]
+        view = (n,) + (1,) * (x0.dim() - 1)
+        x = x0.clone()
+        if self.opts["random_start"]:
+            gen = self._generator(x0)
+            delta = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
+            r = torch.rand(view, generator=gen, device=x0.device, dtype=x0.dtype)
+            norms = _norms(delta).view(view).clamp_min_(1e-12)
+            x.add_(delta.mul_(r.mul_(eps).div_(norms))).clamp_(0, 1)
+        for _ in range(self.steps):
+            x.requires_grad_(True)
+            g = self._loss_grad(x, y)
+            x = x.detach()
+            gn = _norms(g).add_(1e-10).view(view)  # a zero gradient: no step (as torchattacks)
+            x.add_(g.div_(gn), alpha=alpha)
+            delta = x.sub_(x0)  # x now holds δ
+            dn = _norms(delta).view(view)
+            factor = torch.where(dn > eps, eps / dn.clamp_min(1e-30), torch.ones_like(dn))
+            x = delta.mul_(factor).add_(x0).clamp_(0, 1)
+        return x
+
+
+def _norms(t: torch.Tensor) -> torch.Tensor:
+    """Per-sample L2 norms (N,) of an N×... tensor in any memory format."""
+    return torch.linalg.vector_norm(t, ord=2, dim=tuple(range(1, t.dim())))
+
+
+ATTACKS = [FGSM, PGD]

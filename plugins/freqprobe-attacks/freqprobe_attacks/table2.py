@@ -1,0 +1,150 @@
+"""``freqprobe table2``: the paper's Table 2 — models × ρ (first-layer kernel smoothing) × attacks × ε.
+
+Each row (a model and a ρ) is one ordinary ``freqprobe run --probe robustness --transform
+smooth:rho=ρ`` into its own folder under ``--out``; ``table2.csv`` and ``table2.md`` collect the
+clean and robust accuracies. With ``--resume`` finished rows are read back instead of run again
+and an interrupted row continues from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import click
+
+DEFAULT_RHO = "0,0.1,0.25,0.5,1.0"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:48] or "model"
+
+
+def _read_summary(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _fmt(v: float) -> str:
+    return f"{v:g}"
+
+
+def table_rows(runs: list[dict], attacks: list[str], eps: list[float]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of Table 2 from the runs' summaries (accuracy on original and per attack/ε)."""
+    header = ["model", "checkpoint", "rho", "clean"] + [f"{a}@{_fmt(e)}" for a in attacks for e in eps]
+    rows = []
+    for run in runs:
+        acc = {}
+        for r in _read_summary(run["dir"] / "summary.csv"):
+            if r["metric"] != "accuracy" or r.get("param"):
+                continue
+            if r["variant"] == "original":
+                acc["clean"] = float(r["value"])
+            elif r["variant"] == "adversarial":
+                acc[f"{r['attack']}@{_fmt(float(r['eps']))}"] = float(r["value"])
+        rows.append([run["model"], run["checkpoint"] or "", _fmt(run["rho"])]
+                    + [f"{acc[c]:.4f}" if c in acc else "" for c in header[3:]])
+    return header, rows
+
+
+def write_tables(out: Path, header: list[str], rows: list[list[str]], command: str) -> None:
+    with open(out / "table2.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    md = ["# Table 2: accuracy under attack, with first-layer kernel smoothing (ρ)", "", f"`{command}`", "",
+          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
+    (out / "table2.md").write_text("\n".join(md) + "\n")
+
+
+@click.command("table2")
+@click.option("--model", "models", multiple=True, required=True, help="Model spec (repeatable; paired with --checkpoint in order).")
+@click.option("--checkpoint", "checkpoints", multiple=True, help="Weights for each --model, in the same order.")
+@click.option("--data", required=True, help="Data spec, as for `run`.")
+@click.option("--data-root", type=click.Path(file_okay=False))
+@click.option("--rho", default=DEFAULT_RHO, show_default=True, help="Kernel-smoothing strengths (0: no smoothing).")
+@click.option("--attack", "attacks", multiple=True, metavar="NAME[:K=V,...]", help="Attacks (default fgsm and pgd).")
+@click.option("--eps", default="0.03,0.06,0.09", show_default=True, help="Attack budgets in [0,1] pixel units.")
+@click.option("--mean", help="Normalisation mean for every model (default: what each model source knows).")
+@click.option("--std", help="Normalisation std for every model.")
+@click.option("--model-arg", multiple=True, metavar="KEY=VALUE")
+@click.option("--trust-checkpoint", is_flag=True)
+@click.option("--limit", type=int, help="Only the first N samples.")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--frequency", is_flag=True, help="Also the frequency view per row (low/high parts, perturbation spectrum); slower.")
+@click.option("--resume", is_flag=True, help="Reuse finished rows and continue an interrupted one.")
+@click.option("--out", required=True, type=click.Path(), help="Output folder: one run folder per row, table2.csv, table2.md.")
+@click.option("-q", "--quiet", is_flag=True)
+def table2_command(**kw) -> None:
+    """The paper's Table 2: clean and robust accuracy for models × ρ (first-layer smoothing) × attacks × ε."""
+    import freqprobe
+    from freqprobe import UserFacingError, registry
+    from freqprobe.runner import parse_attacks, parse_eps, parse_kv, check_seed
+
+    models, ckpts = list(kw["models"]), list(kw["checkpoints"])
+    if ckpts and len(ckpts) != len(models):
+        raise UserFacingError(f"{len(models)} --model but {len(ckpts)} --checkpoint: give one checkpoint per model, in order")
+    try:
+        rhos = [float(r) for r in kw["rho"].split(",")]
+    except ValueError:
+        raise UserFacingError(f"--rho must be comma-separated numbers like {DEFAULT_RHO}, got {kw['rho']!r}") from None
+    if any(not (r >= 0 and r < float("inf")) for r in rhos) or len(set(rhos)) != len(rhos):
+        raise UserFacingError(f"--rho values must be distinct, finite and >= 0, got {kw['rho']!r}")
+    check_seed(kw["seed"])
+    from freqprobe.journal import graceful_stop
+    from freqprobe.plugins import default_plugin_manager
+
+    pm = default_plugin_manager()
+    registry.get_class("transforms", "smooth", pm)  # the smoothing plugin must be there (one line if not)
+    attack_specs = list(kw["attacks"]) or ["fgsm", "pgd"]
+    attacks = parse_attacks(attack_specs, pm)
+    labels = [cls.label(opts) for cls, opts in attacks]
+    eps = parse_eps(kw["eps"])
+    out = Path(kw["out"])
+    if out.exists() and not out.is_dir():
+        raise UserFacingError(f"--out {out} is an existing file; pass the path of a new folder")
+    if out.is_dir() and any(out.iterdir()) and not kw["resume"]:
+        raise UserFacingError(f"output folder {out} already exists and is not empty; pass another --out, or --resume to continue it")
+    say = (lambda m: None) if kw["quiet"] else (lambda m: click.echo(m, err=True))
+    from freqprobe.cli import command_line
+
+    command = command_line()
+    runs = []
+    with graceful_stop(say):
+        _run_rows(kw, models, ckpts, rhos, attack_specs, eps, out, runs, say, command, pm)
+    header, rows = table_rows(runs, labels, eps)
+    write_tables(out, header, rows, command)
+    widths = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(header)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    click.echo(f"\nwrote {out / 'table2.csv'} and {out / 'table2.md'} ({len(rows)} rows; one run folder each)")
+
+
+def _run_rows(kw, models, ckpts, rhos, attack_specs, eps, out, runs, say, command, pm) -> None:
+    import freqprobe
+    from freqprobe.runner import parse_kv
+
+    for i, model in enumerate(models):
+        ckpt = ckpts[i] if ckpts else None
+        for rho in rhos:
+            name = f"{i + 1:02d}-{_slug(model.rpartition(':')[2] or model)}-rho{_fmt(rho)}"
+            run_dir = out / name
+            runs.append({"model": model, "checkpoint": ckpt, "rho": rho, "dir": run_dir})
+            if kw["resume"] and (run_dir / "manifest.json").is_file():
+                say(f"[{name}] finished before: reading its summary")
+                continue
+            say(f"[{name}] {model} {ckpt or ''} rho={_fmt(rho)}")
+            freqprobe.run(
+                model, checkpoint=ckpt, data=kw["data"], data_root=kw["data_root"], probe="robustness",
+                probe_options={"frequency": kw["frequency"]}, transforms=[f"smooth:rho={rho}"], attacks=attack_specs,
+                eps=eps, mean=kw["mean"], std=kw["std"], model_args=parse_kv(kw["model_arg"], "--model-arg"),
+                trust_checkpoint=kw["trust_checkpoint"], limit=kw["limit"], batch_size=kw["batch_size"],
+                device=kw["device"], precision=kw["precision"], seed=kw["seed"], fit=False, out=run_dir,
+                resume=kw["resume"], command=command, pm=pm, announce=say,
+            )
