@@ -63,11 +63,20 @@ def make_dist(site: Path, dist: str, entry_points: dict[str, str], modules: dict
     (info / "entry_points.txt").write_text("[freqprobe]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
 
 
-def run_sub(site: Path, *args, autoload=True, extra_env=None, cwd=None):
+#: the first-party plugins' entry points (plugins/*), installed with freqprobe
+FIRST_PARTY = "attacks,smoothing"
+
+
+def run_sub(site: Path, *args, autoload=True, extra_env=None, cwd=None, first_party=False):
+    """The console script with ``site``'s distributions importable; the first-party plugins
+    switched off unless ``first_party`` (these tests are about third-party ones)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(site) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.pop("FREQPROBE_DISABLE_PLUGIN_AUTOLOAD", None)
     env.pop("FREQPROBE_LOAD_PLUGINS", None)
+    env.pop("FREQPROBE_DISABLE_PLUGINS", None)
+    if not first_party:
+        env["FREQPROBE_DISABLE_PLUGINS"] = FIRST_PARTY
     if not autoload:
         env["FREQPROBE_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     env.update(extra_env or {})
@@ -306,7 +315,7 @@ def test_entry_point_plugin_used_by_run_in_process(good_site, cli, monkeypatch, 
     monkeypatch.syspath_prepend(str(good_site))
     monkeypatch.delenv("FREQPROBE_LOAD_PLUGINS", raising=False)
     try:
-        pm = freqprobe.plugins.get_plugin_manager(autoload=True)
+        pm = freqprobe.plugins.get_plugin_manager(autoload=True, disable=FIRST_PARTY.split(","))
         assert pm.dists == {"myplug": "myplug 1.0"}
         assert freqprobe.collect("decomposers", pm)["myplug-box"].plugin == "myplug"
         monkeypatch.setattr(freqprobe.plugins, "_default", pm)
@@ -329,9 +338,9 @@ def test_entry_point_plugin_used_by_run_in_process(good_site, cli, monkeypatch, 
 
         # FREQPROBE_LOAD_PLUGINS limits which entry points load (empty: none)
         monkeypatch.setenv("FREQPROBE_LOAD_PLUGINS", "")
-        assert "myplug" not in dict(freqprobe.plugins.get_plugin_manager(autoload=True).list_name_plugin())
+        assert "myplug" not in dict(freqprobe.plugins.get_plugin_manager(autoload=True, disable=FIRST_PARTY.split(",")).list_name_plugin())
         monkeypatch.setenv("FREQPROBE_LOAD_PLUGINS", "other,myplug")
-        assert "myplug" in dict(freqprobe.plugins.get_plugin_manager(autoload=True).list_name_plugin())
+        assert "myplug" in dict(freqprobe.plugins.get_plugin_manager(autoload=True, disable=FIRST_PARTY.split(",")).list_name_plugin())
     finally:
         sys.modules.pop("myplugmod", None)
 
@@ -359,7 +368,7 @@ def test_broken_plugin_in_plugins_json(tmp_path, cli, monkeypatch):
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.delenv("FREQPROBE_LOAD_PLUGINS", raising=False)
     with pytest.warns(freqprobe.errors.PluginWarning, match="brokenplug"):
-        pm = freqprobe.plugins.get_plugin_manager(autoload=True)
+        pm = freqprobe.plugins.get_plugin_manager(autoload=True, disable=FIRST_PARTY.split(","))
     monkeypatch.setattr(freqprobe.plugins, "_default", pm)
     rc, out, err = cli("plugins", "--json")
     assert rc == 0, err
@@ -392,3 +401,15 @@ def test_duplicate_entry_point_plugins_refused(tmp_path, tiny_npz):
     err = p.stderr.strip().splitlines()[-1]
     assert err.startswith("Error: decomposer 'box' is provided by both plugin 'plugone'") and "'plugtwo'" in err
     assert "-p no:plugone" in err
+
+
+def test_first_party_plugins_found_through_their_entry_points(tmp_path):
+    """plugins/* are installed with freqprobe and found like any third-party plugin."""
+    p = run_sub(tmp_path, "plugins", "--json", first_party=True)
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    got = {it["name"]: it for it in data["plugins"]}
+    assert {"attacks", "smoothing"} <= set(got) and data["errors"] == []
+    assert got["attacks"]["dist"].startswith("freqprobe ") and "register_attacks" in got["attacks"]["hooks"]
+    p = run_sub(tmp_path, "list", "attacks", first_party=True)
+    assert listed(p.stdout) == {"fgsm": "attacks", "pgd": "attacks"}

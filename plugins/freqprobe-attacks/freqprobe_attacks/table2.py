@@ -128,6 +128,7 @@ def table2_command(**kw) -> None:
 
 def _run_rows(kw, models, ckpts, rhos, attack_specs, eps, out, runs, say, command, pm) -> None:
     import freqprobe
+    from freqprobe.cli import _progress_factory
     from freqprobe.runner import parse_kv
 
     for i, model in enumerate(models):
@@ -146,5 +147,5 @@ def _run_rows(kw, models, ckpts, rhos, attack_specs, eps, out, runs, say, comman
                 eps=eps, mean=kw["mean"], std=kw["std"], model_args=parse_kv(kw["model_arg"], "--model-arg"),
                 trust_checkpoint=kw["trust_checkpoint"], limit=kw["limit"], batch_size=kw["batch_size"],
                 device=kw["device"], precision=kw["precision"], seed=kw["seed"], fit=False, out=run_dir,
-                resume=kw["resume"], command=command, pm=pm, announce=say,
+                resume=kw["resume"], command=command, pm=pm, announce=say, progress=_progress_factory(kw["quiet"]),
             )
