@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from . import registry
-from .errors import FreqprobeError, PluginError
+from .errors import FreqprobeError
 from .journal import StopRequested
 from .plugins import default_plugin_manager, list_plugins
 

@@ -15,7 +15,6 @@ import math
 import os
 import platform
 import re
-import shutil
 import sys
 import time
 import warnings

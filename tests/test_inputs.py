@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import freqprobe
-from freqprobe.errors import IncompatibleError, UserFacingError
+from freqprobe.errors import UserFacingError
 
 # ImageNet-1k indices of three WordNet ids (timm's imagenet_synsets.txt; ../shared/data/imagenet_val_samples/labels.csv)
 WNIDS = {"n01443537": 1, "n02328150": 332, "n04505470": 878}

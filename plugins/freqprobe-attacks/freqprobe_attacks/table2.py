@@ -82,9 +82,8 @@ def write_tables(out: Path, header: list[str], rows: list[list[str]], command: s
 @click.option("-q", "--quiet", is_flag=True)
 def table2_command(**kw) -> None:
     """The paper's Table 2: clean and robust accuracy for models × ρ (first-layer smoothing) × attacks × ε."""
-    import freqprobe
     from freqprobe import UserFacingError, registry
-    from freqprobe.runner import parse_attacks, parse_eps, parse_kv, check_seed
+    from freqprobe.runner import check_seed, parse_attacks, parse_eps
 
     models, ckpts = list(kw["models"]), list(kw["checkpoints"])
     if ckpts and len(ckpts) != len(models):

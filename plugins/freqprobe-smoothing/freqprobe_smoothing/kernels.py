@@ -1,0 +1,272 @@
+"""Figure 7 as a command: first-layer kernels before and after smoothing, as a picture and as numbers.
+
+``freqprobe kernels --model SPEC --checkpoint A [--checkpoint B] [--rho 0,1] --out DIR`` writes
+``kernels.png`` (a grid: one row per ρ and checkpoint), ``kernels.csv`` (one row per ρ and
+checkpoint: the mean high-frequency energy share and total variation of the kernels) and
+``manifest.json``. Both numbers are defined per ``[kh, kw]`` slice of the ``[out, in, kh, kw]``
+weight (see docs/smoothing.md):
+
+- ``hf_energy_share`` = 1 - |F(0,0)|² / Σ|F(u,v)|², F the slice's 2-D DFT: the share of its
+  energy at non-zero spatial frequencies (by Parseval = 1 - (Σw)² / (kh·kw·Σw²));
+- ``total_variation`` = (Σ|w[i,j+1]-w[i,j]| + Σ|w[i+1,j]-w[i,j]|) / Σ|w|.
+
+Each is averaged over the slices that are not all zero. Both are scale-free, so Eq. 3's growth of
+the weights (up to a factor 1 + 8ρ) does not count as a change.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+import numpy as np
+import torch
+
+CSV_COLUMNS = ("model", "checkpoint", "rho", "layer", "kernel", "n_kernels", "n_slices", "hf_energy_share", "total_variation")
+
+
+# ----------------------------------------------------------------------------- the two numbers
+def _slices(weight: torch.Tensor | np.ndarray) -> np.ndarray:
+    w = weight.detach().cpu().double().numpy() if isinstance(weight, torch.Tensor) else np.asarray(weight, dtype=np.float64)
+    if w.ndim < 2:
+        raise ValueError(f"expected a [..., kh, kw] kernel array, got shape {w.shape}")
+    return w.reshape(-1, w.shape[-2], w.shape[-1])
+
+
+def hf_energy_shares(weight: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Per ``[kh, kw]`` slice: the share of its 2-D DFT energy at non-zero frequencies (NaN for an all-zero slice)."""
+    s = _slices(weight)
+    energy = np.abs(np.fft.fft2(s, axes=(-2, -1))) ** 2
+    total = energy.sum(axis=(-2, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, 1.0 - energy[:, 0, 0] / np.where(total > 0, total, 1.0), np.nan)
+
+
+def total_variations(weight: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Per ``[kh, kw]`` slice: Σ of |differences| of horizontally and vertically adjacent weights over Σ|w| (NaN for all-zero)."""
+    s = _slices(weight)
+    tv = np.abs(np.diff(s, axis=-1)).sum(axis=(-2, -1)) + np.abs(np.diff(s, axis=-2)).sum(axis=(-2, -1))
+    l1 = np.abs(s).sum(axis=(-2, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(l1 > 0, tv / np.where(l1 > 0, l1, 1.0), np.nan)
+
+
+def kernel_stats(weight: torch.Tensor | np.ndarray) -> dict[str, Any]:
+    """``{"n_slices", "hf_energy_share", "total_variation"}``: the means over the slices that are not all zero."""
+    hf, tv = hf_energy_shares(weight), total_variations(weight)
+    used = ~np.isnan(hf)
+    n = int(used.sum())
+    return {
+        "n_slices": n,
+        "hf_energy_share": float(hf[used].mean()) if n else float("nan"),
+        "total_variation": float(tv[used].mean()) if n else float("nan"),
+    }
+
+
+# ----------------------------------------------------------------------------- the picture
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / (hi - lo) if hi > lo else np.full_like(a, 0.5)
+
+
+def draw_grid(rows: Sequence[dict], path: Path, *, n_kernels: int, title: str) -> None:
+    """One row per entry of ``rows`` (``label``, ``weight`` [out, in, kh, kw]): its first ``n_kernels`` kernels.
+
+    A 3-channel kernel is drawn as a colour image, any other as grey (its first input
+    channel); each kernel is scaled to [0, 1] on its own.
+    """
+    plt = _plt()
+    ncols = max(1, min(n_kernels, max(r["weight"].shape[0] for r in rows)))
+    height = 0.2 + 0.6 * len(rows)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.2 + 0.5 * ncols, height), squeeze=False)
+    fig.subplots_adjust(top=1 - 0.05 / height, bottom=0.05 / height, hspace=0.15)
+    for r, row in enumerate(rows):
+        w = row["weight"]
+        for c in range(ncols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= w.shape[0]:
+                ax.axis("off")
+                continue
+            k = w[c]
+            if k.shape[0] == 3:
+                ax.imshow(_unit(k.transpose(1, 2, 0)), interpolation="nearest")
+            else:
+                ax.imshow(_unit(k[0]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        axes[r][0].set_ylabel(row["label"], rotation=0, ha="right", va="center", fontsize=6)
+    fig.suptitle(title, fontsize=7, y=1 + 0.05 / height, va="bottom")  # above the grid (bbox_inches="tight" keeps it)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- the command
+def parse_rhos(text: str) -> list[float]:
+    from freqprobe import UserFacingError
+
+    from .smooth import check_rho
+
+    items = [t.strip() for t in str(text).split(",")]
+    if not text or not all(items):
+        raise UserFacingError(f"--rho must be comma-separated numbers >= 0 like 0,0.5,1, got {text!r}")
+    out: list[float] = []
+    for item in items:
+        try:
+            value = float(item)
+        except ValueError:
+            raise UserFacingError(f"--rho must be comma-separated numbers >= 0 like 0,0.5,1, got {item!r}") from None
+        rho = check_rho(value, what="--rho")
+        if rho in out:
+            raise UserFacingError(f"--rho {item} is given twice; pass each value once")
+        out.append(rho)
+    return out
+
+
+def _labels(checkpoints: Sequence[str]) -> list[str]:
+    names = [Path(c).name for c in checkpoints]
+    return names if len(set(names)) == len(names) else [str(c) for c in checkpoints]
+
+
+def measure(adapters: Sequence[Any], labels: Sequence[str], rhos: Sequence[float], *, layer: str | None,
+            specs: Sequence[str]) -> list[dict]:
+    """One row per ρ and model (ρ outer, as in Figure 7): the smoothed first-layer weight and its numbers."""
+    from .smooth import first_conv, smooth_kernels
+
+    convs = []
+    for adapter, spec in zip(adapters, specs):
+        name, conv = first_conv(adapter.module, layer, model=spec)
+        convs.append((spec, name, conv.weight.detach().cpu().double()))
+    rows = []
+    for rho in rhos:
+        for label, (spec, name, weight) in zip(labels, convs):
+            w = smooth_kernels(weight, rho)
+            o, i, kh, kw = w.shape
+            rows.append({"label": label, "model": spec, "rho": rho, "layer": name, "kernel": f"{kh}x{kw}", "n_kernels": o,
+                         "weight": w.numpy(), "in_channels": i, **kernel_stats(w)})
+    return rows
+
+
+def _fmt(v: float) -> str:
+    return "nan" if v != v else f"{v:.6f}"
+
+
+def table_text(rows: Sequence[dict]) -> str:
+    head = ["checkpoint", "rho", "layer", "kernel", "hf_energy_share", "total_variation"]
+    body = [[r["label"], f"{r['rho']:g}", r["layer"] or "(model)", r["kernel"], f"{r['hf_energy_share']:.4f}",
+             f"{r['total_variation']:.4f}"] for r in rows]
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(widths[i]) if i < 4 else c.rjust(widths[i]) for i, c in enumerate(line)).rstrip()
+                     for line in [head, *body])
+
+
+@click.command("kernels")
+@click.option("--model", "models", required=True, multiple=True,
+              help="Model spec, as for `run` (timm:NAME, torchvision:NAME, file.py:callable...); once for all checkpoints, or once per --checkpoint in order.")
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(dir_okay=False),
+              help="Weights (repeatable): e.g. a natural and an adversarially trained model, drawn side by side.")
+@click.option("--pretrained", is_flag=True, help="Use the model source's pretrained weights (instead of --checkpoint).")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow checkpoints holding pickled Python objects (can run code).")
+@click.option("--non-strict", is_flag=True, help="Ignore missing/unexpected checkpoint keys.")
+@click.option("--model-arg", multiple=True, metavar="KEY=VALUE", help="Keyword argument for the model constructor (repeatable).")
+@click.option("--rho", "rho", default="0,1", show_default=True, help="Comma-separated smoothing strengths ρ of Eq. 3 (0: the kernels as they are).")
+@click.option("--layer", help="The conv layer to show and smooth (default: the first Conv2d).")
+@click.option("--n-kernels", type=int, default=16, show_default=True, help="Kernels (output channels) drawn per row.")
+@click.option("--out", required=True, type=click.Path(), help="A new (or empty) folder for kernels.png, kernels.csv, manifest.json.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors and the final line.")
+def kernels_command(**kw: Any) -> None:
+    """Figure 7: first-layer kernels before/after smoothing (kernels.png) and their high-frequency share (kernels.csv)."""
+    from freqprobe import UserFacingError, build_model
+    from freqprobe.journal import workspace
+    from freqprobe.plugins import default_plugin_manager
+    from freqprobe.runner import check_out_dir, parse_kv, versions
+
+    rhos = parse_rhos(kw["rho"])
+    if kw["n_kernels"] < 1:
+        raise UserFacingError(f"--n-kernels must be at least 1, got {kw['n_kernels']}")
+    layer = kw["layer"]
+    if layer is not None and not layer.strip():
+        raise UserFacingError("--layer needs a module name, e.g. --layer conv1")
+    checkpoints = list(kw["checkpoints"])
+    if len({str(Path(c).resolve()) for c in checkpoints}) != len(checkpoints):
+        raise UserFacingError("a --checkpoint is given twice; pass each file once")
+    if kw["pretrained"] and checkpoints:
+        raise UserFacingError("pass either --pretrained or --checkpoint, not both")
+    out = Path(kw["out"])
+    check_out_dir(out)
+    model_args = parse_kv(kw["model_arg"], "--model-arg")
+    pm = default_plugin_manager()
+    models = list(kw["models"])
+    if len(models) > 1 and len(models) != len(checkpoints):
+        raise UserFacingError(f"--model is given {len(models)} times for {len(checkpoints)} --checkpoint; "
+                              "pass one --model for all checkpoints, or one per --checkpoint in the same order")
+    specs = models * len(checkpoints or [None]) if len(models) == 1 else models
+    spec = " | ".join(dict.fromkeys(models))
+
+    adapters = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda m, c, f, l, file=None, line=None: click.echo(f"warning: {m}", err=True)
+        for model, ckpt in zip(specs, checkpoints or [None]):
+            adapters.append(build_model(model, checkpoint=ckpt, pretrained=kw["pretrained"], trust_checkpoint=kw["trust_checkpoint"],
+                                        strict=not kw["non_strict"], model_args=model_args, pm=pm))
+    labels = _labels(checkpoints) if checkpoints else ["pretrained" if kw["pretrained"] else "as built"]
+    rows = measure(adapters, labels, rhos, layer=layer, specs=specs)
+
+    first = rows[0]
+    shown = dict.fromkeys(f"{r['layer'] or '(model)'} ({r['kernel']}"
+                          + ("" if r["in_channels"] in (1, 3) else f", input channel 0 of {r['in_channels']}") + ")" for r in rows)
+    title = (f"{spec}\nlayer {', '.join(shown)}, first {min(kw['n_kernels'], max(r['n_kernels'] for r in rows))} "
+             f"kernels, each scaled to [0, 1]; HF = hf_energy_share, TV = total_variation")
+    for r in rows:
+        r["picture_label"] = f"{r['label']}  ρ={r['rho']:g}\nHF {r['hf_energy_share']:.3f}  TV {r['total_variation']:.3f}"
+    manifest = {
+        "command": _command_line(),
+        "versions": versions(),
+        "model": specs[0] if len(set(specs)) == 1 else list(specs),
+        "model_args": model_args,
+        "checkpoints": [{"path": str(Path(c).resolve()), "sha256": a.info.get("checkpoint_sha256")} for c, a in zip(checkpoints, adapters)],
+        "pretrained": kw["pretrained"],
+        "layer": first["layer"] if len({r["layer"] for r in rows}) == 1 else [r["layer"] for r in rows[:len(adapters)]],
+        "rho": rhos,
+        "n_kernels_drawn": kw["n_kernels"],
+        "definitions": {
+            "hf_energy_share": "mean over non-zero [kh,kw] slices of 1 - |F(0,0)|^2 / sum |F(u,v)|^2 (F: the slice's 2-D DFT)",
+            "total_variation": "mean over non-zero [kh,kw] slices of (sum |w[i,j+1]-w[i,j]| + sum |w[i+1,j]-w[i,j]|) / sum |w|",
+        },
+        "rows": [{k: r[k] for k in ("label", "rho", "layer", "kernel", "n_kernels", "n_slices", "hf_energy_share", "total_variation")}
+                 for r in rows],
+        "outputs": ["kernels.csv", "kernels.png", "manifest.json"],
+    }
+    with workspace(out, kind="kernels") as ws:
+        with open(ws.dir / "kernels.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(CSV_COLUMNS)
+            for r, ckpt in zip(rows, [c for _ in rhos for c in (checkpoints or [""])]):
+                w.writerow([r["model"], ckpt, f"{r['rho']:g}", r["layer"], r["kernel"], r["n_kernels"], r["n_slices"],
+                            _fmt(r["hf_energy_share"]), _fmt(r["total_variation"])])
+        draw_grid([{"label": r["picture_label"], "weight": r["weight"]} for r in rows], ws.dir / "kernels.png",
+                  n_kernels=kw["n_kernels"], title=title)
+        (ws.dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        ws.commit()
+    if not kw["quiet"]:
+        click.echo(table_text(rows))
+    click.echo(f"{'' if kw['quiet'] else chr(10)}results in {out}/ (kernels.png, kernels.csv, manifest.json)")
+
+
+def _command_line() -> str:
+    from freqprobe.cli import command_line
+
+    return command_line()
