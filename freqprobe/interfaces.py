@@ -160,8 +160,9 @@ class ModelAdapter:
                     f"normalisation has {len(mean)} mean / {len(std)} std values but the images have {c} channels; "
                     f"pass --mean/--std with {c} values"
                 )
-            m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-            s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+            with torch.inference_mode(False):  # normal tensors: usable in inference mode and in an attack's autograd graph
+                m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+                s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
             self._norm_cache = (key, m, s)
         return self._norm_cache[1], self._norm_cache[2]
 

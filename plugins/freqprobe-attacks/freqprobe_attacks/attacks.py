@@ -13,6 +13,11 @@ compared with ``torchattacks.FGSM`` / ``PGD`` / ``PGDL2`` on a model that normal
 * the model's parameters are frozen while it runs (no weight gradients are computed; their
   ``requires_grad`` is restored afterwards, also on errors) and its train/eval mode is left alone;
 * 4-D images are attacked in ``channels_last`` (the memory format the engine gives the model);
+* a model in eval mode with BatchNorm layers right after convolutions is attacked through a copy
+  with those layers folded into the convolutions (:func:`folded_module`: the same function up to
+  float rounding, about 1.4× faster on the CPU for ResNet-20); the adversarial images are then
+  evaluated on the model as given. Set ``fold_batchnorm = False`` on an attack to differentiate the
+  model itself;
 * random starts come from a ``torch.Generator`` on the images' device seeded with ``self.seed`` at
   every call, so the same seed gives the same adversarial images (the robustness probe sets the
   seed per batch);
@@ -24,15 +29,16 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from typing import Any, ClassVar, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 
 from freqprobe import UserFacingError
-from freqprobe.interfaces import Attack
+from freqprobe.interfaces import Attack, ModelAdapter
 
-__all__ = ["ATTACKS", "FGSM", "PGD"]
+__all__ = ["ATTACKS", "FGSM", "PGD", "folded_module"]
 
 NORMS = ("linf", "l2")
 
@@ -63,15 +69,99 @@ def _fresh_norm_stats(adapter: Any) -> None:
         adapter._norm_cache = None
 
 
+#: module -> (fingerprint, folded copy or None); shared by all attacks on the same module
+_FOLDED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(module: torch.nn.Module) -> tuple:
+    """Changes when a parameter or buffer is replaced or changed in place, or a mode flips."""
+    tensors = tuple((id(t), t._version, t.device, t.dtype) for t in (*module.parameters(), *module.buffers()))
+    return tensors, tuple(m.training for m in module.modules())
+
+
+def _foldable(module: torch.nn.Module) -> bool:
+    from torch.nn.modules.batchnorm import _BatchNorm
+    from torch.nn.utils import parametrize
+
+    if isinstance(module, torch.jit.ScriptModule) or any(m.training for m in module.modules()):
+        return False
+    has_bn = False
+    for m in module.modules():
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or getattr(m, "_backward_pre_hooks", None):
+            return False  # hooks may change what the module computes: differentiate it as it is
+        if parametrize.is_parametrized(m):
+            return False
+        has_bn = has_bn or isinstance(m, _BatchNorm)
+    return has_bn
+
+
+def folded_module(module: torch.nn.Module, probe: torch.Tensor | None = None) -> torch.nn.Module | None:
+    """A copy of ``module`` (in eval mode) with BatchNorm folded into the convolutions before them, or None.
+
+    ``torch.fx`` traces the module and folds every Conv→BN pair whose conv output feeds only the BN
+    (``torch.fx.experimental.optimization.fuse``). None when the module is training, has hooks or
+    parametrizations, has no BatchNorm, cannot be traced, nothing folds, or the copy's outputs on
+    ``probe`` (a normalised batch) differ from the module's by more than rounding. The copy's
+    parameters do not require gradients; it is cached per module until a parameter or buffer
+    changes (in place too) or a mode flips.
+    """
+    key = _fingerprint(module)
+    hit = _FOLDED.get(module)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    folded = None
+    if _foldable(module):
+        try:
+            from torch.fx.experimental.optimization import fuse
+            from torch.nn.modules.batchnorm import _BatchNorm
+
+            with torch.inference_mode(False), torch.no_grad():
+                candidate = fuse(module)
+                n_bn = lambda m: sum(isinstance(b, _BatchNorm) for b in m.modules())  # noqa: E731
+                if n_bn(candidate) < n_bn(module):
+                    candidate.requires_grad_(False)
+                    candidate.eval()
+                    if any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+                           for p in module.parameters()):
+                        candidate.to(memory_format=torch.channels_last)
+                    folded = candidate
+                    if probe is not None:
+                        with torch.autocast(probe.device.type, enabled=False):
+                            want = module(probe.float()).float()
+                            got = candidate(probe.float()).float()
+                        if not (want.shape == got.shape and
+                                (got - want).abs().max() <= 1e-3 * (1 + float(want.abs().max()))):
+                            folded = None
+        except Exception:  # untraceable (control flow on values, unsupported ops...): no folding
+            folded = None
+    _FOLDED[module] = (key, folded)
+    return folded
+
+
 class _GradientAttack(Attack):
     """What FGSM and PGD share: the gradient of the summed cross-entropy w.r.t. the [0, 1] images."""
 
     #: attack 4-D images in channels_last (set False to keep the caller's memory format)
     channels_last: ClassVar[bool] = True
+    #: differentiate a copy with BatchNorm folded into the convolutions when that is possible
+    #: (:func:`folded_module`); False: the model itself, bit for bit
+    fold_batchnorm: ClassVar[bool] = True
+
+    def __init__(self, adapter: Any, *, eps: float, seed: int = 0, **options: Any) -> None:
+        super().__init__(adapter, eps=eps, seed=seed, **options)
+        if not (math.isfinite(self.eps) and self.eps >= 0):
+            raise UserFacingError(f"attack '{self.name}': eps={eps!r} must be a finite number >= 0")
+
+    _net: Any = None  # the folded copy for the current call, or None
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self._net is not None:
+            return self._net(self.adapter.normalize(x))
+        return self.adapter.forward(x)
 
     def _loss_grad(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """∇x Σ CE(adapter.forward(x), labels), for a leaf ``x`` (float32, requires grad)."""
-        logits = self.adapter.forward(x)
+        logits = self._logits(x)
         loss = F.cross_entropy(logits.float(), labels, reduction="sum")
         (grad,) = torch.autograd.grad(loss, x)
         return grad
@@ -90,9 +180,27 @@ class _GradientAttack(Attack):
         _fresh_norm_stats(self.adapter)
         with torch.inference_mode(False), torch.enable_grad(), _frozen(self.adapter.module):
             x0, y = self._prepare(images01, labels)
-            adv = self._attack(x0, y)
+            self._net = self._folded(x0)
+            try:
+                adv = self._attack(x0, y)
+            finally:
+                self._net = None
             out = adv.to(dtype=images01.dtype).contiguous(memory_format=_memory_format(images01))
         return out
+
+    def _folded(self, x0: torch.Tensor) -> torch.nn.Module | None:
+        """The BN-folded copy of the adapter's module, when folding applies (the adapter's own differentiable call is the default one)."""
+        ad = self.adapter
+        if not self.fold_batchnorm or type(ad).forward is not ModelAdapter.forward:
+            return None
+        try:
+            hit = _FOLDED.get(ad.module)
+            if hit is not None and hit[0] == _fingerprint(ad.module):
+                return hit[1]
+            with torch.no_grad():
+                return folded_module(ad.module, ad.normalize(x0[:8]))
+        except (RuntimeError, TypeError):  # e.g. inference-mode weights have no version counter
+            return None
 
     def _attack(self, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -136,8 +244,12 @@ class PGD(_GradientAttack):
             try:
                 if isinstance(alpha, bool):
                     raise ValueError
-                alpha = float(alpha)
-            except (TypeError, ValueError):
+                if isinstance(alpha, str) and "/" in alpha:  # alpha=2/255, as --eps 8/255
+                    num, _, den = alpha.partition("/")
+                    alpha = float(num) / float(den)
+                else:
+                    alpha = float(alpha)
+            except (TypeError, ValueError, ZeroDivisionError):
                 raise UserFacingError(
                     f"attack 'pgd': option alpha={opts['alpha']!r} must be a positive number (default: 2.5·eps/steps)"
                 ) from None
