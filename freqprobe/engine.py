@@ -22,7 +22,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from . import guard as _guard
-from .errors import FreqprobeError, IncompatibleError, ModelError, PluginError, UserFacingError
+from .errors import FreqprobeError, IncompatibleError, ModelError, PluginError, UserFacingError, exception_line
 from .interfaces import Batch, DataSource, Decomposer, Metric, ProbeResult, RunContext, Variant, VariantSource, batch_indices
 from .tables import SampleTable, extra_columns
 
@@ -616,8 +616,7 @@ def _model_call(adapter, b: int, n: int, images: Any, settings: EngineSettings):
     except (Exception, SystemExit) as exc:
         name = adapter.spec or type(adapter.module).__name__
         shape = "×".join(map(str, images.shape[1:])) if isinstance(images, torch.Tensor) else "variable-size"
-        why = f"it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else \
-            f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}".rstrip(": ")
+        why = exception_line(exc)
         hint = ""
         if "out of memory" in why.lower():
             hint = (f"; lower --forward-batch (now {settings.forward_batch or 'the whole stack'}) or --batch-size")

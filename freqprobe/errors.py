@@ -22,6 +22,13 @@ class PluginWarning(UserWarning):
     """A plugin (or one of its classes) was skipped; warned once per plugin manager."""
 
 
+def exception_line(exc: BaseException, limit: int = 200) -> str:
+    """``ValueError: first line of the message`` (``it called sys.exit(3)`` for SystemExit): a user's code failing, in one line."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r})"
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:limit]}".rstrip(": ")
+
+
 class UnknownNameError(UserFacingError, KeyError):
     """A registry lookup for a name nobody registered."""
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import guard as _guard
+from .engine import _batches
 from .interfaces import DataSource, Decomposer, RescalePolicy
 from .journal import StopRequested, check_stop, workspace
 from .tables import fmt_param
@@ -38,12 +39,6 @@ def _fingerprint(data: DataSource, dec: Decomposer, params, rescale, n: int, bat
         "data": data.describe(), "n": n, "decomposer": dec.name, "options": dec.options(), "params": list(params),
         "rescale": getattr(rescale, "name", None), "batch_size": batch_size, "device": str(device), **(extra or {}),
     }, default=str))
-
-
-def _batches_from(data: DataSource, batch_size: int, n: int, start: int):
-    from .engine import _batches
-
-    return _batches(data, batch_size, limit=n, shard=None, start=start)
 
 
 def _stopped(exc: StopRequested, done: int, n: int, ws, resume_hint: str | None) -> StopRequested:
@@ -90,7 +85,7 @@ def export_npz(
         out = None
         pos = done
         try:
-            for x, y, _ in _batches_from(data, batch_size, n, done // batch_size):
+            for x, y, _ in _batches(data, batch_size, limit=n, shard=None, start=done // batch_size):
                 check_stop("the export")
                 b = len(x)
                 x = x.to(device)
@@ -160,7 +155,7 @@ def export_png(
         out = None
         pos = done
         try:
-            for x, y, idx in _batches_from(data, batch_size, n, done // batch_size):
+            for x, y, idx in _batches(data, batch_size, limit=n, shard=None, start=done // batch_size):
                 check_stop("the export")
                 x = x.to(device)
                 save("original", x, idx, y)

@@ -223,9 +223,9 @@ class ModelAdapter:
         except UserFacingError:
             raise
         except (Exception, SystemExit) as exc:
-            why = f"it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else \
-                f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}".rstrip(": ")
-            raise IncompatibleError(f"the model {name} failed on a batch of this data's {shape} images: {why}") from None
+            from .errors import exception_line
+
+            raise IncompatibleError(f"the model {name} failed on a batch of this data's {shape} images: {exception_line(exc)}") from None
         n = images.shape[0]
         if not isinstance(out, torch.Tensor):
             kind = type(out).__name__

@@ -363,7 +363,7 @@ class RunJournal:
         self.segments: list[dict] = []
         self.csv_bytes = int(saved.get("csv_bytes", 0))
         self._csv = None
-        #: seconds the last checkpoint cost (the engine adds the wait for the device)
+        #: seconds the last checkpoint cost, set by the loop (flushing the rows in flight included)
         self.checkpoint_s = 0.0
         self._last = time.perf_counter()
         path = ws.dir / self.SAMPLES
@@ -399,14 +399,11 @@ class RunJournal:
         return time.perf_counter() - self._last >= 20 * self.checkpoint_s
 
     def save(self) -> None:
-        t = time.perf_counter()
         if self._csv is not None:
             self._csv.flush()
             self.csv_bytes = self._csv.tell()
         self.ws.save_progress({"version": 1, "segments": self.segments, "csv_bytes": self.csv_bytes})
-        now = time.perf_counter()
-        self.checkpoint_s = now - t
-        self._last = now
+        self._last = time.perf_counter()
 
     def close(self) -> None:
         if self._csv is not None:
@@ -423,10 +420,6 @@ class Segment:
         self.record: dict[str, Any] = dict(saved) if saved else {"label": label, "done": False, "batches": 0, "rows": 0}
         if saved is None:  # rows of samples.csv (after its header) before this evaluation's
             self.record["rows_start"] = sum(int(s.get("rows", 0)) for s in journal.segments)
-
-    @property
-    def start_batch(self) -> int:
-        return int(self.saved["batches"]) if self.saved else 0
 
     def checkpoint(self, *, batches: int, n: int, columns: list | None, rows: int, metrics: list, observers: list,
                    nonfinite: list | None, done: bool = False) -> None:

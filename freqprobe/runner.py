@@ -402,10 +402,14 @@ def _init_params(cls) -> set[str]:
         return set()
 
 
+def slug(text: str, limit: int = 40) -> str:
+    """``text`` as a piece of a file name: runs of other characters than letters, digits, ``_.-`` become ``-``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-")[:limit]
+
+
 def _default_out(model: str, probe: str) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(model)).strip("-")[:40]
-    base = Path("runs") / f"{stamp}-{slug}-{probe}"
+    base = Path("runs") / f"{stamp}-{slug(model)}-{probe}"
     path, i = base, 1
     while path.exists():
         i += 1

@@ -56,19 +56,6 @@ def _frozen(module: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def _fresh_norm_stats(adapter: Any) -> None:
-    """Drop an adapter's cached mean/std when they were made in inference mode.
-
-    ``ModelAdapter`` caches its normalisation tensors on first use, usually during a ``predict``
-    under ``torch.inference_mode``; such inference tensors cannot be saved for backward, so the
-    division by std would fail in the attack's graph. Rebuilt outside inference mode they are
-    normal tensors that work in both modes.
-    """
-    cache = getattr(adapter, "_norm_cache", None)
-    if cache and any(isinstance(t, torch.Tensor) and t.is_inference() for t in cache[1:]):
-        adapter._norm_cache = None
-
-
 #: module -> (fingerprint, folded copy or None); shared by all attacks on the same module
 _FOLDED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
@@ -177,7 +164,6 @@ class _GradientAttack(Attack):
         return x0, y
 
     def forward(self, images01: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        _fresh_norm_stats(self.adapter)
         with torch.inference_mode(False), torch.enable_grad(), _frozen(self.adapter.module):
             x0, y = self._prepare(images01, labels)
             self._net = self._folded(x0)

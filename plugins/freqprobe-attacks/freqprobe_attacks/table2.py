@@ -9,16 +9,11 @@ and an interrupted row continues from its checkpoint.
 from __future__ import annotations
 
 import csv
-import re
 from pathlib import Path
 
 import click
 
 DEFAULT_RHO = "0,0.1,0.25,0.5,1.0"
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:48] or "model"
 
 
 def _read_summary(path: Path) -> list[dict]:
@@ -128,12 +123,12 @@ def table2_command(**kw) -> None:
 def _run_rows(kw, models, ckpts, rhos, attack_specs, eps, out, runs, say, command, pm) -> None:
     import freqprobe
     from freqprobe.cli import _progress_factory
-    from freqprobe.runner import parse_kv
+    from freqprobe.runner import parse_kv, slug
 
     for i, model in enumerate(models):
         ckpt = ckpts[i] if ckpts else None
         for rho in rhos:
-            name = f"{i + 1:02d}-{_slug(model.rpartition(':')[2] or model)}-rho{_fmt(rho)}"
+            name = f"{i + 1:02d}-{slug(model.rpartition(':')[2] or model, 48) or 'model'}-rho{_fmt(rho)}"
             run_dir = out / name
             runs.append({"model": model, "checkpoint": ckpt, "rho": rho, "dir": run_dir})
             if kw["resume"] and (run_dir / "manifest.json").is_file():
