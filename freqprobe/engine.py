@@ -794,4 +794,5 @@ def check_task(probe_requires: Mapping[str, Any], adapter, data, probe: str) -> 
         raise IncompatibleError(f"probe '{probe}' needs a {task} model, but {adapter.spec} is a {adapter.task} model")
     dtask = getattr(data, "task", "classification")
     if dtask != adapter.task:
-        raise IncompatibleError(f"{adapter.spec} is a {adapter.task} model but the data set {data.name!r} holds {dtask} targets")
+        raise IncompatibleError(f"{adapter.spec} is a {adapter.task} model but the data set {data.name!r} holds {dtask} targets; "
+                                f"use a {dtask} model with a {dtask} probe (`freqprobe list probes`)")

@@ -31,6 +31,16 @@ def register_model_sources() -> Any:
 
 
 @hookspec
+def register_adapters() -> Any:
+    """Return :class:`freqprobe.ModelAdapter` subclasses, one per task (``classifier`` built in; ``detector`` from the COCO plugin).
+
+    A model is wrapped in the adapter of its task: the task its source reports
+    (``BuiltModel.info["task"]``, e.g. torchvision's detection models), else the one the probe
+    and the data ask for (``coco-map`` on ``coco:`` data wraps ``file.py:callable`` as a detector).
+    """
+
+
+@hookspec
 def register_datasets() -> Any:
     """Return :class:`freqprobe.DataSource` subclasses; ``name`` is the data spec (``cifar10``, ``npz`` in ``npz:PATH``)."""
 

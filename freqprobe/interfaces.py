@@ -114,6 +114,8 @@ class ModelAdapter:
     adapter sets ``task = "detection"``, takes a list of C×H×W images and returns per-image dicts.
     """
 
+    #: the registry name (``freqprobe list adapters``); one adapter per task is looked up by ``task``
+    name: ClassVar[str] = "classifier"
     task: ClassVar[str] = "classification"
 
     def __init__(
@@ -393,6 +395,8 @@ class DataSource(ABC):
     default_fit_epochs: ClassVar[int] = 1
     #: default Adam learning rate of that fit (the paper's vanilla setting)
     default_fit_lr: ClassVar[float] = 1e-4
+    #: images per batch when the user gives no ``--batch-size`` (None: 128)
+    default_batch_size: ClassVar[int | None] = None
 
     def __init__(self, argument: str | None = None, *, root: Path | None = None, split: str = "test", **options: Any):
         self.argument, self.root, self.split = argument, root, split
@@ -766,6 +770,10 @@ class Probe(ABC):
     options: ClassVar[Mapping[str, Any]] = {}
     #: whether the probe uses the run's ``--attack``/``--eps`` (``ctx.attacks``, ``ctx.eps``)
     takes_attacks: ClassVar[bool] = False
+    #: the metrics computed when the user names none (``--metric``)
+    default_metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
+    #: per decomposer name, the parameters used when the user gives none (else the decomposer's defaults)
+    default_params: ClassVar[Mapping[str, tuple]] = {}
 
     def __init__(self, **options: Any) -> None:
         self.opts = self.check_options(options)

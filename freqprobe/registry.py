@@ -28,6 +28,7 @@ KINDS: dict[str, Kind] = {
         Kind("decomposers", "register_decomposers", I.Decomposer, "decomposer"),
         Kind("probes", "register_probes", I.Probe, "probe"),
         Kind("models", "register_model_sources", I.ModelSource, "model source"),
+        Kind("adapters", "register_adapters", I.ModelAdapter, "model adapter"),
         Kind("datasets", "register_datasets", I.DataSource, "dataset"),
         Kind("rescale", "register_rescale_policies", I.RescalePolicy, "rescale policy"),
         Kind("metrics", "register_metrics", I.Metric, "metric"),

@@ -240,6 +240,7 @@ def build_model(
     mean: str | Sequence[float] | None = None,
     std: str | Sequence[float] | None = None,
     num_classes: int | None = None,
+    task: str | None = None,
     pm=None,
 ) -> ModelAdapter:
     """A :class:`ModelAdapter` from a spec (``timm:resnet18``...), an ``nn.Module`` or an adapter.
@@ -251,6 +252,11 @@ def build_model(
     checkpoint's classifier weight (the model is rebuilt when they differ); ``--model-arg
     num_classes=K`` (``model_args``) wins over both. Normalisation: ``mean``/``std`` (both or
     neither) override what the source (or a module's timm ``pretrained_cfg``) says.
+
+    Task: the model is wrapped in the adapter registered for its task (``register_adapters``):
+    the task its source reports (torchvision's detection models are detectors), else ``task``
+    (what the probe and the data ask for: ``coco-map`` wraps ``file.py:callable`` as a
+    detector), else classification.
     """
     from .builtins.models import has_fixed_input_size, module_data_config
 
@@ -268,8 +274,9 @@ def build_model(
         info = {"has_weights": True, "source": "module", "input_size": cfg["input_size"],
                 "fixed_input_size": has_fixed_input_size(spec),
                 "normalisation_from": "override" if mean is not None else ("pretrained_cfg" if cfg["mean"] is not None else "none")}
-        return ModelAdapter(spec, mean=mean if mean is not None else cfg["mean"], std=std if std is not None else cfg["std"],
-                            spec=type(spec).__name__, info=info)
+        cls = adapter_for(task or "classification", pm)
+        return cls(spec, mean=mean if mean is not None else cfg["mean"], std=std if std is not None else cfg["std"],
+                   spec=type(spec).__name__, info=info)
     if pretrained and checkpoint:
         raise UserFacingError("pass either --pretrained or --checkpoint, not both")
     source_name, target = parse_model_spec(spec, pm)
@@ -284,9 +291,14 @@ def build_model(
     hint = None if (explicit_k or pretrained) else num_classes
     built = _guard.call(source, "build()", source.build, target, pretrained=pretrained, num_classes=hint, model_args=args)
     info: dict[str, Any] = {"source": source_name, "provided_by": entry.plugin, "pretrained": pretrained, **built.info}
+    model_task = built.info.get("task") or (source.task if source.task != "classification" else None) or task or "classification"
+    adapter_cls = source.adapter_class if source.adapter_class is not ModelAdapter else adapter_for(model_task, pm)
     has_weights = built.has_weights
+    if sd is not None and built.info.get("plain_callable"):
+        raise UserFacingError(f"--checkpoint given, but {spec} returned a plain callable (not a torch.nn.Module), "
+                              "which has no weights to load; load them inside your callable, or return a module")
     if sd is not None:
-        k = None if explicit_k else checkpoint_head_size(built.module, sd)
+        k = None if explicit_k or model_task != "classification" else checkpoint_head_size(built.module, sd)
         if k is not None:  # the checkpoint's head has another class count: build the model it was trained as
             built = _guard.call(source, "build()", source.build, target, pretrained=False, num_classes=k, model_args=args)
             info.update(built.info)
@@ -306,13 +318,24 @@ def build_model(
     info["normalisation_from"] = "override" if mean is not None else (source_name if built.mean is not None else "none")
     info["has_weights"] = has_weights
     info["input_size"] = list(built.input_size) if built.input_size else None
-    return source.adapter_class(
+    return adapter_cls(
         built.module,
         mean=mean if mean is not None else built.mean,
         std=std if std is not None else built.std,
         spec=spec,
         info=info,
     )
+
+
+def adapter_for(task: str, pm=None) -> type[ModelAdapter]:
+    """The adapter class registered for ``task`` (``classification``: the built-in ``classifier``)."""
+    entries = registry.collect("adapters", pm)
+    for e in entries.values():
+        if getattr(e.cls, "task", None) == task:
+            return e.cls
+    hint = (" (the first-party freqprobe-coco plugin provides one: is it installed and switched on? "
+            "see `freqprobe plugins --all`)") if task == "detection" else ""
+    raise UserFacingError(f"no model adapter for {task} models is installed{hint}")
 
 
 def _non_strict_summary(checkpoint, module: torch.nn.Module, loaded: Mapping[str, list]) -> str:
@@ -334,6 +357,8 @@ def _non_strict_summary(checkpoint, module: torch.nn.Module, loaded: Mapping[str
 def warn_if_unnormalised(adapter: ModelAdapter) -> None:
     """A model with weights that gets [0,1] pixels unnormalised: say so (it may have been trained on normalised ones)."""
     if adapter.mean is not None or adapter.std is not None or not adapter.info.get("has_weights"):
+        return
+    if adapter.info.get("normalises_inside") or adapter.info.get("plain_callable"):  # torchvision detectors; the user's own callable
         return
     if type(adapter).normalize is not ModelAdapter.normalize:  # the adapter normalises in its own way
         return
@@ -465,7 +490,8 @@ class RunSpec:
     decomposer_options: Mapping[str, Any] | None = None
     params: str | Sequence | None = None
     rescale: str = "none"
-    metrics: Sequence[str] = ("accuracy",)
+    #: None: the probe's ``default_metrics`` (``accuracy``; ``coco-map`` for the detection probe)
+    metrics: Sequence[str] | None = None
     transforms: Sequence[str] = ()
     checkpoint: str | os.PathLike | None = None
     pretrained: bool = False
@@ -475,7 +501,8 @@ class RunSpec:
     mean: str | Sequence[float] | None = None
     std: str | Sequence[float] | None = None
     device: str | torch.device = "auto"
-    batch_size: int = 128
+    #: None: the data's ``default_batch_size`` (8 for COCO images), else 128
+    batch_size: int | None = None
     forward_batch: int | None = None
     precision: str = "fp32"
     channels_last: bool | None = None
@@ -574,9 +601,21 @@ def plan(spec: RunSpec, pm) -> Plan:
     probe_entry = registry.get_entry("probes", spec.probe, pm)
     probe_obj = _guard.call(probe_entry.cls, "the constructor", probe_entry.cls, **dict(spec.probe_options or {}))
     dec = get_decomposer(spec.decomposer, pm, **dict(spec.decomposer_options or {}))
-    params = dec.check_params(parse_params(spec.params))
+    given = parse_params(spec.params)
+    if given is None:  # the probe's default for this decomposer (coco-map: the paper's r = 128), else the decomposer's
+        default = (getattr(probe_entry.cls, "default_params", None) or {}).get(dec.name)
+        given = list(default) if default else None
+    params = dec.check_params(given)
     rescale_obj = registry.get_class("rescale", spec.rescale, pm)()
-    metric_classes = [registry.get_class("metrics", m, pm) for m in spec.metrics]
+    metric_names = list(spec.metrics or getattr(probe_entry.cls, "default_metrics", None) or ("accuracy",))
+    metric_classes = [registry.get_class("metrics", m, pm) for m in metric_names]
+    task = (getattr(probe_entry.cls, "requires", None) or {}).get("task")
+    for mname, mcls in zip(metric_names, metric_classes):
+        mtask = getattr(mcls, "task", None)
+        if task and mtask and mtask != task:
+            fitting = [n for n, e in registry.collect("metrics", pm).items() if getattr(e.cls, "task", None) == task]
+            raise UserFacingError(f"metric '{mname}' is a {mtask} metric but probe '{spec.probe}' evaluates {task}; "
+                                  f"use {' or '.join(fitting) or 'a ' + task + ' metric'}")
     transforms = []
     for t in spec.transforms:
         tname, _, targs = t.partition(":")
@@ -601,6 +640,7 @@ def build_context(p: Plan, pm) -> RunContext:
     spec = p.spec
     data = open_data(spec.data, root=spec.data_root, split="test", image_size=spec.image_size, seed=spec.seed,
                      class_map=spec.class_map, pm=pm)
+    task = p.probe.requires.get("task") or getattr(data, "task", "classification")
     adapter = build_model(
         spec.model,
         checkpoint=spec.checkpoint,
@@ -610,10 +650,14 @@ def build_context(p: Plan, pm) -> RunContext:
         model_args=spec.model_args,
         mean=spec.mean,
         std=spec.std,
-        num_classes=data.num_classes,  # sizes only the head of a model without weights
+        num_classes=data.num_classes if task == "classification" else None,  # sizes only the head of a model without weights
+        task=task,
         pm=pm,
     )
     warn_if_unnormalised(adapter)
+    if adapter.task != "classification" and not adapter.info.get("has_weights"):
+        warnings.warn(f"{adapter.spec} has random weights (no --pretrained or --checkpoint) and is probed as it is "
+                      "(a detector is never fitted): its scores test the pipeline, not the model", stacklevel=2)
     check_task(p.probe.requires, adapter, data, spec.probe)
     adapter.to(p.device)
     if fit_needed(spec, adapter) and not data.has_split("train"):
@@ -624,7 +668,8 @@ def build_context(p: Plan, pm) -> RunContext:
     adapter.check_data(data, p.device)
     return RunContext(
         adapter=adapter, data=data, decomposer=p.decomposer, params=p.params, rescale=p.rescale,
-        metrics=p.metric_classes, device=p.device, batch_size=spec.batch_size, limit=spec.limit, seed=spec.seed,
+        metrics=p.metric_classes, device=p.device, limit=spec.limit, seed=spec.seed,
+        batch_size=spec.batch_size or getattr(data, "default_batch_size", None) or 128,
         transform=",".join(t.label() for t in p.transforms), options=dict(p.probe.opts), pm=pm,
         precision=spec.precision, channels_last=spec.channels_last, forward_batch=spec.forward_batch,
         attacks=list(p.attacks), eps=list(p.eps),
@@ -632,6 +677,8 @@ def build_context(p: Plan, pm) -> RunContext:
 
 
 def fit_needed(spec: RunSpec, adapter: ModelAdapter) -> bool:
+    if adapter.task != "classification":  # a detector is never fitted: it is probed as given
+        return False
     return (not adapter.info.get("has_weights")) if spec.fit is None else bool(spec.fit)
 
 

@@ -140,16 +140,20 @@ class TimmModelSource(ModelSource):
 
 
 class TorchvisionModelSource(ModelSource):
-    """torchvision classification models (``torchvision:resnet18``); mean/std from the weights' transforms."""
+    """torchvision classification and detection models (``torchvision:resnet18``, ``torchvision:retinanet_resnet50_fpn``)."""
 
     name = "torchvision"
 
     def build(self, target, *, pretrained=False, num_classes=None, model_args: Mapping[str, Any] = {}):
         import torchvision
+        import torchvision.models.detection
 
         names = torchvision.models.list_models(module=torchvision.models)
+        detection = torchvision.models.list_models(module=torchvision.models.detection)
+        if target in detection:
+            return self._build_detector(target, pretrained=pretrained, model_args=model_args)
         if target not in names:
-            raise UnknownNameError("torchvision model", target, names)
+            raise UnknownNameError("torchvision model", target, names + detection)
         kwargs = dict(model_args)
         if num_classes is not None and not pretrained:
             kwargs.setdefault("num_classes", num_classes)
@@ -167,6 +171,31 @@ class TorchvisionModelSource(ModelSource):
             t = weights_enum.DEFAULT.transforms()
             mean, std = list(t.mean), list(t.std)
         return BuiltModel(model, mean=mean, std=std, has_weights=pretrained, info={"torchvision_name": target})
+
+    def _build_detector(self, target: str, *, pretrained: bool, model_args: Mapping[str, Any]) -> BuiltModel:
+        """A torchvision detection model: it normalises and resizes inside (its ``transform``), takes a list of
+        C×H×W images in [0, 1] and returns per image ``boxes`` (x1, y1, x2, y2 in that image's pixels),
+        ``scores`` and ``labels`` (COCO category ids). Without ``--pretrained`` nothing is downloaded: the
+        backbone's ImageNet weights are not fetched either (``weights_backbone=None``)."""
+        import torchvision
+
+        kwargs = dict(model_args)
+        weights_enum = torchvision.models.get_model_weights(target)
+        if pretrained:
+            _fail_fast_if_unreachable(weights_enum.DEFAULT.url, f"torchvision:{target}")
+        else:
+            kwargs.setdefault("weights_backbone", None)
+        try:
+            model = torchvision.models.get_model(target, weights="DEFAULT" if pretrained else None, **kwargs)
+        except OSError as exc:
+            raise _no_weights_message(f"torchvision:{target}", exc) from None
+        except (TypeError, ValueError) as exc:
+            raise UserFacingError(f"torchvision:{target} rejected its arguments: {_first_line(exc)}") from None
+        info: dict[str, Any] = {"torchvision_name": target, "task": "detection", "normalises_inside": True}
+        t = getattr(model, "transform", None)
+        if t is not None:
+            info["resize"] = {"min_size": list(getattr(t, "min_size", ())), "max_size": getattr(t, "max_size", None)}
+        return BuiltModel(model, has_weights=pretrained, info=info)
 
 
 class TorchScriptModelSource(ModelSource):
@@ -217,6 +246,20 @@ def _describe_exc(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {_first_line(exc)}"
 
 
+class CallableModule(torch.nn.Module):
+    """A plain callable (no parameters) as a module, so the core can move, evaluate and describe it like any model."""
+
+    def __init__(self, fn: Any) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return repr(self.fn)
+
+
 class PythonModelSource(ModelSource):
     """Your own architecture: ``path/to/file.py:callable`` or ``package.module:callable`` (``--model-arg k=v`` passed on)."""
 
@@ -250,7 +293,10 @@ class PythonModelSource(ModelSource):
                 raise UserFacingError(f"{target} rejected --model-arg: {_first_line(exc)}") from None
             raise UserFacingError(f"{target} failed while building the model: {_describe_exc(exc)}") from None
         if not isinstance(model, torch.nn.Module):
-            raise UserFacingError(f"{target} returned {type(model).__name__}, not a torch.nn.Module")
+            if not callable(model):
+                raise UserFacingError(f"{target} returned {type(model).__name__}, neither a torch.nn.Module nor a callable")
+            # a plain callable (e.g. an onnxruntime session wrapped in a function): the user's own thing, weights included
+            return BuiltModel(CallableModule(model), has_weights=True, info={"callable": target, "plain_callable": True})
         cfg = module_data_config(model)
         return BuiltModel(model, mean=cfg["mean"], std=cfg["std"], input_size=cfg["input_size"],
                           info={"callable": target, "fixed_input_size": has_fixed_input_size(model)})
@@ -259,3 +305,10 @@ class PythonModelSource(ModelSource):
 @hookimpl
 def register_model_sources():
     return [TimmModelSource, TorchvisionModelSource, TorchScriptModelSource, PythonModelSource]
+
+
+@hookimpl
+def register_adapters():
+    from ..interfaces import ModelAdapter
+
+    return [ModelAdapter]
