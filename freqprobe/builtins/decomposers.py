@@ -82,15 +82,29 @@ class FFTRadialDecomposer(Decomposer):
     param_type = float
     default_params = (4, 8, 12, 16)
 
-    def __init__(self, rule: str = "exclusive") -> None:
+    #: ``unit``: ``px`` (radii in frequency bins, the paper's r) or ``nyquist`` (radii as a fraction of the
+    #: shorter side's Nyquist frequency, ``r_px = r * min(H, W) / 2`` per image: the same share of every
+    #: image's spectrum when sizes differ, as in COCO)
+    UNITS = ("px", "nyquist")
+
+    def __init__(self, rule: str = "exclusive", unit: str = "px") -> None:
         if rule not in RULES:
             raise UserFacingError(f"fft-radial: unknown boundary rule {rule!r}; use one of: {', '.join(RULES)}")
+        if unit not in self.UNITS:
+            raise UserFacingError(f"fft-radial: unknown radius unit {unit!r}; use unit=px (frequency bins) or "
+                                  "unit=nyquist (a fraction of each image's shorter-side Nyquist frequency)")
         self.rule = rule
+        self.unit = unit
         self._masks: dict[tuple, torch.Tensor] = {}
         self._warned: set[tuple] = set()
 
     def options(self) -> dict[str, Any]:
-        return {"rule": self.rule}
+        return {"rule": self.rule} if self.unit == "px" else {"rule": self.rule, "unit": self.unit}
+
+    @staticmethod
+    def pixel_radius(r: float, h: int, w: int, unit: str = "nyquist") -> float:
+        """The radius in frequency bins of ``r`` given in ``unit`` for an h×w image (``nyquist``: ``r * min(h, w) / 2``)."""
+        return float(r) if unit == "px" else float(r) * (min(h, w) / 2.0)
 
     def mask(self, h: int, w: int, r: float, device: torch.device | str = "cpu", *, full: bool = False) -> torch.Tensor:
         """Low-pass mask (1 = kept) in unshifted layout: (h, w//2+1) for the real FFT, (h, w) with ``full``."""
@@ -142,6 +156,18 @@ class FFTRadialDecomposer(Decomposer):
         See docs/benchmarks.md for the measurements behind this.
         """
         params = list(params)
+        if self.unit != "px":  # relative radii: this batch's size fixes them in frequency bins
+            h, w = x.shape[-2:]
+            px = [self.pixel_radius(p, h, w, self.unit) for p in params]
+            if out is not None and not ("low" in out and "high" in out):
+                out = {q: out[p] for p, q in zip(params, px)}
+            unit, self.unit = self.unit, "px"
+            try:
+                for p, (_, comps) in zip(params, self.decompose_all(x, px, out=out)):
+                    yield p, comps
+            finally:
+                self.unit = unit
+            return
         per_param = out is not None and not ("low" in out and "high" in out)
         if per_param:
             missing = [p for p in params if p not in out]
