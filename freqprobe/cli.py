@@ -88,6 +88,17 @@ def format_table(result) -> str:
     params = list(dict.fromkeys(r["param"] for r in rows if r.get("param") is not None))
     pn = result.param_name or "param"
     lines = []
+    if len(metrics) > 4:  # many numbers per variant (coco-map's twelve): one row per variant, one column per metric
+        cells: dict = {}
+        for r in rows:
+            label = " ".join([r["variant"]] + ([f"{pn}={fmt_param(r['param'])}"] if r.get("param") is not None else [])
+                             + [f"{c}={fmt_param(r.get(c))}" for c in extra if r.get(c) is not None])
+            cells.setdefault(label, {})[r["metric"]] = r["value"]
+        table = [[f"(n={rows[0]['n']})", *metrics]]
+        table += [[label, *(f"{vals[m]:.4f}" if m in vals else "" for m in metrics)] for label, vals in cells.items()]
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        return "\n".join("  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row)).rstrip()
+                         for row in table)
     for metric in metrics:
         mrows = [r for r in rows if r["metric"] == metric]
         header = [f"{metric} (n={mrows[0]['n']})"] + ([f"{pn}={fmt_param(p)}" for p in params] or [""])
@@ -143,7 +154,7 @@ def cli(verbose: int, plugin_switches: tuple[str, ...]) -> None:
 @click.option("--fit-lr", type=float, help="Adam learning rate when fitting (default: the data set's).")
 @click.option("--no-fit", is_flag=True, help="Probe a model without weights as is, instead of fitting it first.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-@click.option("--batch-size", type=int, default=128, show_default=True, help="Images read per batch (each batch is evaluated in every variant).")
+@click.option("--batch-size", type=int, help="Images read per batch (each batch is evaluated in every variant); default 128, 8 for COCO data.")
 @click.option("--forward-batch", type=int, help="Images per forward pass; the variants of a batch are concatenated and cut into equal chunks of at most this (default: the batch size on CPU; on CUDA all variants of a batch at once, up to 256 MiB of images).")
 @click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True,
               help="Model arithmetic: exact float32 (TF32 off), TF32 (CUDA), or bf16/fp16 autocast.")
@@ -182,7 +193,7 @@ def run(**kw) -> None:
             params=kw["params"],
             decomposer_options=dopts,
             rescale=kw["rescale"],
-            metrics=kw["metrics"] or ("accuracy",),
+            metrics=kw["metrics"] or None,
             transforms=kw["transforms"],
             checkpoint=kw["checkpoint"],
             pretrained=kw["pretrained"],
@@ -234,21 +245,27 @@ def run(**kw) -> None:
 @click.option("--radii", "--params", "params", help="Comma-separated radii / ranks.")
 @click.option("--rule", type=click.Choice(["exclusive", "inclusive"]))
 @click.option("--decomposer-opt", multiple=True, metavar="KEY=VALUE")
-@click.option("--rescale", default=None, help="Rescale policy for the components (npz default: none; PNG default: minmax).")
+@click.option("--rescale", default=None, help="Rescale policy for the components (npz default: none; PNG default: minmax). "
+              "For images of different sizes it applies to the PNGs only (folder png-NAME); the .npy arrays are never rescaled.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--batch-size", type=int, help="Images read per batch; default the data's own (8 for COCO data), else 256.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", required=True, type=click.Path(), help="FILE.npz for arrays, or a folder for PNG images.")
+@click.option("--out", required=True, type=click.Path(), help="FILE.npz for arrays, or a folder for PNG images "
+              "(images of different sizes, e.g. COCO: a folder only, with npy/, png-RESCALE/ and original/).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted export to --out from its last finished batch (same options).")
 @click.option("-q", "--quiet", is_flag=True)
 def decompose(**kw) -> None:
-    """Export a decomposed data set: FILE.npz (x, y, low_r8, high_r8, ...) or a folder of PNGs per component."""
+    """Export a decomposed data set: FILE.npz (x, y, low_r8, high_r8, ...) or a folder of PNGs per component.
+
+    Data whose images differ in size (coco:IMAGES:ANN.json) is exported to a folder: one float32 .npy
+    per image and component (npy/low_r128/STEM.npy), PNGs for viewing (png-minmax/...) and original/STEM.png.
+    """
     from .errors import UserFacingError
-    from .export import export_npz, export_png
+    from .export import NPZ_NEEDS_ONE_SIZE, export_images, export_npz, export_png, yields_image_lists
     from .runner import check_image_size, check_seed, get_decomposer, open_data, parse_kv, parse_params, resolve_device
 
     pm = _pm()
-    if kw["batch_size"] < 1:
+    if kw["batch_size"] is not None and kw["batch_size"] < 1:
         raise UserFacingError("--batch-size must be at least 1")
     if kw["limit"] is not None and kw["limit"] < 1:
         raise UserFacingError("--limit must be at least 1")
@@ -278,18 +295,24 @@ def decompose(**kw) -> None:
     with _warning_lines():
         data = open_data(kw["data"], root=kw["data_root"], split=kw["split"], image_size=kw["image_size"], seed=kw["seed"],
                          class_map=kw["class_map"], pm=pm)
+    per_image = yields_image_lists(data)
+    if per_image and as_npz:
+        raise UserFacingError(f"cannot write {out.name}: {data.name} data: {NPZ_NEEDS_ONE_SIZE}")
+    batch_size = kw["batch_size"] or getattr(data, "default_batch_size", None) or 256
     n = len(data) if kw["limit"] is None else min(kw["limit"], len(data))
     prog = _progress_factory(kw["quiet"])("decompose", n)
     from .journal import graceful_stop
 
     cmd = command_line()
-    common = dict(limit=n, batch_size=kw["batch_size"], device=device, progress=prog, resume=kw["resume"],
+    common = dict(limit=n, batch_size=batch_size, device=device, progress=prog, resume=kw["resume"],
                   announce=_say(kw["quiet"]), resume_hint=cmd if "--resume" in cmd else cmd + " --resume")
     with warnings.catch_warnings(), graceful_stop(lambda m: click.echo(m, err=True)):
         warnings.simplefilter("always")
         warnings.showwarning = lambda m, c, f, l, file=None, line=None: click.echo(f"warning: {m}", err=True)
         if as_npz:
             keys = export_npz(data, dec, params, out, rescale=None if rescale_name == "none" else rescale, **common)
+        elif per_image:
+            keys = export_images(data, dec, params, out, rescale=rescale, **common)
         else:
             keys = export_png(data, dec, params, out, rescale=rescale, **common)
     click.echo(f"wrote {out} ({n} samples; {', '.join(keys)})")
@@ -299,14 +322,14 @@ def decompose(**kw) -> None:
 @click.argument("kind", required=False)
 @click.argument("pattern", required=False, default="*")
 def list_cmd(kind: str | None, pattern: str) -> None:
-    """List registered components: decomposers, probes, models, datasets, rescale, metrics, attacks, transforms."""
+    """List registered components: decomposers, probes, models, adapters, datasets, rescale, metrics, attacks, transforms."""
     from .errors import UnknownNameError
 
     pm = _pm()
     registry.check_all(pm)  # skipped plugins and classes are warned about (once per process)
     kinds = list(registry.KINDS)
     if kind is not None and kind not in registry.KINDS:
-        alias = {"model-sources": "models", "adapters": "models", "data": "datasets", "rescale-policies": "rescale"}.get(kind)
+        alias = {"model-sources": "models", "data": "datasets", "rescale-policies": "rescale"}.get(kind)
         if alias is None:
             raise UnknownNameError("kind", kind, kinds)
         kind = alias

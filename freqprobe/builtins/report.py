@@ -38,6 +38,8 @@ def plot_accuracy(result, path: Path) -> None:
     # the clean images' curves: rows of variants without extra columns (not an attack's), per metric with a component curve
     plain = [r for r in result.summary if all(r.get(c) is None for c in extra)]
     metric_names = sorted({r["metric"] for r in plain if r["variant"] in result.components})
+    if result.extras.get("plot_metrics"):  # a probe with many metrics names the ones worth a panel (coco-map: AP, AP50)
+        metric_names = [m for m in result.extras["plot_metrics"] if m in metric_names]
     if not metric_names:
         return
     fig, axes = plt.subplots(1, len(metric_names), figsize=(5.5 * len(metric_names), 4), squeeze=False)
