@@ -103,3 +103,16 @@ def cli(capsys):
         return rc, got.out, got.err
 
     return run
+
+
+@pytest.fixture
+def coco_pm(monkeypatch):
+    """The default plugin manager the CLI and ``freqprobe.run`` use, with the COCO plugin registered (autoload is off in tests)."""
+    import freqprobe.plugins
+    import freqprobe_coco.hooks
+    from freqprobe import get_plugin_manager
+
+    pm = get_plugin_manager(autoload=False)
+    pm.register(freqprobe_coco.hooks, "coco")
+    monkeypatch.setattr(freqprobe.plugins, "_default", pm)
+    return pm

@@ -64,7 +64,7 @@ def make_dist(site: Path, dist: str, entry_points: dict[str, str], modules: dict
 
 
 #: the first-party plugins' entry points (plugins/*), installed with freqprobe
-FIRST_PARTY = "attacks,smoothing"
+FIRST_PARTY = "attacks,smoothing,coco"
 
 
 def run_sub(site: Path, *args, autoload=True, extra_env=None, cwd=None, first_party=False):
@@ -409,7 +409,10 @@ def test_first_party_plugins_found_through_their_entry_points(tmp_path):
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
     got = {it["name"]: it for it in data["plugins"]}
-    assert {"attacks", "smoothing"} <= set(got) and data["errors"] == []
+    assert {"attacks", "smoothing", "coco"} <= set(got) and data["errors"] == []
+    assert "register_adapters" in got["coco"]["hooks"]
     assert got["attacks"]["dist"].startswith("freqprobe ") and "register_attacks" in got["attacks"]["hooks"]
     p = run_sub(tmp_path, "list", "attacks", first_party=True)
     assert listed(p.stdout) == {"fgsm": "attacks", "pgd": "attacks"}
+    p = run_sub(tmp_path, "list", "adapters", first_party=True)
+    assert listed(p.stdout) == {"classifier": "freqprobe.builtins.models", "detector": "coco"}

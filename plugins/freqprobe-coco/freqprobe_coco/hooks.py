@@ -1,0 +1,49 @@
+"""Hook implementations of the COCO plugin: exactly the hooks a third-party plugin uses."""
+
+from __future__ import annotations
+
+from freqprobe import hookimpl
+
+
+@hookimpl
+def register_datasets():
+    from .data import CocoDataSource
+
+    return [CocoDataSource]
+
+
+@hookimpl
+def register_adapters():
+    from .adapter import DetectorAdapter
+
+    return [DetectorAdapter]
+
+
+@hookimpl
+def register_metrics():
+    from .metric import CocoMap
+
+    return [CocoMap]
+
+
+@hookimpl
+def register_probes():
+    from .probe import CocoMapProbe
+
+    return [CocoMapProbe]
+
+
+@hookimpl
+def report_result(result, context):
+    """``detections_<variant>[_<param>].json`` (COCO results), the Figure 8/9 lists and their side-by-side panels."""
+    if "detections" not in result.extras or getattr(context, "out_dir", None) is None:
+        return
+    from .report import write_coco_outputs
+
+    write_coco_outputs(result, context)
+
+
+@hookimpl
+def manifest_entries(context, result):
+    got = result.extras.get("coco") if result is not None else None
+    return {"coco": got} if got else None

@@ -1,0 +1,257 @@
+"""`freqprobe run --probe coco-map` end to end on real COCO images and annotations, with real detectors.
+
+The detectors: FastestDet (a real 80-class COCO detector, ONNX through onnxruntime, wrapped in
+``fixtures/fastestdet.py`` and loaded as a user's ``file.py:callable``), a detector that returns the
+ground truth (``fixtures/gt_detector.py``), and torchvision's RetinaNet with random weights at a small
+input size. Every AP the probe reports is checked against pycocotools' own evaluation of the
+detections file the run wrote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+FIX = HERE / "fixtures"
+NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+
+
+@pytest.fixture
+def cli(cli, coco_pm):
+    """The root conftest's in-process console entry, with the COCO plugin registered."""
+    return cli
+
+
+@pytest.fixture
+def coco_mini(shared_data) -> dict:
+    d = shared_data / "coco_val2017_mini"
+    if not (d / "instances_val2017_mini.json").is_file():
+        pytest.skip(f"COCO mini set not found in {d}")
+    return {"images": d / "val2017", "ann": d / "instances_val2017_mini.json",
+            "spec": f"coco:{d / 'val2017'}:{d / 'instances_val2017_mini.json'}"}
+
+
+@pytest.fixture
+def fastestdet(shared_data) -> str:
+    pytest.importorskip("onnxruntime")
+    if not (shared_data / "coco_detector_fastestdet" / "FastestDet.onnx").is_file():
+        pytest.skip("FastestDet.onnx not found in ../shared/data/coco_detector_fastestdet")
+    return f"{FIX / 'fastestdet.py'}:fastestdet"
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def pycocotools_stats(ann: Path, detections: Path, img_ids: list[int]) -> list[float]:
+    """The independent reference: pycocotools reading the files, as anyone re-scoring a run would."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ann))
+        dets = json.loads(detections.read_text())
+        if not dets:
+            return None
+        dt = gt.loadRes(str(detections))
+        ev = COCOeval(gt, dt, "bbox")
+        ev.params.imgIds = img_ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return [float(s) for s in ev.stats]
+
+
+def csv_values(stats: list[float]) -> list[float]:
+    """``stats`` as summary.csv writes them (six decimals). (pycocotools' own run and the probe's can differ by
+    its precision epsilon, 2**-52, which the probe drops so that both backends agree bit for bit.)"""
+    return [float(f"{v:.6f}") for v in stats]
+
+
+def summary_stats(out: Path) -> dict[tuple, dict[str, float]]:
+    got: dict[tuple, dict[str, float]] = {}
+    for r in read_csv(out / "summary.csv"):
+        got.setdefault((r["variant"], r["param"]), {})[r["metric"]] = float(r["value"])
+    return got
+
+
+def test_fastestdet_ap_equals_pycocotools_on_written_detections(cli, tmp_path, coco_mini, fastestdet):
+    out = tmp_path / "run"
+    rc, stdout, err = cli("run", "--model", fastestdet, "--probe", "coco-map", "--data", coco_mini["spec"], "--limit", "24",
+                          "--out", out, "--probe-opt", "panels=2", "-q")
+    assert rc == 0, err
+    man = json.loads((out / "manifest.json").read_text())
+    ids = man["coco"]["image_ids"]
+    all_ids = sorted(json.loads(coco_mini["ann"].read_text())["images"], key=lambda d: d["id"])
+    assert ids == [d["id"] for d in all_ids[:24]]  # --limit: the first N image ids in ascending order
+    stats = summary_stats(out)
+    assert set(stats) == {("original", ""), ("low", "128"), ("high", "128")}  # the paper's r = 128 by default
+    for (variant, param), got in stats.items():
+        assert list(got) == NAMES
+        name = f"detections_{variant}" + (f"_r{param}" if param else "") + ".json"
+        ref = pycocotools_stats(coco_mini["ann"], out / name, ids)
+        assert ref is not None, f"{name} is empty"
+        assert [got[k] for k in NAMES] == csv_values(ref), variant
+    # a real detector: clearly better than nothing on the originals, near nothing on the high part (paper §7:
+    # 35.6 / 27.5 / 10.7 for RetinaNet); FastestDet shrinks images to 352 px itself, so at r = 128 the low part
+    # keeps nearly all it sees and scores about as well as the original
+    assert stats[("original", "")]["AP50"] > 0.2
+    assert stats[("high", "128")]["AP"] < 0.5 * stats[("original", "")]["AP"]
+    # per image and variant: tp + fn = objects, detections >= tp + fp
+    rows = read_csv(out / "samples.csv")
+    assert list(rows[0]) == ["index", "image_id", "variant", "param", "n_det", "tp", "fp", "fn", "n_gt", "recall_50"]
+    assert len(rows) == 24 * 3
+    for r in rows:
+        assert int(r["tp"]) + int(r["fn"]) == int(r["n_gt"])
+        assert int(r["n_det"]) >= int(r["tp"]) + int(r["fp"])
+    # Figures 8 and 9: the lists agree with the manifest's counts, the panels decode
+    fig = man["coco"]["figures"]["r128"]
+    better = read_csv(out / "figure9_low_better_r128.csv")
+    worse = read_csv(out / "figure8_low_worse_r128.csv")
+    assert len(better) == fig["low_better"] and len(worse) == fig["low_worse"]
+    assert all(int(r["only_low"]) > 0 for r in better) and all(int(r["only_original"]) > 0 for r in worse)
+    assert sum(int(r["only_low"]) for r in better) == fig["objects_only_low"]
+    assert worse, "FastestDet finds some objects on the originals it misses on the blurred low part"
+    from PIL import Image
+
+    pngs = sorted((out / "panels").glob("*.png"))
+    assert len(pngs) == min(2, len(better)) + min(2, len(worse))
+    for p in pngs:
+        with Image.open(p) as im:
+            im.load()
+            assert im.size[0] > 300
+
+
+def test_ground_truth_detector_scores_ap_one(cli, tmp_path, coco_mini):
+    out = tmp_path / "gt"
+    model = f"{FIX / 'gt_detector.py'}:gt_detector"
+    rc, _, err = cli("run", "--model", model, "--model-arg", f"ann='{coco_mini['ann']}'", "--model-arg",
+                     f"images='{coco_mini['images']}'", "--model-arg", "limit=12", "--probe", "coco-map",
+                     "--data", coco_mini["spec"], "--limit", "12", "--out", out, "--probe-opt", "panels=0", "-q")
+    assert rc == 0, err
+    stats = summary_stats(out)
+    orig = stats[("original", "")]
+    assert orig["AP"] == 1.0 and orig["AP50"] == 1.0 and orig["AR100"] == 1.0
+    assert stats[("low", "128")]["AP"] == 0.0  # no detections on the parts
+    rows = [r for r in read_csv(out / "samples.csv") if r["variant"] == "original"]
+    assert all(r["fp"] == "0" and r["fn"] == "0" for r in rows)
+    assert all(r["recall_50"] in ("1.000000", "nan") for r in rows)
+
+
+def test_backends_give_identical_stats(cli, tmp_path, coco_mini, fastestdet):
+    pytest.importorskip("faster_coco_eval")
+    got = {}
+    for backend in ("pycocotools", "faster-coco-eval"):
+        out = tmp_path / backend
+        rc, _, err = cli("run", "--model", fastestdet, "--probe", "coco-map", "--data", coco_mini["spec"], "--limit", "10",
+                         "--out", out, "--probe-opt", f"backend={backend}", "--probe-opt", "panels=0", "-q")
+        assert rc == 0, err
+        got[backend] = summary_stats(out)
+        assert json.loads((out / "manifest.json").read_text())["coco"]["backend"] == backend
+    assert got["pycocotools"] == got["faster-coco-eval"]
+
+
+def test_relative_radius_and_svd(cli, tmp_path, coco_mini, fastestdet):
+    out = tmp_path / "rel"
+    rc, _, err = cli("run", "--model", fastestdet, "--probe", "coco-map", "--data", coco_mini["spec"], "--limit", "3",
+                     "--decomposer-opt", "unit=nyquist", "--radii", "0.5", "--out", out, "--probe-opt", "panels=0", "-q")
+    assert rc == 0, err
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["decomposer"]["options"] == {"rule": "exclusive", "unit": "nyquist"}
+    assert (out / "detections_low_r0.5.json").is_file()
+    assert {r["param"] for r in read_csv(out / "samples.csv")} == {"", "0.5"}
+
+
+def test_retinanet_random_weights_runs_through_the_probe(cli, tmp_path, coco_mini):
+    """torchvision's RetinaNet path, without weights (nothing is downloaded), at a small input size."""
+    out = tmp_path / "retina"
+    rc, stdout, err = cli("run", "--model", "torchvision:retinanet_resnet50_fpn", "--model-arg", "min_size=128",
+                          "--model-arg", "max_size=160", "--model-arg", "score_thresh=0.0", "--model-arg", "detections_per_img=20",
+                          "--probe", "coco-map", "--data", coco_mini["spec"], "--limit", "2", "--out", out,
+                          "--probe-opt", "panels=1", "--probe-opt", "score_threshold=0.0")
+    assert rc == 0, err
+    assert "random weights" in err
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["model"]["task"] == "detection" and man["model"]["torchvision_name"] == "retinanet_resnet50_fpn"
+    stats = summary_stats(out)
+    for (variant, param), got in stats.items():
+        name = f"detections_{variant}" + (f"_r{param}" if param else "") + ".json"
+        dets = json.loads((out / name).read_text())
+        assert len(dets) == 2 * 20  # detections_per_img on each of the two images
+        ref = pycocotools_stats(coco_mini["ann"], out / name, man["coco"]["image_ids"])
+        assert [got[k] for k in NAMES] == csv_values(ref)
+    assert "AP50" in stdout and "original" in stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--probe", "coco-map"], "holds classification targets"),
+    (["--probe", "coco-map", "--metric", "accuracy", "--data", "COCO"], "metric 'accuracy' is a classification metric"),
+    (["--data", "COCO", "--model", "timm:resnet18"], "holds detection targets; use a detection model with a detection probe"),
+    (["--data", "coco:/nonexistent/images:/x.json", "--probe", "coco-map"], "COCO image folder not found"),
+    (["--data", "coco:justone", "--probe", "coco-map"], "coco:IMAGES_DIR:ANNOTATIONS.json"),
+    (["--probe", "coco-map", "--data", "COCO", "--probe-opt", "backend=fast"], "backend"),
+    (["--probe", "coco-map", "--data", "COCO", "--probe-opt", "score_threshold=2"], "score_threshold"),
+    (["--probe", "coco-map", "--data", "COCO", "--model", "BAD:bad_output"], "a detector must return a list"),
+    (["--probe", "coco-map", "--data", "COCO", "--model", "BAD:bad_output", "--model-arg", "kind='keys'"], "bbox"),
+    (["--probe", "coco-map", "--data", "COCO", "--model", "BAD:bad_output", "--model-arg", "kind='raises'"], "my detector broke"),
+    (["--probe", "coco-map", "--data", "COCO", "--model", "BAD:bad_output", "--checkpoint", "CKPT"], "plain callable"),
+    (["--probe", "lfc-hfc", "--model", "torchvision:retinanet_resnet50_fpn"], "is a detection model"),
+])
+def test_bad_detection_inputs_are_one_line(cli, tmp_path, coco_mini, args, needle):
+    ckpt = tmp_path / "w.pt"
+    torch.save({"w": torch.zeros(1)}, ckpt)
+    subst = {"COCO": coco_mini["spec"], "BAD:bad_output": f"{FIX / 'gt_detector.py'}:bad_output", "CKPT": str(ckpt)}
+    full = [subst.get(a, a) for a in args]
+    if "--model" not in full:
+        full = ["--model", f"{FIX / 'gt_detector.py'}:bad_output", *full]
+    out = tmp_path / "out"
+    rc, _, err = cli("run", *full, "--limit", "2", "--out", out)
+    assert rc == 2, err
+    assert "Traceback" not in err and needle in err, err
+    assert not out.exists()
+
+
+def test_contract_warnings(cli, tmp_path, coco_mini):
+    model = f"{FIX / 'gt_detector.py'}:bad_output"
+    rc, _, err = cli("run", "--model", model, "--model-arg", "kind='positions'", "--probe", "coco-map", "--data", coco_mini["spec"],
+                     "--limit", "2", "--out", tmp_path / "a", "--probe-opt", "panels=0", "-q")
+    assert rc == 0, err
+    assert "not category ids" in err
+    rc, _, err = cli("run", "--model", model, "--model-arg", "kind='normalised'", "--probe", "coco-map", "--data", coco_mini["spec"],
+                     "--limit", "2", "--out", tmp_path / "b", "--probe-opt", "panels=0", "-q")
+    assert rc == 0, err
+    assert "look normalised" in err
+
+
+def test_metric_state_merges_across_shards(coco_mini, fastestdet, coco_pm):
+    """Two shards' states merge into the single-process result (what a torchrun rank 0 does)."""
+    import dataclasses
+
+    from freqprobe.engine import run_loop, summarize
+    from freqprobe.runner import RunSpec, build_context, plan
+
+    pm = coco_pm
+    spec = RunSpec(model=fastestdet, probe="coco-map", data=coco_mini["spec"], limit=20, batch_size=4, device="cpu",
+                   probe_options={"panels": 0}, out=None)
+    p = plan(spec, pm)
+    ctx = build_context(p, pm)
+    probe = p.probe
+    whole = probe.run(ctx)
+    states = []
+    for rank in range(2):
+        sub = dataclasses.replace(ctx, shard=(rank, 2))
+        states.append(run_loop(sub, probe.sources(sub)))
+    states[0].merge(states[1])
+    merged = summarize(ctx, states[0], probe.sources(ctx), probe="coco-map")
+    key = lambda r: (r["variant"], r["param"], r["metric"])  # noqa: E731
+    assert sorted((key(r), r["value"]) for r in merged.summary) == sorted((key(r), r["value"]) for r in whole.summary)
+    np.testing.assert_array_equal(np.sort(merged.samples.column("image_id")), np.sort(whole.samples.column("image_id")))
