@@ -13,6 +13,13 @@ def register_datasets():
 
 
 @hookimpl
+def register_model_sources():
+    from .detectron2_source import Detectron2ModelSource
+
+    return [Detectron2ModelSource]
+
+
+@hookimpl
 def register_adapters():
     from .adapter import DetectorAdapter
 
