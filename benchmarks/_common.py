@@ -28,3 +28,15 @@ def loadavg() -> str:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def finish(res: dict, env: dict, json_path, ok: bool) -> int:
+    """The end of a benchmark: the load average now, the results as JSON (when asked), the exit code."""
+    import json
+
+    env["loadavg_end"] = loadavg()
+    print(f"load average at the end: {env['loadavg_end']}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(res, indent=2, default=str) + "\n")
+        print(f"wrote {json_path}")
+    return 0 if ok else 1

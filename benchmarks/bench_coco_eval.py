@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import importlib.metadata
 import io
-import json
 import platform
 import statistics
 import sys
@@ -46,7 +45,7 @@ try:
     import freqprobe  # noqa: F401
 except ImportError:
     sys.path.insert(0, str(ROOT))
-from _common import cpu_model, loadavg  # noqa: E402
+from _common import cpu_model, finish, loadavg  # noqa: E402
 from freqprobe_coco.cocoeval import METRIC_NAMES, available_backends, coco_stats  # noqa: E402
 from freqprobe_coco.match import match_images  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
@@ -184,12 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         res["identical_stats"] = ok
         diff = max(abs(fast[k] - slow[k]) for k in METRIC_NAMES)
         print(f"12 stats identical between backends: {'yes' if ok else f'NO (max |diff| {diff:.3g})'}")
-    env["loadavg_end"] = loadavg()
-    print(f"load average at the end: {env['loadavg_end']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2, default=str) + "\n")
-        print(f"wrote {args.json}")
-    return 0 if ok else 1
+    return finish(res, env, args.json, ok)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ Usage: .venv/bin/python benchmarks/bench_pgd.py [--device cpu|cuda] [--n 500] [-
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -40,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "plugins" / "freqprobe-attacks"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import freqprobe  # noqa: E402
-from _common import cpu_model, loadavg, sync  # noqa: E402
+from _common import cpu_model, finish, loadavg, sync  # noqa: E402
 from freqprobe import runner  # noqa: E402
 from freqprobe.engine import precision_context  # noqa: E402
 from freqprobe_attacks.attacks import PGD  # noqa: E402
@@ -209,12 +208,7 @@ def main(argv=None) -> int:
         print(f"agreement: max |diff| {a['max_abs_diff']:.3g}, identical pixels {a['identical_pixels']:.4%}, "
               f"identical predictions {a['identical_predictions']:.2%}")
         ok = res["ratio"] >= TARGET
-    env["loadavg_end"] = loadavg()
-    print(f"load average at the end: {env['loadavg_end']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2, default=str) + "\n")
-        print(f"wrote {args.json}")
-    return 0 if ok else 1
+    return finish(res, env, args.json, ok)
 
 
 if __name__ == "__main__":
