@@ -291,3 +291,30 @@ def test_stop_and_resume_gives_the_same_files(tmp_path, coco_mini, coco_pm, monk
     for name in ("summary.csv", "samples.csv", "detections_original.json", "detections_low_r128.json",
                  "figure9_low_better_r128.csv", "figure8_low_worse_r128.csv"):
         assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
+
+
+def test_torchvision_detector_checkpoint(cli, tmp_path, coco_mini):
+    """--checkpoint on a torchvision detector: the weights are loaded (and recorded), the detections are the model's."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model("ssdlite320_mobilenet_v3_large", weights=None, weights_backbone=None,
+                                         score_thresh=0.0, detections_per_img=10).eval()
+    ckpt = tmp_path / "ssd.pt"
+    torch.save(model.state_dict(), ckpt)
+    out = tmp_path / "ssd"
+    rc, _, err = cli("run", "--model", "torchvision:ssdlite320_mobilenet_v3_large", "--checkpoint", ckpt,
+                     "--model-arg", "score_thresh=0.0", "--model-arg", "detections_per_img=10", "--probe", "coco-map",
+                     "--data", coco_mini["spec"], "--limit", "2", "--out", out, "--probe-opt", "panels=0", "-q")
+    assert rc == 0, err
+    assert "random weights" not in err
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["model"]["has_weights"] and man["model"]["checkpoint_kind"] and man["model"]["task"] == "detection"
+    from freqprobe_coco.data import CocoDataSource
+
+    data = CocoDataSource(coco_mini["spec"].partition(":")[2])
+    with torch.inference_mode():
+        want = model([data.read_image(i) for i in data.image_ids[:2]])
+    dets = json.loads((out / "detections_original.json").read_text())
+    got = np.array([d["score"] for d in dets])
+    np.testing.assert_allclose(got, torch.cat([w["scores"] for w in want]).numpy(), rtol=1e-5)
