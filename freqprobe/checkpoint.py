@@ -83,6 +83,36 @@ def read_checkpoint(path: str | Path, *, trust: bool = False) -> tuple[Any, str]
     return extract_state_dict(obj, p), kind
 
 
+#: the key under which a freqprobe checkpoint (``model.pt`` of a fitted or trained model) keeps what it knows
+META_KEY = "freqprobe"
+
+
+def save_model(path: str | Path, module: torch.nn.Module, *, mean=None, std=None, **info: Any) -> None:
+    """Save ``module``'s weights as freqprobe's ``model.pt``: ``{"state_dict": ..., "freqprobe": {...}}``.
+
+    The ``freqprobe`` section records the normalisation the model was trained with (``mean``/``std``,
+    None for raw [0, 1] pixels) and plain facts (``info``: the model spec, settings), so ``--checkpoint``
+    gives the model back exactly as trained. Loadable with ``torch.load(weights_only=True)``; any tool
+    that looks for a nested ``state_dict`` finds the weights.
+    """
+    meta = {"format": 1, "mean": None if mean is None else [float(v) for v in mean],
+            "std": None if std is None else [float(v) for v in std], **info}
+    torch.save({"state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()}, META_KEY: meta}, str(path))
+
+
+def checkpoint_meta(path: str | Path) -> dict | None:
+    """The ``freqprobe`` section of a checkpoint written by :func:`save_model` (None for any other file)."""
+    p = Path(path)
+    if p.suffix == ".safetensors" or not p.is_file() or _is_torchscript(p):
+        return None
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    meta = obj.get(META_KEY) if isinstance(obj, Mapping) else None
+    return dict(meta) if isinstance(meta, Mapping) else None
+
+
 def extract_state_dict(obj: Any, path: Path | str = "checkpoint") -> dict[str, torch.Tensor]:
     """Find the tensors: the mapping itself, or one nested under ``state_dict``/``model``/...; strip ``module.``."""
     for _ in range(3):

@@ -25,7 +25,7 @@ import torch
 
 from . import guard as _guard
 from . import registry
-from .checkpoint import checkpoint_head_size, load_state_dict_checked, read_checkpoint, sha256_file
+from .checkpoint import checkpoint_head_size, checkpoint_meta, load_state_dict_checked, read_checkpoint, save_model, sha256_file
 from .errors import PluginError, UnknownNameError, UserFacingError
 from .interfaces import DataSource, Decomposer, ModelAdapter, ProbeResult, RunContext
 
@@ -284,9 +284,11 @@ def build_model(
     source = _guard.call(entry.cls, "the constructor", entry.cls)
     args = dict(model_args or {})
     sd = kind = None
+    meta = None
     if checkpoint:  # read (and refuse a bad file) before building anything
         obj, kind = read_checkpoint(checkpoint, trust=trust_checkpoint)
         sd = dict((obj.state_dict() if kind == "torchscript" else obj).items())
+        meta = checkpoint_meta(checkpoint)  # written by freqprobe: it knows the normalisation it was trained with
     explicit_k = "num_classes" in args
     hint = None if (explicit_k or pretrained) else num_classes
     built = _guard.call(source, "build()", source.build, target, pretrained=pretrained, num_classes=hint, model_args=args)
@@ -315,7 +317,11 @@ def build_model(
         if loaded["missing"] or loaded["unexpected"]:
             warnings.warn(_non_strict_summary(checkpoint, built.module, loaded), stacklevel=2)
         has_weights = True
-    info["normalisation_from"] = "override" if mean is not None else (source_name if built.mean is not None else "none")
+    if meta is not None and "mean" in meta and mean is None:
+        info["normalisation_from"] = "checkpoint"
+        built.mean, built.std = meta.get("mean"), meta.get("std")  # None: trained on raw [0, 1] pixels
+    else:
+        info["normalisation_from"] = "override" if mean is not None else (source_name if built.mean is not None else "none")
     info["has_weights"] = has_weights
     info["input_size"] = list(built.input_size) if built.input_size else None
     return adapter_cls(
@@ -814,7 +820,8 @@ def publish(ctx: RunContext, p: Plan, result: ProbeResult, tmp: Path, *, fit_rec
     """Writers (``report_result``), the fitted weights, the manifest; into the run's unfinished folder."""
     ctx.out_dir = tmp
     if fit_record is not None and not (tmp / "model.pt").exists():
-        torch.save(ctx.adapter.module.state_dict(), tmp / "model.pt")
+        save_model(tmp / "model.pt", ctx.adapter.module, mean=ctx.adapter.mean, std=ctx.adapter.std,
+                   model=ctx.adapter.spec if isinstance(ctx.adapter.spec, str) else None)
     _guard.call_hook(ctx.pm, "report_result", result=result, context=ctx)
     sw.lap("write_s")
     timings = {**sw.stages, **result.extras.get("timings", {}), "total_s": sw.total()}
@@ -833,12 +840,14 @@ def _fit_or_restore(ctx: RunContext, spec: RunSpec, pm, ws, *, progress, say) ->
     saved = ws.dir / "model.pt"
     record = ws.journal.get("fit")
     if ws.resumed and saved.is_file() and record is not None:
-        ctx.adapter.module.load_state_dict(torch.load(saved, map_location="cpu", weights_only=True))
+        obj, _ = read_checkpoint(saved)
+        ctx.adapter.module.load_state_dict(obj)
         ctx.adapter.to(ctx.device)
         say(f"resuming: using the model fitted before the stop ({saved.name}); not fitting again")
         return record
     record = fit_stage(ctx, spec, pm, progress=progress, say=say)
-    torch.save(ctx.adapter.module.state_dict(), saved)
+    save_model(saved, ctx.adapter.module, mean=ctx.adapter.mean, std=ctx.adapter.std,
+               model=ctx.adapter.spec if isinstance(ctx.adapter.spec, str) else None)
     ws.note("fit", record)
     return record
 
