@@ -177,14 +177,72 @@ class CIFAR100DataSource(_TorchvisionArraySource):
     name, tv_class, fixed = "cifar100", "CIFAR100", 100
 
 
-class MNISTDataSource(_TorchvisionArraySource):
-    """MNIST through torchvision (cached under --data-root); 1×28×28."""
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (MNIST's format, gzipped or not) as a numpy array."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise UserFacingError(f"could not read {path}: {exc}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
+        raise UserFacingError(f"{path} is not an IDX file of unsigned bytes (MNIST's format)")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).copy()
+    if data.size != int(np.prod(dims)):
+        raise UserFacingError(f"{path}: {data.size} bytes of data for a {'x'.join(map(str, dims))} array (truncated?)")
+    return data.reshape(dims)
+
+
+class _IdxSource(_TorchvisionArraySource):
+    """MNIST-format data: the raw IDX files (``t10k-images-idx3-ubyte.gz`` ...) directly in --data-root, else torchvision's copy."""
+
+    def _idx_files(self, root: Path, split: str) -> tuple[Path, Path] | None:
+        prefix = "t10k" if split == "test" else "train"
+        for suffix in (".gz", ""):
+            x, y = root / f"{prefix}-images-idx3-ubyte{suffix}", root / f"{prefix}-labels-idx1-ubyte{suffix}"
+            if x.is_file() and y.is_file():
+                return x, y
+        return None
+
+    def __init__(self, argument=None, *, root=None, split="test", **options):
+        base = Path(root) if root else default_data_root()
+        files = self._idx_files(base, split)
+        self._raw_root = base if (files or self._idx_files(base, "train" if split == "test" else "test")) else None
+        if self._raw_root is None:
+            super().__init__(argument, root=root, split=split, **options)
+            return
+        DataSource.__init__(self, argument, root=base, split=split)
+        if files is None:
+            other = "test (t10k-*)" if split == "train" else "train (train-*)"
+            raise UserFacingError(f"{self.name} in {base} has only the {other} IDX files, no {split} split"
+                                  + ("; split it with --holdout FRACTION (freqprobe train) or use --split test" if split == "train" else ""))
+        else:
+            x, y = read_idx(files[0]), read_idx(files[1]).astype(np.int64)
+            if len(x) != len(y):
+                raise UserFacingError(f"{files[0]} holds {len(x)} images but {files[1]} {len(y)} labels")
+            self._set_arrays(x, y, self.name)
+        self.class_names = None
+        self.num_classes = self.fixed
+        self.root_used = str(base)
+
+    def has_split(self, split):
+        if self._raw_root is not None:
+            return self._idx_files(self._raw_root, split) is not None
+        return super().has_split(split)
+
+
+class MNISTDataSource(_IdxSource):
+    """MNIST through torchvision (cached under --data-root), or its IDX files directly in --data-root; 1×28×28."""
 
     name, tv_class, fixed = "mnist", "MNIST", 10
 
 
-class FashionMNISTDataSource(_TorchvisionArraySource):
-    """Fashion-MNIST through torchvision (cached under --data-root); 1×28×28."""
+class FashionMNISTDataSource(_IdxSource):
+    """Fashion-MNIST through torchvision (cached under --data-root), or its IDX files directly in --data-root; 1×28×28."""
 
     name, tv_class, fixed = "fashion-mnist", "FashionMNIST", 10
 
