@@ -366,6 +366,8 @@ def warn_if_unnormalised(adapter: ModelAdapter) -> None:
         return
     if adapter.info.get("normalises_inside") or adapter.info.get("plain_callable"):  # torchvision detectors; the user's own callable
         return
+    if adapter.info.get("normalisation_from") == "checkpoint":  # freqprobe's model.pt says it was trained on raw pixels
+        return
     if type(adapter).normalize is not ModelAdapter.normalize:  # the adapter normalises in its own way
         return
     warnings.warn(

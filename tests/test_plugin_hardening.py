@@ -168,9 +168,9 @@ def test_disable_by_name_before_loading(tmp_path):
     p = run_sub(site, "-p", "no:brokenplug", "list", "decomposers")
     assert p.returncode == 0, p.stderr
     assert p.stderr == "" and listed(p.stdout)["myplug-box"] == "myplug"
-    p = run_sub(site, "plugins", "--json", extra_env={"FREQPROBE_DISABLE_PLUGINS": "myplug, brokenplug, attacks, smoothing, coco"})
+    p = run_sub(site, "plugins", "--json", extra_env={"FREQPROBE_DISABLE_PLUGINS": "myplug, brokenplug, attacks, smoothing, coco, train"})
     assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout) == {"plugins": [], "errors": [], "disabled": ["attacks", "brokenplug", "coco", "myplug", "smoothing"]}
+    assert json.loads(p.stdout) == {"plugins": [], "errors": [], "disabled": ["attacks", "brokenplug", "coco", "myplug", "smoothing", "train"]}
 
 
 def test_bad_distributions_reported_once_with_their_dist(tmp_path):

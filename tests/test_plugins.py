@@ -64,7 +64,7 @@ def make_dist(site: Path, dist: str, entry_points: dict[str, str], modules: dict
 
 
 #: the first-party plugins' entry points (plugins/*), installed with freqprobe
-FIRST_PARTY = "attacks,smoothing,coco"
+FIRST_PARTY = "attacks,smoothing,coco,train"
 
 
 def run_sub(site: Path, *args, autoload=True, extra_env=None, cwd=None, first_party=False):

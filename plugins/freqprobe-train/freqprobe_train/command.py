@@ -1,0 +1,209 @@
+"""The ``freqprobe train`` command (added to the CLI through the ``register_commands`` hook)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from freqprobe.errors import UnknownNameError, UserFacingError
+
+from .train import PRESETS, TrainSettings, train
+
+#: the fields a --grid or a config file may set (the command-line names with - for _)
+FIELDS = {f.name for f in dataclasses.fields(TrainSettings)} - {"out"}
+
+
+def _value(key: str, raw: Any) -> Any:
+    """A grid value or config value as the field's type."""
+    if key == "radii":
+        return tuple(float(v) for v in (raw.split(",") if isinstance(raw, str) else raw))
+    if isinstance(raw, str):
+        from freqprobe.runner import parse_eps, parse_kv
+
+        if key == "eps":
+            return parse_eps(raw)[0]
+        got = parse_kv([f"v={raw}"], f"value of {key}")["v"]
+        return got
+    return raw
+
+
+def parse_grid(items: tuple[str, ...]) -> dict[str, list]:
+    """``("preset=vanilla,mixup", "batch_size=50,500")`` -> ``{"preset": [...], "batch_size": [50, 500]}``."""
+    grid: dict[str, list] = {}
+    for item in items:
+        key, sep, vals = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not vals:
+            raise UserFacingError(f"malformed --grid {item!r}: use KEY=V1,V2 (e.g. preset=vanilla,mixup or batch_size=50,500)")
+        if key not in FIELDS:
+            raise UnknownNameError("--grid setting", key, sorted(FIELDS))
+        if key == "train_on":
+            values = [None if v in ("none", "original") else v for v in vals.split(",")]
+        elif key == "radii":
+            raise UserFacingError("--grid radii is not a setting to compare: the tracked radii are the same for every run")
+        else:
+            values = [_value(key, v) for v in vals.split(",")]
+        if key == "preset":
+            for v in values:
+                if v not in PRESETS:
+                    raise UnknownNameError("preset", v, list(PRESETS))
+        grid[key] = values
+    return grid
+
+
+def load_config(path: str) -> tuple[dict, dict]:
+    """A JSON or TOML config: settings, and a ``grid`` table of lists."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserFacingError(f"config file not found: {p}")
+    try:
+        if p.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(p.read_text())
+        else:
+            data = json.loads(p.read_text())
+    except (ValueError, OSError) as exc:
+        raise UserFacingError(f"could not read config {p}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserFacingError(f"config {p} must hold a table of settings (and an optional 'grid' table)")
+    grid = data.pop("grid", {}) or {}
+    for key in list(data) + list(grid):
+        if key.replace("-", "_") not in FIELDS:
+            raise UnknownNameError(f"setting in {p.name}", key, sorted(FIELDS))
+    settings = {k.replace("-", "_"): _value(k.replace("-", "_"), v) for k, v in data.items()}
+    grid = {k.replace("-", "_"): [_value(k.replace("-", "_"), v) if not isinstance(v, (int, float, bool)) else v for v in
+                                  (vals if isinstance(vals, list) else [vals])] for k, vals in grid.items()}
+    return settings, grid
+
+
+@click.command("train")
+@click.option("--model", help="Model to train from fresh weights: paper:lenet|alexnet|vgg11|vgg16|resnet18|resnet20, timm:NAME, torchvision:NAME, file.py:callable.")
+@click.option("--data", help="Training data: a source with a train split (cifar10, mnist, synth10, imagefolder: with train/), or one split with --holdout.")
+@click.option("--data-root", type=click.Path(file_okay=False))
+@click.option("--test-data", help="Test data (default: the data's test split).")
+@click.option("--holdout", type=float, help="Split the data's one split: this fraction (seeded by --seed) is the test set.")
+@click.option("--limit", type=int, help="Train on the first N training samples.")
+@click.option("--test-limit", type=int, help="Test on the first N test samples.")
+@click.option("--epochs", type=int, help="Epochs (default 10; the paper: 100, 300 for shuffled labels). With --resume: train up to this many.")
+@click.option("--optimizer", help="adam (default), sgd, adagrad, adadelta, rmsprop.")
+@click.option("--lr", type=float, help="Learning rate (default 1e-4).")
+@click.option("--batch-size", type=int, help="Batch size (default 100).")
+@click.option("--init", help="xavier (default: the paper's) or default (the model's own initialisation).")
+@click.option("--seed", type=int, help="Seed of data order, initialisation, holdout, shuffled labels, mixup, attacks (default 0).")
+@click.option("--preset", help=f"A heuristic of §5.1: {', '.join(PRESETS)}.")
+@click.option("--dropout", type=float, help="Dropout p on fully connected layers (paper: 0.5).")
+@click.option("--mixup", type=float, help="Mixup alpha (paper: 0.5).")
+@click.option("--bn/--no-bn", default=None, help="BatchNorm in the paper's architectures (default off).")
+@click.option("--adversarial", metavar="ATTACK[:K=V]", help="Adversarial training with an attack of the attacks plugin, e.g. pgd or pgd:steps=7.")
+@click.option("--eps", help="Adversarial training budget (default 8/255).")
+@click.option("--labels", help="natural (default) or shuffled (M_shuffle: labels permuted across samples with --seed).")
+@click.option("--train-on", metavar="low:R|high:R", help="Train on the low or high part at radius R instead of the originals (Table 1).")
+@click.option("--rescale", help="How a component is fed when training on it (default minmax: the standard pixel scale).")
+@click.option("--radii", help="Tracked radii (default 4,8,12,16).")
+@click.option("--track-samples", type=int, help="Images tracked per split (default: 3 %% of the training set, 100-1000; 0: all).")
+@click.option("--track-batch-size", type=int, help="Batch size of the tracking evaluation (default 500).")
+@click.option("--model-arg", multiple=True, metavar="KEY=VALUE", help="Keyword argument for the model constructor (repeatable).")
+@click.option("--mean", help="Normalise with this mean (default: none, [0,1] pixels as in the paper).")
+@click.option("--std", help="Normalise with this std.")
+@click.option("--device", help="auto (default), cpu or cuda[:N].")
+@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2", help="Compare settings: one run per combination, e.g. preset=vanilla,dropout,mixup,batchnorm,adversarial or labels=natural,shuffled or train_on=low:4,low:8.")
+@click.option("--config", type=click.Path(dir_okay=False), help="A JSON/TOML file of settings and an optional 'grid' table.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (a grid: one sub-folder per setting).")
+@click.option("--resume", is_flag=True, help="Continue after the last finished epoch (also to train more: a larger --epochs).")
+@click.option("-q", "--quiet", is_flag=True)
+@click.pass_context
+def train_command(ctx: click.Context, **kw: Any) -> None:
+    """Train with the paper's set-ups and track accuracy on low/high-frequency images after every epoch (§4-5)."""
+    from freqprobe.cli import _pm, _progress_factory, command_line
+    from freqprobe.journal import graceful_stop
+    from freqprobe.runner import parse_kv
+
+    base: dict[str, Any] = {}
+    grid: dict[str, list] = {}
+    if kw["config"]:
+        base, grid = load_config(kw["config"])
+    src = click.core.ParameterSource.COMMANDLINE
+    for key in ("model", "data", "data_root", "test_data", "holdout", "limit", "test_limit", "epochs", "optimizer", "lr",
+                "batch_size", "init", "seed", "preset", "dropout", "mixup", "bn", "adversarial", "labels", "train_on",
+                "rescale", "track_samples", "track_batch_size", "mean", "std", "device"):
+        if ctx.get_parameter_source(key) == src and kw[key] is not None:
+            base[key] = kw[key]
+    if kw["eps"] is not None:
+        base["eps"] = _value("eps", kw["eps"])
+    if kw["radii"] is not None:
+        base["radii"] = _value("radii", kw["radii"])
+    if kw["model_arg"]:
+        base["model_args"] = {**base.get("model_args", {}), **parse_kv(kw["model_arg"], "--model-arg")}
+    grid.update(parse_grid(kw["grid"]))
+    for need in ("model", "data"):
+        if not base.get(need):
+            raise UserFacingError(f"freqprobe train needs --{need} (or '{need}' in --config)")
+    pm = _pm()
+    say = (lambda m: None) if kw["quiet"] else (lambda m: click.echo(m, err=True))
+    progress = _progress_factory(kw["quiet"])
+    out = Path(kw["out"])
+    combos = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
+    settings = [TrainSettings(**{**base, **combo}).applied() for combo in combos]
+    names = [s.name() for s in settings]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise UserFacingError(f"two grid settings are the same run ({dup}); drop the duplicate value")
+    cmd = command_line()
+    with graceful_stop(lambda m: click.echo(m, err=True)):
+        if len(settings) == 1 and not grid:
+            train(settings[0], out, pm=pm, resume=kw["resume"], say=say, progress=progress, command=cmd)
+            click.echo(f"results in {out}/ (curves.csv, curves.png, model.pt, checkpoints/, manifest.json)")
+            return
+        from freqprobe.runner import check_out_dir
+
+        from .plots import plot_comparison
+        from .tracker import read_curves
+
+        if not kw["resume"]:
+            check_out_dir(out)
+        out.mkdir(parents=True, exist_ok=True)
+        runs = {}
+        for s, name in zip(settings, names):
+            sub = out / name
+            say(f"{name}:")
+            resume = kw["resume"] and (sub / "train_state.pt").is_file()
+            if resume:
+                import torch
+
+                done = int(torch.load(sub / "train_state.pt", map_location="cpu", weights_only=True)["epoch"])
+                if done >= s.epochs:
+                    say(f"  {name}: {done} epochs done already")
+                    runs[name] = read_curves(sub / "curves.csv")
+                    continue
+            elif kw["resume"] and sub.exists():
+                import shutil
+
+                shutil.rmtree(sub)  # started but no epoch finished: start it again
+            train(s, sub, pm=pm, resume=resume, say=say, progress=progress, command=cmd)
+            runs[name] = read_curves(sub / "curves.csv")
+        _write_grid_csv(out / "grid.csv", runs)
+        plot_comparison(runs, out / "comparison.png", title=f"{base['model']} on {base['data']}")
+        (out / "grid.json").write_text(json.dumps({"runs": names, "grid": {k: [str(v) for v in vs] for k, vs in grid.items()},
+                                                   "command": cmd}, indent=2) + "\n")
+    click.echo(f"results in {out}/ (one folder per setting, grid.csv, comparison.png)")
+
+
+def _write_grid_csv(path: Path, runs: dict) -> None:
+    import csv
+
+    from freqprobe.tables import fmt_param
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["setting", "epoch", "split", "variant", "param", "metric", "value", "n"])
+        for name, rows in runs.items():
+            for r in rows:
+                w.writerow([name, r["epoch"], r["split"], r["variant"], "" if r["param"] is None else fmt_param(r["param"]),
+                            r["metric"], f"{r['value']:.6f}", r["n"]])
+

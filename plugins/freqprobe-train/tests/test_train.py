@@ -1,0 +1,251 @@
+"""`freqprobe train` on real MNIST images (the shared test-only IDX files, split with --holdout): every heuristic,
+shuffled labels, tracked curves against a direct evaluation of the saved checkpoints, resume, the tracker API."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import freqprobe
+from freqprobe.journal import StopRequested, clear_stop, request_stop
+
+
+@pytest.fixture
+def train_pm(monkeypatch):
+    """The CLI's default plugin manager with the train and attacks plugins (autoload is off in tests)."""
+    import freqprobe.plugins
+    import freqprobe_attacks.hooks
+    import freqprobe_train.hooks
+
+    pm = freqprobe.get_plugin_manager(autoload=False)
+    pm.register(freqprobe_train.hooks, "train")
+    pm.register(freqprobe_attacks.hooks, "attacks")
+    monkeypatch.setattr(freqprobe.plugins, "_default", pm)
+    return pm
+
+
+@pytest.fixture
+def cli(cli, train_pm):
+    return cli
+
+
+@pytest.fixture
+def mnist(shared_data) -> list[str]:
+    root = shared_data / "mnist_test"
+    if not (root / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"MNIST test files not found in {root}")
+    return ["--data", "mnist", "--data-root", str(root), "--holdout", "0.2"]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_every_heuristic_runs_one_epoch_in_a_grid(cli, tmp_path, mnist):
+    out = tmp_path / "grid"
+    rc, stdout, err = cli("train", "--model", "paper:lenet", *mnist, "--limit", "300", "--test-limit", "100", "--epochs", "1",
+                          "--track-samples", "50", "--grid", "preset=vanilla,dropout,mixup,batchnorm,adversarial",
+                          "--out", out, "-q")
+    assert rc == 0, err
+    names = json.loads((out / "grid.json").read_text())["runs"]
+    assert names == ["vanilla", "dropout0.5", "mixup0.5", "bn", "adv-pgd"], names
+    for name in names:
+        rows = read_csv(out / name / "curves.csv")
+        assert list(rows[0]) == ["epoch", "split", "variant", "param", "metric", "value", "n"]
+        assert {(r["split"], r["variant"], r["param"]) for r in rows if r["metric"] == "accuracy"} >= {
+            ("train", "original", ""), ("test", "original", ""), ("train", "low", "4"), ("test", "high", "16")}
+        man = json.loads((out / name / "manifest.json").read_text())
+        assert man["epochs_done"] == 1 and man["setting"] == name
+        assert (out / name / "checkpoints" / f"{name}_epoch001.pt").is_file()
+    models = {n: json.loads((out / n / "manifest.json").read_text())["model_args"] for n in names}
+    assert models["bn"]["bn"] is True and models["dropout0.5"]["dropout"] == 0.5
+    grid = read_csv(out / "grid.csv")
+    assert {r["setting"] for r in grid} == set(names)
+    assert (out / "comparison.png").stat().st_size > 10_000
+
+
+def test_other_heuristics_one_epoch(cli, tmp_path, mnist):
+    """Optimizers, batch size, shuffled labels and training on a part, each for one epoch."""
+    common = ["--model", "paper:lenet", *mnist, "--limit", "200", "--test-limit", "50", "--epochs", "1", "--track-samples", "40", "-q"]
+    for extra, name in ((["--optimizer", "sgd"], "sgd"), (["--optimizer", "rmsprop", "--batch-size", "50"], "rmsprop-bs50"),
+                        (["--labels", "shuffled"], "shuffled"), (["--train-on", "low:8"], "low-r8"),
+                        (["--train-on", "high:4", "--optimizer", "adagrad"], "high-r4-adagrad"),
+                        (["--optimizer", "adadelta", "--init", "default"], "adadelta-init-default")):
+        out = tmp_path / name
+        rc, _, err = cli("train", *common, *extra, "--out", out)
+        assert rc == 0, (extra, err)
+        assert json.loads((out / "manifest.json").read_text())["setting"] == name
+
+
+def test_shuffled_labels_follow_the_seed(mnist, train_pm, shared_data):
+    from freqprobe_train.data import all_labels
+    from freqprobe_train.train import TrainSettings, open_splits
+
+    def labels(seed, kind="shuffled"):
+        s = TrainSettings(model="paper:lenet", data="mnist", data_root=str(shared_data / "mnist_test"), holdout=0.2,
+                          limit=500, labels=kind, seed=seed)
+        train, _, _ = open_splits(s, train_pm)
+        return all_labels(train)
+
+    natural, a, b, c = labels(0, "natural"), labels(0), labels(0), labels(1)
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).any() and (a != natural).mean() > 0.8
+    np.testing.assert_array_equal(np.bincount(a, minlength=10), np.bincount(natural, minlength=10))  # a permutation
+
+
+def test_curves_equal_a_direct_evaluation_of_the_checkpoints(cli, tmp_path, mnist, train_pm, shared_data):
+    out = tmp_path / "run"
+    rc, _, err = cli("train", "--model", "paper:lenet", *mnist, "--limit", "400", "--test-limit", "150", "--epochs", "2",
+                     "--track-samples", "0", "--out", out, "-q")
+    assert rc == 0, err
+    curves = read_csv(out / "curves.csv")
+    from freqprobe_train.train import TrainSettings, open_splits
+
+    s = TrainSettings(model="paper:lenet", data="mnist", data_root=str(shared_data / "mnist_test"), holdout=0.2, limit=400,
+                      test_limit=150)
+    _, test, _ = open_splits(s, train_pm)
+    for epoch, ckpt in ((1, out / "checkpoints" / "vanilla_epoch001.pt"), (2, out / "model.pt")):
+        res = freqprobe.run("paper:lenet", checkpoint=ckpt, data=test, params="4,8,12,16", batch_size=500, device="cpu",
+                            model_args={"in_chans": 1, "image_size": 28}, out=tmp_path / f"eval{epoch}", pm=train_pm)
+        got = {(r["variant"], "" if r["param"] is None else f"{r['param']:g}"): f"{r['value']:.6f}" for r in res.summary}
+        tracked = {(r["variant"], r["param"]): r["value"] for r in curves
+                   if r["split"] == "test" and r["epoch"] == str(epoch) and r["metric"] == "accuracy"}
+        assert got == tracked, epoch
+    # the checkpoint says it was trained on raw [0, 1] pixels: the run used no normalisation
+    man = json.loads((tmp_path / "eval2" / "manifest.json").read_text())
+    assert man["model"]["mean"] is None and man["model"]["normalisation_from"] == "checkpoint"
+
+
+def test_resume_continues_and_ends_with_the_same_curves(tmp_path, mnist, train_pm, shared_data):
+    from freqprobe_train.train import TrainSettings, train
+
+    s = TrainSettings(model="paper:lenet", data="mnist", data_root=str(shared_data / "mnist_test"), holdout=0.2, limit=300,
+                      test_limit=60, epochs=3, track_samples=40, mixup=0.5, dropout=0.5, device="cpu")
+    quiet = lambda m: None  # noqa: E731
+    train(s, tmp_path / "ref", pm=train_pm, say=quiet)
+
+    calls = {"n": 0}
+
+    def progress(stage, total):  # asks for a stop (as a SIGINT does) in the middle of epoch 2
+        def cb(n):
+            calls["n"] += 1
+            if stage == "epoch 2" and calls["n"] == 5:
+                request_stop(signal.SIGINT)
+        return cb
+
+    with pytest.raises(StopRequested, match="epoch 2"):
+        train(s, tmp_path / "out", pm=train_pm, say=quiet, progress=progress)
+    clear_stop()
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["epochs_done"] == 1
+    epochs = []
+    train(s, tmp_path / "out", pm=train_pm, resume=True, say=lambda m: epochs.append(m))
+    assert any("resuming" in m and "after epoch 1" in m for m in epochs)
+    assert sum("epoch 1/" in m for m in epochs) == 0  # no finished epoch is recomputed
+    ref = (tmp_path / "ref" / "curves.csv").read_text()
+    fit_free = lambda t: [ln for ln in t.splitlines() if ",fit," not in ln]  # noqa: E731
+    assert fit_free((tmp_path / "out" / "curves.csv").read_text()) == fit_free(ref)
+    a = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "out" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # more epochs later: --epochs 4 --resume after 3
+    import dataclasses
+
+    train(dataclasses.replace(s, epochs=4), tmp_path / "out", pm=train_pm, resume=True, say=quiet)
+    rows = read_csv(tmp_path / "out" / "curves.csv")
+    assert sorted({int(r["epoch"]) for r in rows}) == [1, 2, 3, 4]
+    assert (tmp_path / "out" / "checkpoints" / "dropout0.5-mixup0.5_epoch004.pt").is_file()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--model", "timm:resnet18", "--bn"], "--bn/--no-bn switches BatchNorm in the paper's architectures"),
+    (["--train-on", "middle:3"], "--train-on must be low:R or high:R"),
+    (["--optimizer", "adamw"], "Did you mean"),
+    (["--grid", "bach_size=10,20"], "Did you mean: batch_size"),
+    (["--preset", "mixupp"], "Did you mean: mixup"),
+    (["--adversarial", "pgdd"], "Did you mean: pgd"),
+    (["--holdout", "1.5"], "--holdout must be a fraction"),
+    (["--model", "paper:lenett"], "Did you mean: lenet"),
+    (["--labels", "random"], "--labels must be natural or shuffled"),
+])
+def test_bad_training_inputs_are_one_line(cli, tmp_path, mnist, args, needle):
+    full = ["--model", "paper:lenet", *mnist, "--limit", "100", "--epochs", "1", *args]
+    if full.count("--model") > 1:
+        i = full.index("--model")
+        del full[i:i + 2]
+    rc, _, err = cli("train", *full, "--out", tmp_path / "x")
+    assert rc == 2 and "Traceback" not in err and needle in err, err
+    assert not (tmp_path / "x" / "train_state.pt").exists()
+
+
+def test_resume_refusals(cli, tmp_path, mnist):
+    base = ["train", "--model", "paper:lenet", *mnist, "--limit", "100", "--epochs", "1", "--track-samples", "20", "-q"]
+    rc, _, err = cli(*base, "--out", tmp_path / "none", "--resume")
+    assert rc == 2 and "nothing to resume" in err
+    assert cli(*base, "--out", tmp_path / "r")[0] == 0
+    rc, _, err = cli(*base, "--out", tmp_path / "r")
+    assert rc == 2 and "Traceback" not in err, err  # a finished run is not overwritten
+    rc, _, err = cli(*base, "--out", tmp_path / "r", "--resume")
+    assert rc == 2 and "already been trained for 1 epochs" in err
+    rc, _, err = cli(*[a if a != "100" else "120" for a in base], "--epochs", "2", "--out", tmp_path / "r", "--resume")
+    assert rc == 2 and "other settings (limit differ)" in err, err
+
+
+def test_tracker_in_a_users_training_loop(mnist, train_pm, shared_data):
+    """The public tracker on a plain module from a hand-written loop: mode and memory format restored, rows tidy."""
+    from freqprobe_train.tracker import FrequencyTracker
+
+    data = freqprobe.open_data("mnist", root=shared_data / "mnist_test", pm=train_pm)
+    from freqprobe_train.data import first
+
+    tracker = FrequencyTracker({"test": first(data, 64, "--limit")}, radii=(4, 16), device="cpu", batch_size=32, pm=train_pm)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 10))
+    net.train()
+    rows = tracker.track(net, 1)
+    assert net.training and net[0].weight.is_contiguous()
+    assert [(r["variant"], r["param"]) for r in rows] == [("original", None), ("low", 4.0), ("high", 4.0), ("low", 16.0),
+                                                          ("high", 16.0)]
+    assert all(r["split"] == "test" and r["epoch"] == 1 and r["n"] == 64 and 0 <= r["value"] <= 1 for r in rows)
+    with torch.no_grad():  # an independent check of the original-image accuracy
+        x, y, _ = next(iter(first(data, 64, "x").batches(64)))
+        acc = float((net.eval()(x).argmax(1) == y).float().mean())
+    assert rows[0]["value"] == pytest.approx(acc, abs=1e-9)
+
+
+def test_lightning_callback(mnist, train_pm, shared_data):
+    L = pytest.importorskip("lightning", reason="lightning is not installed (optional): the callback is not exercised here")
+    from freqprobe_train.data import first
+    from freqprobe_train.tracker import FrequencyTracker
+
+    data = first(freqprobe.open_data("mnist", root=shared_data / "mnist_test", pm=train_pm), 64, "--limit")
+
+    class Net(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, _):
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    x, y, _ = next(iter(data.batches(64)))
+    loader = torch.utils.data.DataLoader(list(zip(x, y)), batch_size=16)
+    tracker = FrequencyTracker({"test": data}, radii=(8,), device="cpu", pm=train_pm)
+    trainer = L.Trainer(max_epochs=2, callbacks=[tracker.lightning_callback()], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, accelerator="cpu")
+    trainer.fit(Net(), loader)
+    assert sorted({r["epoch"] for r in tracker.rows}) == [1, 2] and len(tracker.rows) == 6
