@@ -84,7 +84,7 @@ def load_config(path: str) -> tuple[dict, dict]:
 
 @click.command("train")
 @click.option("--model", help="Model to train from fresh weights: paper:lenet|alexnet|vgg11|vgg16|resnet18|resnet20, timm:NAME, torchvision:NAME, file.py:callable.")
-@click.option("--data", help="Training data: a source with a train split (cifar10, mnist, synth10, imagefolder: with train/), or one split with --holdout.")
+@click.option("--data", help="Training data: its train split (cifar10, mnist, synth10, imagefolder: with train/); data with one split (npz:) with --holdout or --test-data.")
 @click.option("--data-root", type=click.Path(file_okay=False))
 @click.option("--test-data", help="Test data (default: the data's test split).")
 @click.option("--holdout", type=float, help="Split the data's one split: this fraction (seeded by --seed) is the test set.")
@@ -106,7 +106,7 @@ def load_config(path: str) -> tuple[dict, dict]:
 @click.option("--train-on", metavar="low:R|high:R", help="Train on the low or high part at radius R instead of the originals (Table 1).")
 @click.option("--rescale", help="How a component is fed when training on it (default minmax: the standard pixel scale).")
 @click.option("--radii", help="Tracked radii (default 4,8,12,16).")
-@click.option("--track-samples", type=int, help="Images tracked per split (default: 3 %% of the training set, 100-1000; 0: all).")
+@click.option("--track-samples", type=int, help="Images tracked per split (default: 2.5 %% of the training set, 100-1000; 0: all).")
 @click.option("--track-batch-size", type=int, help="Batch size of the tracking evaluation (default 500).")
 @click.option("--model-arg", multiple=True, metavar="KEY=VALUE", help="Keyword argument for the model constructor (repeatable).")
 @click.option("--mean", help="Normalise with this mean (default: none, [0,1] pixels as in the paper).")

@@ -31,12 +31,13 @@ CURVE_COLUMNS = ("epoch", "split", "variant", "param", "metric", "value", "n")
 
 
 def default_track_samples(train_size: int) -> int:
-    """The default tracking set per split: 3 % of the training set, at least 100 and at most 1,000 images.
+    """The default tracking set per split: 2.5 % of the training set, at least 100 and at most 1,000 images.
 
-    Chosen so that tracking four radii (9 variants per split, forward passes only) costs well under
-    15 % of an epoch's training (docs/training.md, benchmarks/bench_tracker.py).
+    Chosen so that tracking four radii (9 variants per split, forward passes only) costs under 15 % of
+    an epoch's training: an evaluated image costs about 0.3 of a training step on a CPU, so
+    2 splits × 9 variants × 2.5 % ≈ 14 % (measured: benchmarks/bench_tracker.py, docs/training.md).
     """
-    return int(min(1000, max(100, round(0.03 * train_size))))
+    return int(min(1000, max(100, round(0.025 * train_size))))
 
 
 class FrequencyTracker:

@@ -188,11 +188,15 @@ def open_splits(s: TrainSettings, pm) -> tuple[Any, Any, dict]:
     base_test = open_data(s.data, root=s.data_root, split="test", seed=s.seed, pm=pm)
     if s.holdout is not None:
         train, test = holdout_split(base_test, s.holdout, s.seed)
-    else:
-        if not base_test.has_split("train"):
-            raise UserFacingError(f"{s.data} has no train split; pass --holdout FRACTION to split it (e.g. --holdout 0.2)")
+    elif base_test.has_split("train"):
         train = open_data(s.data, root=s.data_root, split="train", seed=s.seed, pm=pm)
         test = open_data(s.test_data, root=s.data_root, split="test", seed=s.seed, pm=pm) if s.test_data else base_test
+    elif s.test_data:  # one split (an .npz): it is the training set, --test-data the test set
+        train = base_test
+        test = open_data(s.test_data, root=s.data_root, split="test", seed=s.seed, pm=pm)
+    else:
+        raise UserFacingError(f"{s.data} has no train split; pass --holdout FRACTION to split it (e.g. --holdout 0.2) "
+                              "or --test-data DATA to train on all of it")
     train = first(train, s.limit, "--limit")
     test = first(test, s.test_limit, "--test-limit")
     if s.labels == "shuffled":
