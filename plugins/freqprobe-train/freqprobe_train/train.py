@@ -25,7 +25,7 @@ import torch
 import freqprobe
 from freqprobe.checkpoint import save_model
 from freqprobe.errors import UnknownNameError, UserFacingError
-from freqprobe.journal import check_stop
+from freqprobe.journal import StopRequested, check_stop
 
 from .data import RelabelledSource, all_labels, first, holdout_split, shuffled_labels
 from .tracker import DEFAULT_RADII, FrequencyTracker, default_track_samples, read_curves, write_curves
@@ -288,8 +288,6 @@ def train(
         history = list(saved.get("history", []))
         rows = [r for r in read_curves(out / "curves.csv") if r["epoch"] <= start_epoch]
         say(f"resuming {out} after epoch {start_epoch} of {s.epochs}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "checkpoints").mkdir(exist_ok=True)
     comp_r = parse_train_on(s.train_on)
     rescale = freqprobe.registry.get_class("rescale", s.rescale, pm)()
     dec = freqprobe.get_decomposer("fft-radial", pm)
@@ -321,7 +319,12 @@ def train(
         loss_sum, correct, total = 0.0, 0, 0
         cb = progress(f"epoch {epoch}", len(train_data)) if progress else None
         for b, (x, y, idx) in enumerate(train_data.batches(s.batch_size, shuffle=True, seed=s.seed * 1000 + epoch)):
-            check_stop(f"training (epoch {epoch})")
+            try:
+                check_stop(f"training (epoch {epoch})")
+            except StopRequested as exc:
+                kept = f"epochs 1-{epoch - 1} are kept in {out}" if epoch > 1 else f"no epoch had finished in {out}"
+                raise StopRequested(f"{exc}; {kept}; continue with the same command and --resume"
+                                    if epoch > 1 else f"{exc}; {kept}: run it again", exc.signum) from None
             x, y = x.to(device), y.to(device)
             if comp_r is not None:
                 x = rescale.apply(freqprobe.guard.decompose(dec, x.contiguous(), comp_r[1])[comp_r[0]])
@@ -373,6 +376,7 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 def _save_epoch(out: Path, s: TrainSettings, name: str, epoch: int, adapter, opt, rows, history, manifest) -> None:
     """Everything of a finished epoch, ``train_state.pt`` last (what a resume trusts)."""
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)  # made at the first finished epoch: a run stopped before has left nothing
     module = adapter.module
     info = {"model": s.model, "setting": name, "epoch": epoch, "model_args": json.loads(json.dumps(manifest["model_args"],
                                                                                                  default=str))}

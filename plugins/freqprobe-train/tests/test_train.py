@@ -140,7 +140,7 @@ def test_resume_continues_and_ends_with_the_same_curves(tmp_path, mnist, train_p
                 request_stop(signal.SIGINT)
         return cb
 
-    with pytest.raises(StopRequested, match="epoch 2"):
+    with pytest.raises(StopRequested, match=r"epoch 2.*epochs 1-1 are kept in .*--resume"):
         train(s, tmp_path / "out", pm=train_pm, say=quiet, progress=progress)
     clear_stop()
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["epochs_done"] == 1
@@ -249,3 +249,31 @@ def test_lightning_callback(mnist, train_pm, shared_data):
                         enable_progress_bar=False, accelerator="cpu")
     trainer.fit(Net(), loader)
     assert sorted({r["epoch"] for r in tracker.rows}) == [1, 2] and len(tracker.rows) == 6
+
+
+def test_grid_from_a_config_file(cli, tmp_path, mnist, shared_data):
+    """A TOML config: the settings and a grid table (natural vs shuffled labels), command-line flags win."""
+    cfg = tmp_path / "grid.toml"
+    cfg.write_text(f'''model = "paper:lenet"
+data = "mnist"
+data_root = "{shared_data / 'mnist_test'}"
+holdout = 0.2
+limit = 150
+test_limit = 50
+epochs = 3
+track_samples = 30
+
+[grid]
+labels = ["natural", "shuffled"]
+''')
+    out = tmp_path / "g"
+    rc, _, err = cli("train", "--config", cfg, "--epochs", "1", "--out", out, "-q")
+    assert rc == 0, err
+    assert json.loads((out / "grid.json").read_text())["runs"] == ["vanilla", "shuffled"]
+    for name in ("vanilla", "shuffled"):
+        man = json.loads((out / name / "manifest.json").read_text())
+        assert man["epochs_done"] == 1 and man["settings"]["limit"] == 150  # --epochs 1 won over the file's 3
+    bad = tmp_path / "bad.toml"
+    bad.write_text('model = "paper:lenet"\nepoch = 3\n')
+    rc, _, err = cli("train", "--config", bad, "--out", tmp_path / "b")
+    assert rc == 2 and "Did you mean: epochs" in err, err
