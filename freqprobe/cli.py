@@ -76,12 +76,37 @@ def _say(quiet: bool):
 
 
 def format_table(result) -> str:
-    """The summary as aligned text: one row per variant (and extra columns such as attack/eps), one column per parameter."""
+    """The summary as aligned text: one row per variant (and extra columns such as attack/eps), one column per parameter.
+
+    Score rows (``hfc-reliance``, no parameter) are not table cells: each is a line under the table,
+    ``HFC-reliance (accuracy, r 4–16): 0.733``, with the radius range it was computed over.
+    """
+    from .scores import VARIANT as SCORE_VARIANT
+
+    rows = [r for r in result.summary if r.get("variant") != SCORE_VARIANT]
+    table = _format_rows(result, rows) if rows else ""
+    return "\n\n".join(t for t in (table, "\n".join(score_lines(result))) if t) or "(no results)"
+
+
+def score_lines(result) -> list[str]:
+    """One line per HFC-reliance score of ``result`` (from ``extras["hfc_reliance"]``, else its summary rows)."""
+    from .scores import VARIANT as SCORE_VARIANT, format_score
+
+    pn = result.param_name or "param"
+    scores = result.extras.get("hfc_reliance")
+    if scores is not None:
+        return [format_score(s, pn) for s in scores]
+    lines = []
+    for r in result.summary:  # no details kept: the score without its range
+        if r.get("variant") == SCORE_VARIANT:
+            t = f", transform {r['transform']}" if r.get("transform") else ""
+            lines.append(f"HFC-reliance ({r['metric']}{t}): {float(r['value']):.3f}")
+    return lines
+
+
+def _format_rows(result, rows) -> str:
     from .tables import fmt_param
 
-    rows = result.summary
-    if not rows:
-        return "(no results)"
     extra = list(result.extras.get("extra_columns") or [])
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     metrics.sort(key=lambda m: m != "accuracy")

@@ -131,7 +131,8 @@ def test_run_writes_consistent_outputs(cli, monkeypatch, tiny_model_file, tiny_n
     # summary.csv: exact columns, one row per variant/param, consistent with samples.csv
     cols, summary = read_csv(out / "summary.csv")
     assert cols == ["probe", "transform", "decomposer", "variant", "param", "metric", "value", "n"]
-    assert [(r["variant"], r["param"]) for r in summary] == [("original", ""), ("low", "4"), ("high", "4"), ("low", "8"), ("high", "8")]
+    assert [(r["variant"], r["param"]) for r in summary] == [("original", ""), ("low", "4"), ("high", "4"), ("low", "8"), ("high", "8"),
+                                                           ("hfc-reliance", "")]  # the score's row last (tests/test_scores.py)
     assert {r["probe"] for r in summary} == {"lfc-hfc"}
     assert {r["decomposer"] for r in summary} == {"fft-radial"}
     assert {r["metric"] for r in summary} == {"accuracy"}
@@ -144,7 +145,7 @@ def test_run_writes_consistent_outputs(cli, monkeypatch, tiny_model_file, tiny_n
     by_variant: dict = {}
     for s in samples:
         by_variant.setdefault((s["variant"], s["param"]), []).append(s)
-    assert set(by_variant) == {(r["variant"], r["param"]) for r in summary}
+    assert set(by_variant) == {(r["variant"], r["param"]) for r in summary if r["variant"] != "hfc-reliance"}
     _, y = npz_images(tiny_npz)
     for key, rows in by_variant.items():
         assert [int(s["index"]) for s in rows] == list(range(n))
@@ -253,7 +254,8 @@ def test_svd_decomposer(cli, tiny_model_file, tiny_npz, tiny_weights, tmp_path):
     assert rc == 0, err
     _, summary = read_csv(out / "summary.csv")
     assert [(r["decomposer"], r["variant"], r["param"]) for r in summary] == [
-        ("svd", "original", ""), ("svd", "dominant", "1"), ("svd", "trailing", "1"), ("svd", "dominant", "2"), ("svd", "trailing", "2")]
+        ("svd", "original", ""), ("svd", "dominant", "1"), ("svd", "trailing", "1"), ("svd", "dominant", "2"), ("svd", "trailing", "2"),
+        ("svd", "hfc-reliance", "")]
     man = json.loads((out / "manifest.json").read_text())
     assert man["decomposer"]["name"] == "svd" and man["decomposer"]["params"] == [1, 2]
     _, samples = read_csv(out / "samples.csv")

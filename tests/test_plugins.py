@@ -332,7 +332,8 @@ def test_entry_point_plugin_used_by_run_in_process(good_site, cli, monkeypatch, 
         assert rc == 0, err
         summary = (out / "summary.csv").read_text().splitlines()
         assert summary[0] == "probe,transform,decomposer,variant,param,metric,value,n"
-        assert [",".join(r.split(",")[2:5]) for r in summary[1:]] == ["myplug-box,original,", "myplug-box,low,1", "myplug-box,high,1"]
+        assert [",".join(r.split(",")[2:5]) for r in summary[1:]] == ["myplug-box,original,", "myplug-box,low,1", "myplug-box,high,1",
+                                                                     "myplug-box,hfc-reliance,"]
         man = json.loads((out / "manifest.json").read_text())
         assert man["decomposer"]["name"] == "myplug-box" and man["decomposer"]["param_name"] == "k"
 

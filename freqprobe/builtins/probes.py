@@ -6,7 +6,7 @@ from typing import Any
 
 from ..engine import DecomposerSource, OriginalSource
 from ..hookspecs import hookimpl
-from ..interfaces import Probe, RunContext, Variant
+from ..interfaces import Probe, ProbeResult, RunContext, Variant
 
 
 class Figure2Gallery:
@@ -87,7 +87,45 @@ class LfcHfcProbe(Probe):
         base = self._source.base.variants()[0]
         return [Figure2Gallery(self._source, base, self.opts["gallery_size"])]
 
+    def run(self, ctx: RunContext) -> ProbeResult:
+        """The default evaluation, then the HFC-reliance score per transform and accuracy metric (docs/results.md)."""
+        result = super().run(ctx)
+        from ..scores import hfc_reliance, score_rows
+
+        names = {r["metric"] for r in result.summary}
+        scored = [m for m in SCORED_METRICS if m in names]
+        comps = result.components or tuple(ctx.decomposer.components)
+        scores = hfc_reliance(result.summary, metric=scored, component=comps[0]) if scored else []
+        result.summary.extend(score_rows(scores, probe=result.probe))
+        result.extras["hfc_reliance"] = scores
+        return result
+
+
+#: metrics the HFC-reliance score is computed for: fractions in [0, 1] where higher is better
+SCORED_METRICS = ("accuracy", "top5-accuracy")
+
 
 @hookimpl
 def register_probes():
     return [LfcHfcProbe]
+
+
+@hookimpl
+def manifest_entries(context, result):
+    """The ``hfc_reliance`` manifest section: each score with its radius range and original accuracy."""
+    scores = getattr(result, "extras", {}).get("hfc_reliance")
+    if scores is None:
+        return None
+
+    def num(v):  # JSON has no NaN: an undefined number is null
+        return None if v is None or v != v else v
+
+    section = []
+    for s in scores:
+        section.append({
+            "metric": s["metric"], "transform": s["transform"], "decomposer": s["decomposer"], "component": s["component"],
+            "param_name": getattr(result, "param_name", "") or "param",
+            "range": [s["radii"][0], s["radii"][-1]] if s["radii"] else None, "radii": list(s["radii"]),
+            "original": num(s["original"]), "low": [num(v) for v in s["low"]], "value": num(float(s["value"])), "n": s["n"],
+        })
+    return {"hfc_reliance": section}

@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import tables
 from ..hookspecs import hookimpl
+from ..scores import VARIANT as SCORE_VARIANT
 from ..tables import fmt_param
 
 log = logging.getLogger("freqprobe.report")
@@ -35,8 +36,9 @@ def _plt():
 def plot_accuracy(result, path: Path) -> None:
     plt = _plt()
     extra = list(result.extras.get("extra_columns") or [])
-    # the clean images' curves: rows of variants without extra columns (not an attack's), per metric with a component curve
-    plain = [r for r in result.summary if all(r.get(c) is None for c in extra)]
+    # the clean images' curves: rows of variants without extra columns (not an attack's), per metric with a component curve;
+    # score rows (hfc-reliance: one number, no parameter) are no point on a curve
+    plain = [r for r in result.summary if all(r.get(c) is None for c in extra) and r["variant"] != SCORE_VARIANT]
     metric_names = sorted({r["metric"] for r in plain if r["variant"] in result.components})
     if result.extras.get("plot_metrics"):  # a probe with many metrics names the ones worth a panel (coco-map: AP, AP50)
         metric_names = [m for m in result.extras["plot_metrics"] if m in metric_names]
@@ -125,7 +127,7 @@ def report_result(result, context):
     write_summary(result, out / "summary.csv")
     if result.samples is not None and len(result.samples) and not (out / "samples.csv").exists():
         write_samples(result, out / "samples.csv")  # a run into a folder has streamed it already
-    if result.components and any(r["variant"] != "original" for r in result.summary):
+    if result.components and any(r["variant"] not in ("original", SCORE_VARIANT) for r in result.summary):
         plot_accuracy(result, out / "accuracy.png")
     gallery = result.extras.get("gallery") or {}
     if gallery:
