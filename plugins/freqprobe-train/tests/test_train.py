@@ -277,3 +277,21 @@ labels = ["natural", "shuffled"]
     bad.write_text('model = "paper:lenet"\nepoch = 3\n')
     rc, _, err = cli("train", "--config", bad, "--out", tmp_path / "b")
     assert rc == 2 and "Did you mean: epochs" in err, err
+
+
+def test_timm_model_trains_on_raw_pixels_and_its_checkpoint_says_so(cli, tmp_path, train_pm):
+    """A timm model (whose pretrained_cfg has ImageNet statistics) trains on [0, 1] pixels; `freqprobe run` with its
+    model.pt uses no normalisation and gives the tracked test accuracy."""
+    out = tmp_path / "timm"
+    rc, _, err = cli("train", "--model", "timm:resnet10t", "--data", "synth10", "--limit", "200", "--test-limit", "100",
+                     "--epochs", "1", "--track-samples", "0", "--out", out, "-q")
+    assert rc == 0, err
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["model"]["mean"] is None and man["model"]["std"] is None
+    rc, _, err = cli("run", "--model", "timm:resnet10t", "--checkpoint", out / "model.pt", "--data", "synth10", "--limit", "100",
+                     "--batch-size", "500", "--out", tmp_path / "eval", "-q")
+    assert rc == 0, err
+    got = {(r["variant"], r["param"]): r["value"] for r in read_csv(tmp_path / "eval" / "summary.csv")}
+    tracked = {(r["variant"], r["param"]): r["value"] for r in read_csv(out / "curves.csv")
+               if r["split"] == "test" and r["metric"] == "accuracy"}
+    assert got == tracked
