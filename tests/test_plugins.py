@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import importlib.metadata
 import json
 import os
 import re
@@ -65,6 +66,9 @@ def make_dist(site: Path, dist: str, entry_points: dict[str, str], modules: dict
 
 #: the first-party plugins' entry points (plugins/*), installed with freqprobe
 FIRST_PARTY = "attacks,smoothing,coco,train"
+#: every plugin installed here (the first-party ones and the example of examples/freqprobe-filters, which the
+#: README's test command installs): what tests about other third-party plugins switch off
+INSTALLED = ",".join(sorted({ep.name for ep in importlib.metadata.entry_points(group="freqprobe")} | set(FIRST_PARTY.split(","))))
 
 
 def run_sub(site: Path, *args, autoload=True, extra_env=None, cwd=None, first_party=False):
@@ -76,7 +80,7 @@ def run_sub(site: Path, *args, autoload=True, extra_env=None, cwd=None, first_pa
     env.pop("FREQPROBE_LOAD_PLUGINS", None)
     env.pop("FREQPROBE_DISABLE_PLUGINS", None)
     if not first_party:
-        env["FREQPROBE_DISABLE_PLUGINS"] = FIRST_PARTY
+        env["FREQPROBE_DISABLE_PLUGINS"] = INSTALLED
     if not autoload:
         env["FREQPROBE_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     env.update(extra_env or {})
@@ -315,7 +319,7 @@ def test_entry_point_plugin_used_by_run_in_process(good_site, cli, monkeypatch, 
     monkeypatch.syspath_prepend(str(good_site))
     monkeypatch.delenv("FREQPROBE_LOAD_PLUGINS", raising=False)
     try:
-        pm = freqprobe.plugins.get_plugin_manager(autoload=True, disable=FIRST_PARTY.split(","))
+        pm = freqprobe.plugins.get_plugin_manager(autoload=True, disable=INSTALLED.split(","))
         assert pm.dists == {"myplug": "myplug 1.0"}
         assert freqprobe.collect("decomposers", pm)["myplug-box"].plugin == "myplug"
         monkeypatch.setattr(freqprobe.plugins, "_default", pm)
@@ -339,9 +343,9 @@ def test_entry_point_plugin_used_by_run_in_process(good_site, cli, monkeypatch, 
 
         # FREQPROBE_LOAD_PLUGINS limits which entry points load (empty: none)
         monkeypatch.setenv("FREQPROBE_LOAD_PLUGINS", "")
-        assert "myplug" not in dict(freqprobe.plugins.get_plugin_manager(autoload=True, disable=FIRST_PARTY.split(",")).list_name_plugin())
+        assert "myplug" not in dict(freqprobe.plugins.get_plugin_manager(autoload=True, disable=INSTALLED.split(",")).list_name_plugin())
         monkeypatch.setenv("FREQPROBE_LOAD_PLUGINS", "other,myplug")
-        assert "myplug" in dict(freqprobe.plugins.get_plugin_manager(autoload=True, disable=FIRST_PARTY.split(",")).list_name_plugin())
+        assert "myplug" in dict(freqprobe.plugins.get_plugin_manager(autoload=True, disable=INSTALLED.split(",")).list_name_plugin())
     finally:
         sys.modules.pop("myplugmod", None)
 
@@ -369,7 +373,7 @@ def test_broken_plugin_in_plugins_json(tmp_path, cli, monkeypatch):
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.delenv("FREQPROBE_LOAD_PLUGINS", raising=False)
     with pytest.warns(freqprobe.errors.PluginWarning, match="brokenplug"):
-        pm = freqprobe.plugins.get_plugin_manager(autoload=True, disable=FIRST_PARTY.split(","))
+        pm = freqprobe.plugins.get_plugin_manager(autoload=True, disable=INSTALLED.split(","))
     monkeypatch.setattr(freqprobe.plugins, "_default", pm)
     rc, out, err = cli("plugins", "--json")
     assert rc == 0, err
