@@ -106,7 +106,7 @@ def load_config(path: str) -> tuple[dict, dict]:
 @click.option("--train-on", metavar="low:R|high:R", help="Train on the low or high part at radius R instead of the originals (Table 1).")
 @click.option("--rescale", help="How a component is fed when training on it (default minmax: the standard pixel scale).")
 @click.option("--radii", help="Tracked radii (default 4,8,12,16).")
-@click.option("--track-samples", type=int, help="Images tracked per split (default: 2.5 %% of the training set, 100-1000; 0: all).")
+@click.option("--track-samples", type=int, help="Images tracked per split (default: 2.5 % of the training set, 100-1000; 0: all).")
 @click.option("--track-batch-size", type=int, help="Batch size of the tracking evaluation (default 500).")
 @click.option("--model-arg", multiple=True, metavar="KEY=VALUE", help="Keyword argument for the model constructor (repeatable).")
 @click.option("--mean", help="Normalise with this mean (default: none, [0,1] pixels as in the paper).")
