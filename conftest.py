@@ -106,13 +106,25 @@ def cli(capsys):
 
 
 @pytest.fixture
-def coco_pm(monkeypatch):
-    """The default plugin manager the CLI and ``freqprobe.run`` use, with the COCO plugin registered (autoload is off in tests)."""
+def first_party_pm(monkeypatch):
+    """``first_party_pm("attacks", "smoothing")``: the default plugin manager the CLI and ``freqprobe.run`` use,
+    with those first-party plugins registered (autoload is off in tests)."""
+    import importlib
+
     import freqprobe.plugins
-    import freqprobe_coco.hooks
     from freqprobe import get_plugin_manager
 
-    pm = get_plugin_manager(autoload=False)
-    pm.register(freqprobe_coco.hooks, "coco")
-    monkeypatch.setattr(freqprobe.plugins, "_default", pm)
-    return pm
+    def make(*names: str):
+        pm = get_plugin_manager(autoload=False)
+        for name in names:
+            pm.register(importlib.import_module(f"freqprobe_{name}.hooks"), name)
+        monkeypatch.setattr(freqprobe.plugins, "_default", pm)
+        return pm
+
+    return make
+
+
+@pytest.fixture
+def coco_pm(first_party_pm):
+    """The default plugin manager with the COCO plugin registered."""
+    return first_party_pm("coco")

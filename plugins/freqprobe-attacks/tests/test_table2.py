@@ -20,12 +20,8 @@ NET = (
 
 
 @pytest.fixture
-def both(monkeypatch):
-    pm = freqprobe.get_plugin_manager(autoload=False)
-    pm.register(freqprobe_attacks.hooks, "attacks")
-    pm.register(freqprobe_smoothing.hooks, "smoothing")
-    monkeypatch.setattr(freqprobe.plugins, "_default", pm)
-    return pm
+def both(first_party_pm):
+    return first_party_pm("attacks", "smoothing")
 
 
 @pytest.fixture

@@ -17,17 +17,9 @@ from freqprobe.journal import StopRequested, clear_stop, request_stop
 
 
 @pytest.fixture
-def train_pm(monkeypatch):
-    """The CLI's default plugin manager with the train and attacks plugins (autoload is off in tests)."""
-    import freqprobe.plugins
-    import freqprobe_attacks.hooks
-    import freqprobe_train.hooks
-
-    pm = freqprobe.get_plugin_manager(autoload=False)
-    pm.register(freqprobe_train.hooks, "train")
-    pm.register(freqprobe_attacks.hooks, "attacks")
-    monkeypatch.setattr(freqprobe.plugins, "_default", pm)
-    return pm
+def train_pm(first_party_pm):
+    """The CLI's default plugin manager with the train and attacks plugins."""
+    return first_party_pm("train", "attacks")
 
 
 @pytest.fixture
