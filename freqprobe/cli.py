@@ -250,6 +250,8 @@ def run(**kw) -> None:
             progress=_progress_factory(quiet),
             announce=_say(quiet),
         )
+    if result.extras.get("rank"):  # torchrun: only rank 0 reports
+        return
     man = result.extras["manifest"]
     click.echo(
         f"\n{man['probe']['name']} on {man['model']['spec']} | data {man['data']['spec']} | "

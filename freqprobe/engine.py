@@ -603,6 +603,10 @@ def run_loop(ctx: RunContext, sources: Sequence[VariantSource], *, observers: Se
     state.timings = timings
     state.extras["engine"] = settings.describe()
     state.extras["nonfinite"] = {v: c for v, c in zip(variants, nonfinite)}
+    if getattr(ctx, "dist", None) is not None:  # torchrun: rank 0 merges every rank's share (freqprobe.distributed)
+        from .distributed import gather_state
+
+        state = gather_state(state, observers, ctx.dist)
     return state
 
 

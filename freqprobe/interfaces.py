@@ -730,6 +730,8 @@ class RunContext:
     #: the data-set indices of the batch being evaluated (set by the loop; a variant source that
     #: draws random numbers seeds from them, so a resumed or sharded run draws the same)
     current_indices: Any = None
+    #: the torchrun job this process belongs to (:class:`freqprobe.distributed.Dist`), or None
+    dist: Any = None
 
     def evaluate(self, sources: Sequence[VariantSource], *, probe: str, observers: Sequence[Any] = (), **kw: Any) -> "ProbeResult":
         """Run the one evaluation loop (:func:`freqprobe.engine.evaluate`) over ``sources``."""

@@ -591,8 +591,8 @@ def parse_eps(text: str | Sequence[float] | None) -> list[float]:
     return out
 
 
-def plan(spec: RunSpec, pm) -> Plan:
-    """Check every name and number the user gave, before anything is loaded."""
+def plan(spec: RunSpec, pm, *, check_out: bool = True) -> Plan:
+    """Check every name and number the user gave, before anything is loaded (``check_out``: the output folder too)."""
     for what, value in (("--batch-size", spec.batch_size), ("--limit", spec.limit), ("--fit-epochs", spec.fit_epochs),
                         ("--forward-batch", spec.forward_batch)):
         if value is not None and value < 1:
@@ -633,7 +633,8 @@ def plan(spec: RunSpec, pm) -> Plan:
     if spec.resume and spec.out is None:
         raise UserFacingError("--resume needs the --out folder of the interrupted run")
     out_dir = Path(spec.out) if spec.out is not None else _default_out(model_name, spec.probe)
-    check_out_dir(out_dir, resume=spec.resume)
+    if check_out:
+        check_out_dir(out_dir, resume=spec.resume)
     attacks, eps = parse_attacks(spec.attacks, pm), parse_eps(spec.eps)
     if (attacks or eps) and not getattr(probe_entry.cls, "takes_attacks", False):
         what = "--attack" if attacks else "--eps"
@@ -888,11 +889,24 @@ def run(
     sw = Stopwatch()
     check_seed(spec.seed)
     torch.manual_seed(spec.seed)
+    from . import distributed
+
+    if distributed.from_env() is not None:
+        if spec.resume:
+            raise UserFacingError("--resume is not available under torchrun; run the interrupted job again from the start")
+        d, device = distributed.setup(str(spec.device))
+        spec = dataclasses.replace(spec, device=device)
+        if not d.is_main:  # the other ranks evaluate their share and write nothing
+            return _run_rank(spec, pm, d)
+    else:
+        d = None
     p = plan(spec, pm)
     stage = "loading"
     with workspace(p.out_dir, kind="run", resume=spec.resume, announce=say) as ws:
         try:
             ctx = build_context(p, pm)
+            if d is not None:
+                _refuse_fit_under_torchrun(spec, ctx)
             ws.bind(fingerprint(spec, ctx), command=spec.command)
             sw.lap("load_s")
             stage = "fitting"
@@ -900,12 +914,15 @@ def run(
             if fit_record is not None:
                 sw.lap("fit_s")
             stage = "probing"
-            journal = RunJournal(ws)
+            journal = RunJournal(ws) if d is None else None  # under torchrun: no streaming or checkpoints
             ctx.journal, ctx.allow_nonfinite = journal, spec.allow_nonfinite
+            if d is not None:
+                ctx.dist, ctx.shard = d, (d.rank, d.world)
             try:
                 result = evaluate_stage(ctx, p, progress=progress)
             finally:
-                journal.close()
+                if journal is not None:
+                    journal.close()
             sw.lap("probe_s")
             manifest = publish(ctx, p, result, ws.dir, fit_record=fit_record, sw=sw)
         except StopRequested as exc:
@@ -918,6 +935,23 @@ def run(
     result.extras["out_dir"] = p.out_dir
     result.extras["manifest"] = manifest
     return result
+
+
+def _run_rank(spec: RunSpec, pm, d) -> ProbeResult:
+    """A torchrun rank other than 0: build the same context, evaluate its share of the batches, write nothing."""
+    p = plan(spec, pm, check_out=False)
+    ctx = build_context(p, pm)
+    _refuse_fit_under_torchrun(spec, ctx)
+    ctx.allow_nonfinite, ctx.dist, ctx.shard = spec.allow_nonfinite, d, (d.rank, d.world)
+    result = evaluate_stage(ctx, p)
+    result.extras["rank"] = d.rank
+    return result
+
+
+def _refuse_fit_under_torchrun(spec: RunSpec, ctx: RunContext) -> None:
+    if fit_needed(spec, ctx.adapter):
+        raise UserFacingError(f"{ctx.adapter.spec} has no weights, and under torchrun a model is not fitted first; "
+                              "pass --checkpoint (or fit it in one process), or --no-fit")
 
 
 def _json_default(o: Any):

@@ -62,6 +62,12 @@ class Figure2Gallery:
     def load_state_dict(self, state: dict) -> None:
         self.gallery = {p: list(e) for p, e in zip(state["params"], state["entries"])}
 
+    def merge_state(self, state: dict) -> None:
+        """Another process's gallery (torchrun): the first ``size`` entries per parameter in data order, as one process keeps."""
+        for p, entries in zip(state["params"], state["entries"]):
+            both = sorted(self.gallery.get(p, []) + list(entries), key=lambda e: e["index"])
+            self.gallery[p] = both[: self.size]
+
 
 class LfcHfcProbe(Probe):
     """Accuracy on the original images and on each frequency component at each radius/rank."""

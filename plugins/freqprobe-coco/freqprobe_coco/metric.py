@@ -49,9 +49,13 @@ class CocoMap(Metric):
         self._cache = None
 
     def results_array(self) -> np.ndarray:
-        """All detections so far as COCO's loadRes array (K×7 float64), in evaluation order."""
+        """All detections so far as COCO's loadRes array (K×7 float64), in data order (ascending image id, each
+        image's detections as the detector gave them): the same whichever shards were merged in which order."""
         rows = [r.numpy() if isinstance(r, torch.Tensor) else np.asarray(r) for r in self.rows]
-        return np.concatenate(rows) if rows else np.zeros((0, 7))
+        if not rows:
+            return np.zeros((0, 7))
+        out = np.concatenate(rows)
+        return out[np.argsort(out[:, 0], kind="stable")]
 
     def compute(self) -> dict[str, float]:
         key = (len(self.rows), len(self.image_ids))

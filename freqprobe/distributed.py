@@ -1,0 +1,109 @@
+"""Probes across processes with torchrun: ``torchrun --nproc_per_node N -m freqprobe run ...``.
+
+Each process (rank) evaluates every ``world``-th batch of the data (whole batches: every sample is
+computed in the same batch as in one process, so nothing drifts in the last bit); at the end of the
+evaluation loop the ranks send their states — metric states, per-sample rows, observer states,
+counts — to rank 0 (torch.distributed's ``gather_object``: gloo on CPUs, and a gloo group beside
+NCCL on GPUs for these small Python objects), which merges them in batch order and writes exactly
+the files one process writes. The other ranks write nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import torch
+
+from .errors import UserFacingError
+
+
+@dataclasses.dataclass
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    group: Any = None  # the process group for Python objects (gloo)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def from_env() -> tuple[int, int, int] | None:
+    """``(rank, world, local_rank)`` when started by torchrun with more than one process, else None."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return None
+    if world <= 1:
+        return None
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def setup(device: str) -> tuple[Dist | None, str]:
+    """Join the torchrun job (once per process); returns the Dist and the device this rank uses."""
+    env = from_env()
+    if env is None:
+        return None, device
+    import torch.distributed as dist
+
+    rank, world, local_rank = env
+    use_cuda = torch.cuda.is_available() and str(device) in ("auto", "cuda") or str(device).startswith("cuda")
+    if use_cuda:
+        if not torch.cuda.is_available():
+            raise UserFacingError(f"--device {device} under torchrun, but torch sees no CUDA GPU here")
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(local_rank)
+    elif str(device) == "auto":
+        device = "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    group = dist.new_group(backend="gloo") if use_cuda else None
+    return Dist(rank, world, local_rank, group), device
+
+
+def gather_state(state, observers: Sequence[Any], d: Dist):
+    """Rank 0: ``state`` with every rank's merged in (rows in the order of one process). Other ranks: ``state`` as is."""
+    import torch.distributed as dist
+
+    from .engine import _metric_state
+    from .tables import SampleTable
+
+    table = state.table
+    payload = {
+        "metrics": [[_metric_state(m) for m in state.metrics[v]] for v in state.variants],
+        "columns": table.columns if table is not None else None,
+        "blocks": list(table._blocks) if table is not None else [],
+        "n": state.n,
+        "nonfinite": [int(state.extras.get("nonfinite", {}).get(v, 0)) for v in state.variants],
+        "observers": [ob.state_dict() if hasattr(ob, "state_dict") else None for ob in observers],
+    }
+    got: list | None = [None] * d.world if d.is_main else None
+    dist.gather_object(payload, got, dst=0, group=d.group)
+    if not d.is_main:
+        return state
+    for other in got[1:]:
+        for v, theirs in zip(state.variants, other["metrics"]):
+            for m, st in zip(state.metrics[v], theirs):
+                if "declared" not in st:
+                    raise UserFacingError(f"metric {getattr(m, 'name', type(m).__name__)!r} declares no state (add_state), "
+                                          "so it cannot be merged across torchrun processes")
+                m.merge(st["declared"])
+        for ob, st in zip(observers, other["observers"]):
+            if st is not None and hasattr(ob, "merge_state"):
+                ob.merge_state(st)
+    state.n = sum(p["n"] for p in got)
+    state.extras["nonfinite"] = {v: sum(p["nonfinite"][i] for p in got) for i, v in enumerate(state.variants)}
+    columns = next((p["columns"] for p in got if p["columns"] is not None), None)
+    if columns is not None:
+        per_batch = len(state.variants)
+        chunks = [[p["blocks"][i:i + per_batch] for i in range(0, len(p["blocks"]), per_batch)] for p in got]
+        merged = SampleTable(columns)
+        for b in range(sum(len(c) for c in chunks)):  # batch b was rank b % world's (b // world)-th
+            for n, block in chunks[b % d.world][b // d.world]:
+                merged._blocks.append((n, block))
+                merged._n += n
+        state.table = merged
+    return state
