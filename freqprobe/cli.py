@@ -396,6 +396,18 @@ def plugins(show_all: bool, as_json: bool) -> None:
         click.echo(f"failed: {e.message()}", err=True)
 
 
+@cli.command("report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .html file to write (one self-contained page).")
+@click.option("--title", help="The page title (default: freqprobe report).")
+def report(run_dirs: tuple[str, ...], out: str, title: str | None) -> None:
+    """One self-contained HTML page summarising run folders (probe runs, training runs, grids, table2)."""
+    from .report import write_report
+
+    path = write_report(run_dirs, out, title=title)
+    click.echo(f"wrote {path} ({len(run_dirs)} folder{'s' if len(run_dirs) != 1 else ''})")
+
+
 def _add_plugin_commands() -> None:
     """Each plugin's ``register_commands`` on its own: one that raises, or replaces a core command, is recorded and skipped."""
     from .plugins import LoadError, is_builtin
@@ -419,7 +431,7 @@ def _add_plugin_commands() -> None:
                                           f"'{cname}'; the core command is kept", "register_commands"))
 
 
-_CORE_COMMANDS = ("run", "decompose", "list", "plugins")
+_CORE_COMMANDS = ("run", "decompose", "list", "plugins", "report")
 
 
 def _plugin_switches(args: list[str]) -> tuple[list[str], str | None]:

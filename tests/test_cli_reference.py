@@ -51,7 +51,7 @@ def test_first_line_says_generated(reference):
 
 
 def test_every_command_and_every_run_option_appears(reference):
-    core = {"run", "decompose", "list", "plugins"}
+    core = {"run", "decompose", "list", "plugins", "report"}
     headings = [line[len("## freqprobe "):] for line in reference.splitlines() if line.startswith("## freqprobe ")]
     assert headings == sorted(core | set(PLUGIN_COMMANDS))
     for name, plugin in PLUGIN_COMMANDS.items():

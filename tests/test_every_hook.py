@@ -399,7 +399,7 @@ def test_register_commands_a_third_party_command_runs(cli, use_pm, monkeypatch):
     assert rc == 0 and out.startswith("hello, world!")
     rc, out, err = cli("--help")
     assert rc == 0 and re.search(r"^\s+hello\s+Greet someone", out, re.M), out
-    for core in ("run", "decompose", "list", "plugins"):
+    for core in ("run", "decompose", "list", "plugins", "report"):
         assert re.search(rf"^\s+{core}\s", out, re.M)
     rc, out, err = cli("hello", "--help")
     assert rc == 0 and "--name TEXT" in out and "Whom to greet." in out
