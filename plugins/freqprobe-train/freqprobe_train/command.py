@@ -155,10 +155,14 @@ def train_command(ctx: click.Context, **kw: Any) -> None:
         dup = next(n for n in names if names.count(n) > 1)
         raise UserFacingError(f"two grid settings are the same run ({dup}); drop the duplicate value")
     cmd = command_line()
+    from freqprobe import distributed
+
+    main = (distributed.from_env() or (0, 1, 0))[0] == 0  # under torchrun only rank 0 writes and reports
     with graceful_stop(lambda m: click.echo(m, err=True)):
         if len(settings) == 1 and not grid:
             train(settings[0], out, pm=pm, resume=kw["resume"], say=say, progress=progress, command=cmd)
-            click.echo(f"results in {out}/ (curves.csv, curves.png, model.pt, checkpoints/, manifest.json)")
+            if main:
+                click.echo(f"results in {out}/ (curves.csv, curves.png, model.pt, checkpoints/, manifest.json)")
             return
         from freqprobe.runner import check_out_dir
 
@@ -186,7 +190,10 @@ def train_command(ctx: click.Context, **kw: Any) -> None:
 
                 shutil.rmtree(sub)  # started but no epoch finished: start it again
             train(s, sub, pm=pm, resume=resume, say=say, progress=progress, command=cmd)
-            runs[name] = read_curves(sub / "curves.csv")
+            if main:
+                runs[name] = read_curves(sub / "curves.csv")
+        if not main:
+            return
         _write_grid_csv(out / "grid.csv", runs)
         plot_comparison(runs, out / "comparison.png", title=f"{base['model']} on {base['data']}")
         (out / "grid.json").write_text(json.dumps({"runs": names, "grid": {k: [str(v) for v in vs] for k, vs in grid.items()},

@@ -55,6 +55,7 @@ class FrequencyTracker:
         seed: int = 0,
         device: str | torch.device = "cpu",
         batch_size: int = 500,
+        channels_last: bool | None = None,
         pm=None,
     ) -> None:
         from freqprobe import registry
@@ -66,6 +67,8 @@ class FrequencyTracker:
         self.radii = self.decomposer.check_params(list(radii))
         self.rescale = registry.get_class("rescale", rescale, pm)()
         self.batch_size = int(batch_size)
+        #: the engine's memory format (None: its default); False keeps the parameters' layout (what DDP needs)
+        self.channels_last = channels_last
         if self.batch_size < 1:
             raise UserFacingError(f"tracking batch size must be at least 1, got {batch_size}")
         self.splits: dict[str, DataSource] = {}
@@ -99,7 +102,7 @@ class FrequencyTracker:
             for split, data in self.splits.items():
                 ctx = RunContext(adapter=adapter, data=data, decomposer=self.decomposer, params=list(self.radii),
                                  rescale=self.rescale, metrics=[AccuracyMetric], device=self.device,
-                                 batch_size=self.batch_size, pm=self.pm)
+                                 batch_size=self.batch_size, pm=self.pm, channels_last=self.channels_last)
                 res = ctx.evaluate([DecomposerSource(self.decomposer, self.radii)], probe="track", samples=False)
                 for r in res.summary:
                     rows.append({"epoch": int(epoch), "split": split, "variant": r["variant"], "param": r["param"],

@@ -260,10 +260,22 @@ def train(
     out = Path(out)
     state_file = out / "train_state.pt"
     start_epoch = 0
+    from freqprobe import distributed
+
+    d, dev = distributed.setup(s.device)  # torchrun: DistributedDataParallel, each rank a slice of every batch
+    main = d is None or d.is_main
+    if d is not None:
+        import warnings
+
+        s = dataclasses.replace(s, device=dev)
+        # a size-1 dimension (a 1-channel first conv) has two valid strides: DDP's performance note, not a problem
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        if not main:
+            say, progress = (lambda m: None), None
     if resume:
         if not state_file.is_file():
             raise UserFacingError(f"nothing to resume in {out} (no train_state.pt); leave out --resume to start a run there")
-    else:
+    elif main:
         check_out_dir(out)
     device = resolve_device(s.device)
     train_data, test_data, data_desc = open_splits(s, pm)
@@ -271,6 +283,10 @@ def train(
     adapter.to(device)
     module = adapter.module
     opt = OPTIMIZERS[s.optimizer](module.parameters(), lr=s.lr)
+    forward = adapter.forward
+    if d is not None:
+        ddp = torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+        forward = lambda x: ddp(adapter.normalize(x))  # noqa: E731
     rows: list[dict] = []
     history: list[dict] = []
     if resume:
@@ -284,7 +300,7 @@ def train(
             raise UserFacingError(f"{out} has already been trained for {start_epoch} epochs; pass --epochs N with N > {start_epoch} "
                                   "to train more")
         module.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
+        opt.load_state_dict(saved["optimizer"])  # every rank loads the same state
         history = list(saved.get("history", []))
         rows = [r for r in read_curves(out / "curves.csv") if r["epoch"] <= start_epoch]
         say(f"resuming {out} after epoch {start_epoch} of {s.epochs}")
@@ -293,7 +309,8 @@ def train(
     dec = freqprobe.get_decomposer("fft-radial", pm)
     track_n = s.track_samples if s.track_samples is not None else default_track_samples(len(train_data))
     tracker = FrequencyTracker({"train": train_data, "test": test_data}, radii=s.radii, rescale=s.rescale if comp_r else "none",
-                               samples=track_n or None, seed=s.seed, device=device, batch_size=s.track_batch_size, pm=pm)
+                               samples=track_n or None, seed=s.seed, device=device, batch_size=s.track_batch_size,
+                               channels_last=False if d is not None else None, pm=pm)
     attack = None
     if s.adversarial:
         from freqprobe.runner import parse_attacks
@@ -308,8 +325,9 @@ def train(
         "settings": {**dataclasses.asdict(s), "radii": [float(r) for r in s.radii]}, "model_args": model_args,
         "model": adapter.describe(), "data": data_desc, "train_n": len(train_data), "test_n": len(test_data),
         "tracking": {**tracker.describe(), "samples_per_split": track_n or "all"}, "device": str(device),
+        "processes": d.world if d is not None else 1,
     }
-    loss_fn = torch.nn.CrossEntropyLoss()
+    loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")  # divided by the whole batch's size (also under DDP)
     for epoch in range(start_epoch + 1, s.epochs + 1):
         t0 = time.perf_counter()
         torch.manual_seed(s.seed * 1000 + epoch)  # dropout; resume reproduces the uninterrupted run
@@ -336,17 +354,33 @@ def train(
             y2, lam = None, 1.0
             if s.mixup:
                 x, y2, lam = _mixup(x, y, s.mixup, gen, rng)
+            n_batch = len(y)
+            if d is not None:  # this rank's slice of the batch every rank loaded (the same batches as one process)
+                part = torch.tensor_split(torch.arange(n_batch, device=x.device), d.world)[d.rank]
+                x, y = x[part], y[part]
+                y2 = y2[part] if y2 is not None else None
             opt.zero_grad(set_to_none=True)
-            logits = adapter.forward(x)
+            logits = forward(x)
             loss = loss_fn(logits, y) if y2 is None else lam * loss_fn(logits, y) + (1 - lam) * loss_fn(logits, y2)
-            loss.backward()
+            # mean over the whole batch; DDP averages the ranks' gradients, so each rank scales by the world size
+            (loss * (d.world if d is not None else 1) / n_batch).backward()
             opt.step()
-            loss_sum += float(loss.detach()) * len(y)
+            loss_sum += float(loss.detach())
             correct += int((logits.detach().argmax(1) == y).sum())
             total += len(y)
             if cb:
                 cb(len(y))
         train_s = time.perf_counter() - t0
+        if d is not None:
+            import torch.distributed as tdist
+
+            sums = torch.tensor([loss_sum, correct, total], dtype=torch.float64)
+            tdist.all_reduce(sums, group=d.group)
+            loss_sum, correct, total = float(sums[0]), int(sums[1]), int(sums[2])
+            if not main:  # rank 0 tracks and writes; the others wait for it
+                module.eval()
+                tdist.barrier(group=d.group)
+                continue
         t1 = time.perf_counter()
         module.eval()
         new = tracker.track(adapter, epoch)
@@ -361,6 +395,12 @@ def train(
         test_acc = next((r["value"] for r in new if r["split"] == "test" and r["variant"] == "original"), float("nan"))
         say(f"  epoch {epoch}/{s.epochs}: loss {rec['loss']:.4f}, train accuracy {rec['accuracy']:.4f} "
             f"(on what it was fed), test {test_acc:.4f}; {train_s:.1f} s training + {track_s:.1f} s tracking")
+        if d is not None:
+            import torch.distributed as tdist
+
+            tdist.barrier(group=d.group)
+    if not main:
+        return {}
     return json.loads((out / "manifest.json").read_text())
 
 

@@ -289,3 +289,34 @@ def test_timm_model_trains_on_raw_pixels_and_its_checkpoint_says_so(cli, tmp_pat
     tracked = {(r["variant"], r["param"]): r["value"] for r in read_csv(out / "curves.csv")
                if r["split"] == "test" and r["metric"] == "accuracy"}
     assert got == tracked
+
+
+def test_torchrun_ddp_trains_like_one_process(tmp_path, mnist):
+    """Two gloo processes (DistributedDataParallel, each a slice of every batch) track the same curves as one process;
+    the weights differ only by the gradient reduction order (float rounding)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("FREQPROBE_DISABLE_PLUGIN_AUTOLOAD", None)
+    args = ["train", "--model", "paper:lenet", *mnist, "--limit", "300", "--test-limit", "100", "--epochs", "2",
+            "--track-samples", "0", "--mixup", "0.5", "-q"]
+    one = subprocess.run([sys.executable, "-m", "freqprobe", *args, "--out", str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+                          "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "freqprobe", *args,
+                          "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "Grad strides" not in two.stderr
+    tracked = lambda p: [ln for ln in (p / "curves.csv").read_text().splitlines() if ",fit," not in ln]  # noqa: E731
+    assert tracked(tmp_path / "two") == tracked(tmp_path / "one")
+    assert json.loads((tmp_path / "two" / "manifest.json").read_text())["processes"] == 2
+    a = torch.load(tmp_path / "one" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "two" / "model.pt", weights_only=True)["state_dict"]
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
