@@ -238,13 +238,19 @@ def _images(d: Path) -> str:
     return "".join(_img(p) for p in paths if p.is_file())
 
 
-def _probe_section(d: Path, level: int) -> tuple[str, dict[str, Any] | None]:
+def _section_head(d: Path, table: str, kind: str, level: int) -> tuple[dict, list, list, list[str]]:
+    """A run folder's manifest, its table (header, rows), and the section's heading and command line."""
     manifest = _read_manifest(d)
-    header, rows = _read_csv(d / "summary.csv")
+    header, rows = _read_csv(d / table)
     h = f"h{level}"
-    parts = [f"<{h}>{_e(_heading(d, manifest, 'probe'))}</{h}>"]
+    parts = [f"<{h}>{_e(_heading(d, manifest, kind))}</{h}>"]
     if manifest.get("command"):
         parts.append(f"<p class=meta><code>{_e(manifest['command'])}</code></p>")
+    return manifest, header, rows, parts
+
+
+def _probe_section(d: Path, level: int) -> tuple[str, dict[str, Any] | None]:
+    manifest, header, rows, parts = _section_head(d, "summary.csv", "probe", level)
     parts.append(_summary_tables(header, rows))
     parts += [f"<p class=score>{_e(line)}</p>" for line in _score_lines(manifest, rows)]
     parts.append(_images(d))
@@ -336,12 +342,7 @@ def _last_epoch_table(header: list[str], rows: list[dict[str, str]], lead: list[
 
 
 def _train_section(d: Path, level: int) -> str:
-    manifest = _read_manifest(d)
-    header, rows = _read_csv(d / "curves.csv")
-    h = f"h{level}"
-    parts = [f"<{h}>{_e(_heading(d, manifest, 'train'))}</{h}>"]
-    if manifest.get("command"):
-        parts.append(f"<p class=meta><code>{_e(manifest['command'])}</code></p>")
+    manifest, header, rows, parts = _section_head(d, "curves.csv", "train", level)
     parts += [_last_epoch_table(header, rows, []), _images(d), _manifest_block(manifest)]
     return "".join(parts)
 
