@@ -40,6 +40,14 @@ def read_checkpoint(path: str | Path, *, trust: bool = False) -> tuple[Any, str]
 
     ``obj`` is a flat ``{key: tensor}`` mapping, except for ``torchscript`` (the scripted module).
     """
+    obj, kind, _ = read_checkpoint_with_meta(path, trust=trust)
+    return obj, kind
+
+
+def read_checkpoint_with_meta(path: str | Path, *, trust: bool = False) -> tuple[Any, str, dict | None]:
+    """:func:`read_checkpoint` and, from the same single read, the ``freqprobe`` section of a :func:`save_model`
+    checkpoint (None for any other file).
+    """
     p = Path(path)
     if not p.is_file():
         raise UserFacingError(f"checkpoint not found: {p} (pass --checkpoint with an existing file)")
@@ -47,12 +55,12 @@ def read_checkpoint(path: str | Path, *, trust: bool = False) -> tuple[Any, str]
         try:
             from safetensors.torch import load_file
 
-            return load_file(str(p), device="cpu"), "safetensors"
+            return load_file(str(p), device="cpu"), "safetensors", None
         except Exception as exc:
             raise UserFacingError(f"could not read safetensors checkpoint {p}: {str(exc).splitlines()[0]}") from None
     if _is_torchscript(p):
         try:
-            return torch.jit.load(str(p), map_location="cpu"), "torchscript"
+            return torch.jit.load(str(p), map_location="cpu"), "torchscript", None
         except Exception as exc:
             raise UserFacingError(f"could not read TorchScript checkpoint {p}: {str(exc).splitlines()[0]}") from None
     try:
@@ -79,8 +87,8 @@ def read_checkpoint(path: str | Path, *, trust: bool = False) -> tuple[Any, str]
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserFacingError(f"could not read checkpoint {p}: {msg} (corrupt or not a torch file?)") from None
     if isinstance(obj, torch.nn.Module):
-        return obj.state_dict(), kind
-    return extract_state_dict(obj, p), kind
+        return obj.state_dict(), kind, None
+    return extract_state_dict(obj, p), kind, _meta_of(obj)
 
 
 #: the key under which a freqprobe checkpoint (``model.pt`` of a fitted or trained model) keeps what it knows
@@ -109,6 +117,10 @@ def checkpoint_meta(path: str | Path) -> dict | None:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception:
         return None
+    return _meta_of(obj)
+
+
+def _meta_of(obj: Any) -> dict | None:
     meta = obj.get(META_KEY) if isinstance(obj, Mapping) else None
     return dict(meta) if isinstance(meta, Mapping) else None
 

@@ -164,9 +164,8 @@ def export_png(
             (ws.dir / f).mkdir(exist_ok=True)
 
         def save(folder: str, imgs: torch.Tensor, idx, ys) -> None:
-            arr = (imgs.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            for a, i, lab in zip(arr, idx.tolist(), ys.tolist()):
-                Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a).save(ws.dir / folder / f"{i:05d}_label{lab}.png")
+            for img, i, lab in zip(imgs, idx.tolist(), ys.tolist()):
+                Image.fromarray(_to_uint8_hwc(img)).save(ws.dir / folder / f"{i:05d}_label{lab}.png")
 
         if progress and done:
             progress(done)

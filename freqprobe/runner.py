@@ -25,7 +25,8 @@ import torch
 
 from . import guard as _guard
 from . import registry
-from .checkpoint import checkpoint_head_size, checkpoint_meta, load_state_dict_checked, read_checkpoint, save_model, sha256_file
+from .checkpoint import (checkpoint_head_size, load_state_dict_checked, read_checkpoint, read_checkpoint_with_meta,
+                         save_model, sha256_file)
 from .errors import PluginError, UnknownNameError, UserFacingError
 from .interfaces import DataSource, Decomposer, ModelAdapter, ProbeResult, RunContext
 
@@ -286,9 +287,9 @@ def build_model(
     sd = kind = None
     meta = None
     if checkpoint:  # read (and refuse a bad file) before building anything
-        obj, kind = read_checkpoint(checkpoint, trust=trust_checkpoint)
+        # a freqprobe model.pt also knows the normalisation the model was trained with (meta)
+        obj, kind, meta = read_checkpoint_with_meta(checkpoint, trust=trust_checkpoint)
         sd = dict((obj.state_dict() if kind == "torchscript" else obj).items())
-        meta = checkpoint_meta(checkpoint)  # written by freqprobe: it knows the normalisation it was trained with
     explicit_k = "num_classes" in args
     hint = None if (explicit_k or pretrained) else num_classes
     built = _guard.call(source, "build()", source.build, target, pretrained=pretrained, num_classes=hint, model_args=args)
@@ -823,8 +824,7 @@ def publish(ctx: RunContext, p: Plan, result: ProbeResult, tmp: Path, *, fit_rec
     """Writers (``report_result``), the fitted weights, the manifest; into the run's unfinished folder."""
     ctx.out_dir = tmp
     if fit_record is not None and not (tmp / "model.pt").exists():
-        save_model(tmp / "model.pt", ctx.adapter.module, mean=ctx.adapter.mean, std=ctx.adapter.std,
-                   model=ctx.adapter.spec if isinstance(ctx.adapter.spec, str) else None)
+        _save_fitted(ctx, tmp / "model.pt")
     _guard.call_hook(ctx.pm, "report_result", result=result, context=ctx)
     sw.lap("write_s")
     timings = {**sw.stages, **result.extras.get("timings", {}), "total_s": sw.total()}
@@ -834,6 +834,12 @@ def publish(ctx: RunContext, p: Plan, result: ProbeResult, tmp: Path, *, fit_rec
     manifest = manifest_for(ctx, p, result, fit_record=fit_record, timings=timings, outputs=outputs)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=_json_default) + "\n")
     return manifest
+
+
+def _save_fitted(ctx: RunContext, path: Path) -> None:
+    """A fitted model's ``model.pt``: its weights and the normalisation it was fitted with."""
+    a = ctx.adapter
+    save_model(path, a.module, mean=a.mean, std=a.std, model=a.spec if isinstance(a.spec, str) else None)
 
 
 def _fit_or_restore(ctx: RunContext, spec: RunSpec, pm, ws, *, progress, say) -> dict | None:
@@ -849,8 +855,7 @@ def _fit_or_restore(ctx: RunContext, spec: RunSpec, pm, ws, *, progress, say) ->
         say(f"resuming: using the model fitted before the stop ({saved.name}); not fitting again")
         return record
     record = fit_stage(ctx, spec, pm, progress=progress, say=say)
-    save_model(saved, ctx.adapter.module, mean=ctx.adapter.mean, std=ctx.adapter.std,
-               model=ctx.adapter.spec if isinstance(ctx.adapter.spec, str) else None)
+    _save_fitted(ctx, saved)
     ws.note("fit", record)
     return record
 

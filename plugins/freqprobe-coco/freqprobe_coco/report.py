@@ -27,12 +27,8 @@ def write_detections(rows: np.ndarray, path: Path) -> None:
         f.write("\n")
 
 
-def comparison(data, image_ids, rows_a: np.ndarray, rows_b: np.ndarray, *, iou_threshold: float, score_threshold: float):
-    """Per image, the objects found (IoU >= threshold, score >= threshold) on ``a`` only and on ``b`` only."""
-    from .probe import per_object_found
-
-    fa = per_object_found(data, image_ids, rows_a, iou_threshold=iou_threshold, score_threshold=score_threshold)
-    fb = per_object_found(data, image_ids, rows_b, iou_threshold=iou_threshold, score_threshold=score_threshold)
+def comparison(image_ids, fa: dict, fb: dict) -> list[dict]:
+    """Per image, the objects found on ``a`` only and on ``b`` only (``fa``, ``fb``: :func:`per_object_found` of each)."""
     out = []
     for i in image_ids:
         a, b = fa[int(i)], fb[int(i)]
@@ -63,11 +59,14 @@ def write_coco_outputs(result, context) -> None:
     thr, iou = float(info.get("score_threshold", 0.5)), float(info.get("iou_threshold", 0.5))
     n_panels = int((getattr(context, "options", None) or {}).get("panels", 0))
     figures = {}
+    from .probe import per_object_found
+
+    found = lambda rows: per_object_found(data, ids, rows, iou_threshold=iou, score_threshold=thr)  # noqa: E731
+    found_original = found(result.extras["detections"][original])  # matched once, compared with every radius
     for v in result.extras["detections"]:
         if v.name != low or v.extra:
             continue
-        comp = comparison(data, ids, result.extras["detections"][original], result.extras["detections"][v],
-                          iou_threshold=iou, score_threshold=thr)
+        comp = comparison(ids, found_original, found(result.extras["detections"][v]))
         tag = f"{result.param_name}{fmt_param(v.param)}"
         better = sorted((c for c in comp if c["only_b"] > 0), key=lambda c: (-c["only_b"], c["image_id"]))
         worse = sorted((c for c in comp if c["only_a"] > 0), key=lambda c: (-c["only_a"], c["image_id"]))
