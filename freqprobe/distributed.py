@@ -75,7 +75,7 @@ def gather_state(state, observers: Sequence[Any], d: Dist):
     payload = {
         "metrics": [[_metric_state(m) for m in state.metrics[v]] for v in state.variants],
         "columns": table.columns if table is not None else None,
-        "blocks": list(table._blocks) if table is not None else [],
+        "blocks": table.blocks if table is not None else [],
         "n": state.n,
         "nonfinite": [int(state.extras.get("nonfinite", {}).get(v, 0)) for v in state.variants],
         "observers": [ob.state_dict() if hasattr(ob, "state_dict") else None for ob in observers],
@@ -100,10 +100,7 @@ def gather_state(state, observers: Sequence[Any], d: Dist):
     if columns is not None:
         per_batch = len(state.variants)
         chunks = [[p["blocks"][i:i + per_batch] for i in range(0, len(p["blocks"]), per_batch)] for p in got]
-        merged = SampleTable(columns)
-        for b in range(sum(len(c) for c in chunks)):  # batch b was rank b % world's (b // world)-th
-            for n, block in chunks[b % d.world][b // d.world]:
-                merged._blocks.append((n, block))
-                merged._n += n
-        state.table = merged
+        order = [blk for b in range(sum(len(c) for c in chunks))  # batch b was rank b % world's (b // world)-th
+                 for blk in chunks[b % d.world][b // d.world]]
+        state.table = SampleTable.from_blocks(columns, order)
     return state

@@ -112,6 +112,20 @@ class SampleTable:
     def __len__(self) -> int:
         return self._n
 
+    @property
+    def blocks(self) -> list[tuple[int, dict[str, Any]]]:
+        """The rows as they arrived: ``(n, columns)`` blocks, one per batch and variant."""
+        return list(self._blocks)
+
+    @classmethod
+    def from_blocks(cls, columns: Sequence[str], blocks: Sequence[tuple[int, dict[str, Any]]]) -> "SampleTable":
+        """A table of ``blocks`` (as :attr:`blocks` gives them) in the order given: how shards' rows are put back together."""
+        table = cls(columns)
+        for n, block in blocks:
+            table._blocks.append((n, block))
+            table._n += n
+        return table
+
     def _blocks_where(self, eq: Mapping[str, Any]) -> list[tuple[int, dict[str, Any]]]:
         return [(n, b) for n, b in self._blocks if all(not isinstance(b.get(k), np.ndarray) and b.get(k) == v for k, v in eq.items())]
 
