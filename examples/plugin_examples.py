@@ -45,9 +45,27 @@ def register_metrics():
 # --8<-- [end:metric]
 
 
+# --8<-- [start:error-rate]
+class ErrorRate(freqprobe.Metric):
+    """1 - accuracy."""
+    name = "error-rate"
+
+    def __init__(self, ctx=None, **options):
+        super().__init__(ctx, **options)
+        self.add_state("wrong", 0)
+        self.add_state("total", 0)
+
+    def update(self, outputs, targets):
+        self.wrong = self.wrong + int((outputs.argmax(-1) != targets).sum())
+        self.total += len(targets)
+
+    def compute(self):
+        return self.wrong / self.total if self.total else float("nan")  # a fresh instance has seen nothing
+# --8<-- [end:error-rate]
+
+
 # --8<-- [start:probe]
-from freqprobe import Probe, Variant, VariantSource
-from freqprobe.engine import OriginalSource
+from freqprobe import OriginalSource, Probe, Variant, VariantSource
 
 
 class LowPartSource(VariantSource):
@@ -62,9 +80,10 @@ class LowPartSource(VariantSource):
     def variants(self):
         return list(self.by_param.values())
 
-    def produce(self, images, targets, ctx, out=None):
+    def generate(self, batch, ctx, out=None):
+        # batch: the original images and targets on the run's device, the sample indices, the batch number
         for p in self.params:
-            low = self.decomposer.decompose(images, p)[self.part]
+            low = self.decomposer.decompose(batch.images, p)[self.part]
             yield self.by_param[p], low  # the loop copies it into its stack
 
 

@@ -3,66 +3,92 @@
 Implements Wang et al., "High-frequency Component Helps Explain the Generalization of
 Convolutional Neural Networks" (CVPR 2020). Images are N×C×H×W float tensors in [0, 1]
 everywhere; only model adapters normalise.
+
+Everything a user or a plugin needs is importable from here (``freqprobe.__all__``), and a
+plugin's second namespace is :mod:`freqprobe.plugin`; what is in neither may change. The base
+classes, the hook markers and the errors import without torch; the functions that compute
+(``run``, ``evaluate``, ``decompose``...) load it when first used.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from typing import Any
 
-from .errors import FreqprobeError, IncompatibleError, ModelError, PluginError, PluginWarning, UnknownNameError, UserFacingError
+from .errors import (FreqprobeError, IncompatibleError, ModelError, PluginError, PluginWarning, StopRequested,
+                     UnknownNameError, UserFacingError)
+from .evaluators import EvalStep, Evaluator, Metric
 from .hookspecs import hookimpl, hookspec
-from .interfaces import (
-    Attack,
-    Batch,
-    BuiltModel,
-    DataSource,
-    Decomposer,
-    Metric,
-    ModelAdapter,
-    ModelSource,
-    Probe,
-    ProbeResult,
-    RescalePolicy,
-    RunContext,
-    Transform,
-    Variant,
-    VariantSource,
-)
-from .perf import tune_allocator
-from .plugins import get_plugin_manager
-from .registry import collect, get_class, list_entries
-from .engine import DecomposerSource, OriginalSource, evaluate
-from .runner import RunSpec, build_model, decompose, get_decomposer, open_data, run
+from .interfaces import (Attack, Batch, BuiltModel, ClassifierAdapter, DataSource, Decomposer, ModelAdapter, ModelSource,
+                         ProbeResult, RescalePolicy, SourceBatch, Transform, Variant, VariantSource)
+from .options import RunConfig
+from .plugins import collect, get_class, get_plugin_manager, list_entries
+from .probing import Probe, RunContext, Services
+from .version import __version__
+
+#: names loaded on first use (they import torch): name -> module
+_LAZY = {
+    "DecomposerSource": "sources",
+    "OriginalSource": "sources",
+    "evaluate": "engine",
+    "build_model": "runner",
+    "decompose": "runner",
+    "get_decomposer": "runner",
+    "open_data": "runner",
+    "run": "runner",
+    "tune_allocator": "perf",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'freqprobe' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "__version__",
     "Attack",
     "Batch",
     "BuiltModel",
+    "ClassifierAdapter",
     "DataSource",
     "Decomposer",
+    "DecomposerSource",
+    "EvalStep",
+    "Evaluator",
     "FreqprobeError",
     "IncompatibleError",
     "Metric",
     "ModelAdapter",
     "ModelError",
     "ModelSource",
+    "OriginalSource",
     "PluginError",
     "PluginWarning",
     "Probe",
     "ProbeResult",
     "RescalePolicy",
+    "RunConfig",
     "RunContext",
+    "Services",
+    "SourceBatch",
+    "StopRequested",
     "Transform",
     "UnknownNameError",
+    "UserFacingError",
     "Variant",
     "VariantSource",
-    "UserFacingError",
     "build_model",
     "collect",
-    "DecomposerSource",
-    "OriginalSource",
-    "RunSpec",
     "decompose",
     "evaluate",
     "get_class",

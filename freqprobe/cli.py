@@ -1,78 +1,341 @@
-"""The ``freqprobe`` command line. Only this module turns freqprobe errors into exit codes."""
+"""The ``freqprobe`` command line. Only this module turns freqprobe errors into exit codes.
+
+The command group is built for each invocation from the plugin manager: the options of ``run``
+and ``decompose`` from their declarations (the core's and each plugin's ``add_options``), the
+lists in help texts from the registry, then every plugin's ``register_commands``. A plugin
+switched off (``-p no:NAME``) contributes nothing: its options are gone from ``--help``.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import shlex
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import click
 
 from . import registry
-from .errors import FreqprobeError
-from .journal import StopRequested
-from .plugins import default_plugin_manager, list_plugins
+from .app import CommandContext
+from .errors import FreqprobeError, StopRequested
+from .options import Option, OptionSet, RunConfig
+from .plugins import collect_options, default_plugin_manager, list_plugins
 
 log = logging.getLogger("freqprobe")
 
-
-def _pm():
-    return default_plugin_manager()
-
-
-def _progress_factory(quiet: bool):
-    def factory(stage: str, total: int):
-        if quiet or total <= 0:
-            return None
-        bar = click.progressbar(length=total, label=f"{stage:>8}", file=sys.stderr, show_eta=True, show_pos=True)
-        bar.__enter__()
-        state = {"done": 0}
-
-        def update(n: int) -> None:
-            bar.update(n)
-            state["done"] += n
-            if state["done"] >= total:
-                bar.__exit__(None, None, None)
-
-        return update
-
-    return factory
+#: the commands the core itself defines (a plugin's ``register_commands`` cannot replace them)
+CORE_COMMANDS = ("run", "decompose", "list", "plugins", "report")
 
 
-def _warning_lines():
-    """Warnings as ``warning: ...`` lines on stderr (a context manager)."""
-    cm = warnings.catch_warnings()
+# ----------------------------------------------------------------------------- declared options as click options
+class _Lists(dict):
+    """Registry names for help texts, computed when a help text asks for them."""
 
-    class _Ctx:
-        def __enter__(self):
-            cm.__enter__()
+    def __init__(self, pm: Any) -> None:
+        super().__init__()
+        self.pm = pm
+
+    def __missing__(self, kind: str) -> str:
+        entries = registry.collect(kind, self.pm) if kind in registry.KINDS else None
+        if entries is None:
+            return "{" + kind + "}"
+        names = [f"{n}:{e.cls.argument_metavar}" if getattr(e.cls, "takes_argument", False) else n for n, e in sorted(entries.items())]
+        self[kind] = ", ".join(names) or "(none installed)"
+        return self[kind]
+
+
+class ListedOption(click.Option):
+    """A click option whose help may name registry lists: ``{models}``, ``{datasets}``, ``{decomposers}``, ``{probes}``,
+    ``{metrics}``, ``{attacks}``, ``{transforms}``, ``{rescale}`` are filled in when the help is shown, from the plugin
+    manager of the running command (``@click.option("--attack", cls=ListedOption, help="...: {attacks}.")``)."""
+
+    _pm: Any = None
+
+    @property
+    def help(self) -> str | None:
+        text = self._help
+        if text and "{" in text:
+            pm = self._pm if self._pm is not None else _current_pm()
+            try:
+                return text.format_map(_Lists(pm))
+            except (ValueError, IndexError):  # a brace that is no placeholder: shown as written
+                return text
+        return text
+
+    @help.setter
+    def help(self, value: str | None) -> None:
+        self._help = value
+
+
+def _current_pm() -> Any:
+    ctx = click.get_current_context(silent=True)
+    app = ctx.find_object(CommandContext) if ctx is not None else None
+    return app.pm if app is not None else default_plugin_manager()
+
+
+class DeclaredOption(ListedOption):
+    """A declared :class:`~freqprobe.options.Option` as a click option (its help lists registry names)."""
+
+    def __init__(self, opt: Option, pm: Any) -> None:
+        self.declared, self._pm = opt, pm
+        decls = [f"{opt.flags[0]}/{opt.secondary}" if opt.secondary else opt.flags[0], *opt.flags[1:], opt.dest]
+        kw: dict[str, Any] = {"help": opt.help, "metavar": opt.metavar, "required": opt.required, "show_default": opt.show_default}
+        if opt.flag:
+            kw.update(is_flag=True, default=None if opt.secondary else False)
+        else:
+            kw.update(type=_click_type(opt.type), multiple=opt.multiple)
+            if opt.multiple or opt.default is not None:  # click: an explicit None default would satisfy `required`
+                kw["default"] = () if opt.multiple else opt.default
+        super().__init__(decls, **kw)
+
+
+def _click_type(t: Any) -> Any:
+    if isinstance(t, (tuple, list)):
+        return click.Choice(list(t))
+    return {"path": click.Path(), "dir": click.Path(file_okay=False), "file": click.Path(dir_okay=False)}.get(t, t)
+
+
+def _values(opts: OptionSet, kw: dict[str, Any]) -> dict[str, Any]:
+    """The command line's values as the configuration's (each option's ``from_cli``)."""
+    out = {}
+    for dest, v in kw.items():
+        o = opts.get(dest)
+        if o is not None and o.from_cli is not None:
+            v = o.from_cli(v)
+        out[dest] = v
+    return out
+
+
+def _quiet() -> click.Option:
+    return click.Option(["-q", "--quiet"], is_flag=True, help="No progress bars or status lines.")
+
+
+# ----------------------------------------------------------------------------- run
+def _run_command(pm: Any) -> click.Command:
+    opts = collect_options(pm, "run")
+
+    @click.pass_obj
+    def callback(app: CommandContext, quiet: bool, **kw: Any) -> None:
+        from .runner import run as run_probe
+
+        app = app.for_command(quiet=quiet)
+        values = _values(opts, kw)
+        with warnings.catch_warnings(), app.stop_on_signals():
             warnings.simplefilter("always")
-            warnings.showwarning = lambda m, c, f, l, file=None, line=None: click.echo(f"warning: {m}", err=True)
+            warnings.showwarning = lambda m, c, f, l, file=None, line=None: click.echo(f"warning: {m}", err=True)  # noqa: E741
+            result = run_probe(values.pop("model"), pm=app.pm, command=app.command_line, progress=app.progress,
+                               announce=app.say, **values)
+        if result.extras.get("rank"):  # torchrun: only rank 0 reports
+            return
+        man = result.extras["manifest"]
+        click.echo(
+            f"\n{man['probe']['name']} on {man['model']['spec']} | data {man['data']['spec']} | "
+            f"{man['decomposer']['name']} {man['decomposer']['options'] or ''} | rescale {man['rescale']['policy']}".replace(" {}", "")
+        )
+        click.echo(format_table(result))
+        click.echo(f"\nresults in {result.extras['out_dir']}/ (summary.csv, samples.csv, manifest.json, plots)")
 
-        def __exit__(self, *exc):
-            return cm.__exit__(*exc)
-
-    return _Ctx()
-
-
-_ARGS: list[str] | None = None
+    params = [DeclaredOption(o, pm) for o in opts.values()] + [_quiet()]
+    return click.Command("run", callback=callback, params=params,
+                         help="Run a probe (default lfc-hfc) and write summary.csv, samples.csv, plots and manifest.json.")
 
 
-def command_line() -> str:
-    """The command being run, as a shell line (``freqprobe run ...``): what manifests record and resume hints repeat."""
-    args = _ARGS if _ARGS is not None else sys.argv[1:]
-    return "freqprobe " + " ".join(shlex.quote(a) for a in args)
+# ----------------------------------------------------------------------------- decompose
+def _decompose_command(pm: Any) -> click.Command:
+    opts = collect_options(pm, "decompose")
+
+    @click.pass_obj
+    def callback(app: CommandContext, quiet: bool, **kw: Any) -> None:
+        _decompose(app.for_command(quiet=quiet), RunConfig(_values(opts, kw), opts))
+
+    params = [DeclaredOption(o, pm) for o in opts.values()] + [_quiet()]
+    return click.Command("decompose", callback=callback, params=params, help=(
+        "Export a decomposed data set: FILE.npz (x, y, low_r8, high_r8, ...) or a folder of PNGs per component.\n\n"
+        "Data whose images differ in size (coco:IMAGES:ANN.json) is exported to a folder: one float32 .npy\n"
+        "per image and component (npy/low_r128/STEM.npy), PNGs for viewing (png-minmax/...) and original/STEM.png."))
 
 
-def _say(quiet: bool):
-    def say(msg: str) -> None:
-        if not quiet:
-            click.echo(msg, err=True)
+def _decompose(app: CommandContext, c: RunConfig) -> None:
+    from .errors import UserFacingError
+    from .export import NPZ_NEEDS_ONE_SIZE, export_images, export_npz, export_png, yields_image_lists
+    from .runner import check_image_size, check_out_dir, check_seed, get_decomposer, open_data, parse_params, resolve_device
 
-    return say
+    pm = app.pm
+    if c.batch_size is not None and c.batch_size < 1:
+        raise UserFacingError("--batch-size must be at least 1")
+    if c.limit is not None and c.limit < 1:
+        raise UserFacingError("--limit must be at least 1")
+    check_image_size(c.image_size)
+    check_seed(c.seed)
+    device = resolve_device(c.device)  # an unavailable --device is refused before anything is read
+    c.check_applicable(probe=None, decomposer=c.decomposer)
+    dec = get_decomposer(c.decomposer, pm, **{**dict(c.decomposer_options or {}), **c.routed("decomposer", c.decomposer)})
+    with app.warnings_as_lines():  # e.g. duplicate radii dropped
+        params = dec.check_params(parse_params(c.params))
+    out = Path(c.out)
+    as_npz = out.suffix == ".npz"
+    if as_npz and out.exists():
+        raise UserFacingError(f"{out} already exists{' (a finished export: nothing to resume)' if c.resume else ''}; "
+                              "pass another --out or remove it")
+    if not as_npz:
+        check_out_dir(out)
+    if not out.parent.exists():
+        raise UserFacingError(f"folder {out.parent} does not exist; create it or choose another --out")
+    rescale_name = c.rescale or ("none" if as_npz else "minmax")
+    rescale = registry.get_class("rescale", rescale_name, pm)()
+    with app.warnings_as_lines():
+        data = open_data(c.data, root=c.data_root, split=c.split, image_size=c.image_size, seed=c.seed, class_map=c.class_map, pm=pm)
+    per_image = yields_image_lists(data)
+    if per_image and as_npz:
+        raise UserFacingError(f"cannot write {out.name}: {data.name} data: {NPZ_NEEDS_ONE_SIZE}")
+    batch_size = c.batch_size or getattr(data, "default_batch_size", None) or 256
+    n = len(data) if c.limit is None else min(c.limit, len(data))
+    common = dict(limit=n, batch_size=batch_size, device=device, progress=app.progress("decompose", n), resume=c.resume,
+                  announce=app.say, resume_hint=app.resume_hint())
+    with app.warnings_as_lines(), app.stop_on_signals():
+        if as_npz:
+            keys = export_npz(data, dec, params, out, rescale=None if rescale_name == "none" else rescale, **common)
+        elif per_image:
+            keys = export_images(data, dec, params, out, rescale=rescale, **common)
+        else:
+            keys = export_png(data, dec, params, out, rescale=rescale, **common)
+    click.echo(f"wrote {out} ({n} samples; {', '.join(keys)})")
+
+
+# ----------------------------------------------------------------------------- list, plugins, report
+@click.command("list")
+@click.argument("kind", required=False)
+@click.argument("pattern", required=False, default="*")
+@click.pass_obj
+def list_cmd(app: CommandContext, kind: str | None, pattern: str) -> None:
+    """List registered components: decomposers, probes, models, adapters, datasets, rescale, metrics, attacks, transforms."""
+    from .errors import UnknownNameError
+
+    pm = app.pm
+    registry.check_all(pm)  # skipped plugins and classes are warned about (once per process)
+    kinds = list(registry.KINDS)
+    if kind is not None and kind not in registry.KINDS:
+        alias = {"model-sources": "models", "data": "datasets", "rescale-policies": "rescale"}.get(kind)
+        if alias is None:
+            raise UnknownNameError("kind", kind, kinds)
+        kind = alias
+    for k in [kind] if kind else kinds:
+        entries = registry.list_entries(k, pattern, pm)
+        if not kind:
+            click.echo(f"{k}:")
+        if not entries:
+            click.echo("  (none)" if not kind else f"no {k} match {pattern!r}")
+            continue
+        w = max(len(e.name) for e in entries)
+        wp = max(len(e.plugin) for e in entries)
+        for e in entries:
+            click.echo(f"{'  ' if not kind else ''}{e.name.ljust(w)}  {e.plugin.ljust(wp)}  {e.summary}")
+
+
+@click.command()
+@click.option("--all", "show_all", is_flag=True, help="Include the built-in plugins.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def plugins(app: CommandContext, show_all: bool, as_json: bool) -> None:
+    """Show installed plugins, their distributions and hooks (and any that failed to load)."""
+    pm = app.pm
+    for command in ("run", "decompose"):  # declared options are part of what a plugin can get wrong
+        collect_options(pm, command)
+    items = list_plugins(pm, include_builtins=show_all)
+    load_errors = pm.load_errors
+    disabled = sorted(getattr(pm, "disabled", ()))
+    if as_json:
+        errors = [e.as_dict() for e in load_errors]
+        click.echo(json.dumps({"plugins": items, "errors": errors, "disabled": disabled}, indent=2))
+        return
+    if not items:
+        click.echo("no third-party plugins installed" + ("" if show_all else " (use --all to show built-ins)"))
+    for it in items:
+        click.echo(f"{it['name']}  ({it['dist']})\n    hooks: {', '.join(it['hooks'])}")
+    if disabled:
+        click.echo(f"switched off: {', '.join(disabled)}")
+    for e in load_errors:
+        click.echo(f"failed: {e.message()}", err=True)
+
+
+@click.command("report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .html file to write (one self-contained page).")
+@click.option("--title", help="The page title (default: freqprobe report).")
+@click.pass_obj
+def report(app: CommandContext, run_dirs: tuple[str, ...], out: str, title: str | None) -> None:
+    """One self-contained HTML page summarising run folders (probe runs, and the folders plugins write)."""
+    from .report import write_report
+
+    path = write_report(run_dirs, out, title=title, pm=app.pm)
+    click.echo(f"wrote {path} ({len(run_dirs)} folder{'s' if len(run_dirs) != 1 else ''})")
+
+
+# ----------------------------------------------------------------------------- the group
+def _root(pm: Any) -> click.Group:
+    @click.pass_context
+    def callback(ctx: click.Context, verbose: int, plugin_switches: tuple[str, ...]) -> None:
+        logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), format="%(levelname)s %(name)s: %(message)s")
+        if ctx.obj is None:
+            ctx.obj = CommandContext(pm)
+
+    params = [
+        click.Option(["-v", "--verbose"], count=True,
+                     help="More log output (-vv for debug, and the traceback behind a plugin's failure)."),
+        click.Option(["-p", "plugin_switches"], multiple=True, metavar="no:NAME",
+                     help="Switch off the plugin NAME before plugins load (repeatable), like FREQPROBE_DISABLE_PLUGINS=NAME."),
+    ]
+    group = click.Group("freqprobe", callback=callback, params=params, context_settings={"help_option_names": ["-h", "--help"]},
+                        help="Measure how image models rely on low- and high-frequency components (Wang et al., CVPR 2020).")
+    click.version_option(package_name="freqprobe")(group)
+    return group
+
+
+def build_cli(pm: Any = None, *, plugin_commands: bool = True) -> click.Group:
+    """The ``freqprobe`` group for the plugin manager ``pm``: the core commands, then the plugins' (``register_commands``)."""
+    pm = pm if pm is not None else default_plugin_manager()
+    group = _root(pm)
+    for cmd in (_run_command(pm), _decompose_command(pm), list_cmd, plugins, report):
+        group.add_command(cmd)
+    if plugin_commands:
+        add_plugin_commands(group, pm)
+    return group
+
+
+def add_plugin_commands(group: click.Group, pm: Any, *, only=None) -> dict[str, str]:
+    """Each plugin's ``register_commands`` on its own: one that raises, or replaces a core command, is recorded and skipped.
+
+    ``only(plugin_name)`` may choose which plugins are asked. Returns the plugin each new command came from.
+    """
+    from .plugins import LoadError, is_builtin
+
+    core = {name: cmd for name, cmd in group.commands.items() if name in CORE_COMMANDS}
+    origin: dict[str, str] = {}
+    for impl in reversed(pm.hook.register_commands.get_hookimpls()):
+        name = pm.get_name(impl.plugin)
+        if only is not None and not only(name):
+            continue
+        before = dict(group.commands)
+        try:
+            impl.function(**({"cli": group} if "cli" in impl.argnames else {}))
+        except Exception as exc:  # a plugin's command registration must not break the CLI
+            if is_builtin(name):
+                raise
+            text = str(exc).strip().splitlines()
+            pm.record_error(LoadError(name, pm.dist_of(name), f"register_commands() raised {type(exc).__name__}"
+                                      f"{': ' + text[0] if text else ''}; its commands may be missing", "register_commands"))
+        for cname, cmd in core.items():
+            if group.commands.get(cname) is not cmd:
+                group.add_command(cmd, cname)
+                pm.record_error(LoadError(name, pm.dist_of(name), f"register_commands() replaced the core command "
+                                          f"'{cname}'; the core command is kept", "register_commands"))
+        for cname, cmd in group.commands.items():
+            if cname not in core and before.get(cname) is not cmd:
+                origin[cname] = name
+    return origin
+
 
 
 def format_table(result) -> str:
@@ -143,297 +406,6 @@ def _format_rows(result, rows) -> str:
     return "\n".join(lines).rstrip()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="freqprobe")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug, and the traceback behind a plugin's failure).")
-@click.option("-p", "plugin_switches", multiple=True, metavar="no:NAME",
-              help="Switch off the plugin NAME before plugins load (repeatable), like FREQPROBE_DISABLE_PLUGINS=NAME.")
-def cli(verbose: int, plugin_switches: tuple[str, ...]) -> None:
-    """Measure how image models rely on low- and high-frequency components (Wang et al., CVPR 2020)."""
-    logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), format="%(levelname)s %(name)s: %(message)s")
-
-
-@cli.command()
-@click.option("--model", "model", required=True, help="timm:NAME, torchvision:NAME, torchscript:FILE, path/to/file.py:callable or package.module:callable.")
-@click.option("--probe", default="lfc-hfc", show_default=True, help="Probe to run (see `freqprobe list probes`).")
-@click.option("--data", default="synth10", show_default=True, help="synth10 (embedded), cifar10, cifar100, mnist, fashion-mnist, npz:PATH, imagefolder:PATH.")
-@click.option("--data-root", type=click.Path(file_okay=False), help="Where torchvision data sets are (or get downloaded).")
-@click.option("--image-size", type=int, help="Resize+centre-crop imagefolder images to this size.")
-@click.option("--class-map", metavar="FILE|imagenet", help="imagefolder: class folder -> label index: FILE.json {folder: index}, a text file of folder names (line i = index i), or 'imagenet' (WordNet-id folders -> ImageNet-1k indices).")
-@click.option("--limit", type=int, help="Use only the first N samples.")
-@click.option("--decomposer", default="fft-radial", show_default=True, help="fft-radial or svd (see `freqprobe list decomposers`).")
-@click.option("--radii", "--params", "params", help="Comma-separated radii (fft-radial) or ranks (svd); default 4,8,12,16 / 1,2,4,8.")
-@click.option("--rule", type=click.Choice(["exclusive", "inclusive"]), help="fft-radial boundary: distance < r (exclusive, default; the authors' code) or <= r (the paper's text).")
-@click.option("--decomposer-opt", multiple=True, metavar="KEY=VALUE", help="Extra decomposer option (repeatable).")
-@click.option("--rescale", default="none", show_default=True, help="How out-of-range component images are fed: none, clip, minmax, paper.")
-@click.option("--metric", "metrics", multiple=True, help="Metric(s) to compute (default: accuracy).")
-@click.option("--transform", "transforms", multiple=True, metavar="NAME[:K=V,...]", help="Model transform(s) applied before probing.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Weights: state_dict (.pt/.pth/.th/.bin), .safetensors or TorchScript.")
-@click.option("--pretrained", is_flag=True, help="Ask the model source (timm/torchvision) for pretrained weights (needs network or a cache).")
-@click.option("--trust-checkpoint", is_flag=True, help="Allow checkpoints holding pickled Python objects (can run code).")
-@click.option("--non-strict", is_flag=True, help="Ignore missing/unexpected checkpoint keys (shape conflicts still fail).")
-@click.option("--model-arg", multiple=True, metavar="KEY=VALUE", help="Keyword argument for the model constructor (repeatable).")
-@click.option("--mean", help="Override normalisation mean, e.g. 0.485,0.456,0.406.")
-@click.option("--std", help="Override normalisation std, e.g. 0.229,0.224,0.225.")
-@click.option("--fit-epochs", type=int, help="Epochs when fitting a model that has no weights (default: the data set's).")
-@click.option("--fit-lr", type=float, help="Adam learning rate when fitting (default: the data set's).")
-@click.option("--no-fit", is_flag=True, help="Probe a model without weights as is, instead of fitting it first.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-@click.option("--batch-size", type=int, help="Images read per batch (each batch is evaluated in every variant); default 128, 8 for COCO data.")
-@click.option("--forward-batch", type=int, help="Images per forward pass; the variants of a batch are concatenated and cut into equal chunks of at most this (default: the batch size on CPU; on CUDA all variants of a batch at once, up to 256 MiB of images).")
-@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True,
-              help="Model arithmetic: exact float32 (TF32 off), TF32 (CUDA), or bf16/fp16 autocast.")
-@click.option("--channels-last/--no-channels-last", default=None, help="Feed images in channels_last memory format (default: on).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--probe-opt", multiple=True, metavar="KEY=VALUE", help="Option of the probe (repeatable), e.g. gallery_size=4; an unknown key lists the probe's options.")
-@click.option("--gallery-size", type=int, help="Shorthand for --probe-opt gallery_size=N (Figure-2 examples kept per parameter; lfc-hfc default 8).")
-@click.option("--out", type=click.Path(), help="Output folder (default: a new dated folder under runs/).")
-@click.option("--attack", "attacks", multiple=True, metavar="NAME[:K=V,...]",
-              help="Attack for --probe robustness (repeatable), e.g. fgsm, pgd:steps=10,random_start=false (see `freqprobe list attacks`).")
-@click.option("--eps", help="Attack budgets for --probe robustness, comma-separated in [0,1] pixel units, e.g. 0.03,0.06,0.09 or 8/255.")
-@click.option("--resume", is_flag=True, help="Continue the interrupted run at --out from its last checkpoint (same options).")
-@click.option("--allow-nonfinite", is_flag=True, help="Finish even when the model returns NaN/inf, counting such samples in the summary (default: fail).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines.")
-def run(**kw) -> None:
-    """Run a probe (default lfc-hfc) and write summary.csv, samples.csv, plots and manifest.json."""
-    from .runner import parse_kv, run as run_probe
-
-    dopts = parse_kv(kw["decomposer_opt"], "--decomposer-opt")
-    if kw["rule"]:
-        dopts["rule"] = kw["rule"]
-    popts = parse_kv(kw["probe_opt"], "--probe-opt")
-    if kw["gallery_size"] is not None:
-        popts["gallery_size"] = kw["gallery_size"]
-    quiet = kw["quiet"]
-    from .journal import graceful_stop
-
-    with warnings.catch_warnings(), graceful_stop(lambda m: click.echo(m, err=True)):
-        warnings.simplefilter("always")
-        warnings.showwarning = lambda m, c, f, l, file=None, line=None: click.echo(f"warning: {m}", err=True)
-        result = run_probe(
-            kw["model"],
-            probe=kw["probe"],
-            data=kw["data"],
-            decomposer=kw["decomposer"],
-            params=kw["params"],
-            decomposer_options=dopts,
-            rescale=kw["rescale"],
-            metrics=kw["metrics"] or None,
-            transforms=kw["transforms"],
-            checkpoint=kw["checkpoint"],
-            pretrained=kw["pretrained"],
-            trust_checkpoint=kw["trust_checkpoint"],
-            strict=not kw["non_strict"],
-            model_args=parse_kv(kw["model_arg"], "--model-arg"),
-            mean=kw["mean"],
-            std=kw["std"],
-            data_root=kw["data_root"],
-            image_size=kw["image_size"],
-            class_map=kw["class_map"],
-            limit=kw["limit"],
-            device=kw["device"],
-            batch_size=kw["batch_size"],
-            forward_batch=kw["forward_batch"],
-            precision=kw["precision"],
-            channels_last=kw["channels_last"],
-            seed=kw["seed"],
-            fit_epochs=kw["fit_epochs"],
-            fit_lr=kw["fit_lr"],
-            fit=False if kw["no_fit"] else None,
-            out=kw["out"],
-            resume=kw["resume"],
-            allow_nonfinite=kw["allow_nonfinite"],
-            attacks=kw["attacks"],
-            eps=kw["eps"],
-            probe_options=popts,
-            command=command_line(),
-            progress=_progress_factory(quiet),
-            announce=_say(quiet),
-        )
-    if result.extras.get("rank"):  # torchrun: only rank 0 reports
-        return
-    man = result.extras["manifest"]
-    click.echo(
-        f"\n{man['probe']['name']} on {man['model']['spec']} | data {man['data']['spec']} | "
-        f"{man['decomposer']['name']} {man['decomposer']['options'] or ''} | rescale {man['rescale']['policy']}".replace(" {}", "")
-    )
-    click.echo(format_table(result))
-    click.echo(f"\nresults in {result.extras['out_dir']}/ (summary.csv, samples.csv, manifest.json, plots)")
-
-
-@cli.command()
-@click.option("--data", default="synth10", show_default=True, help="Data spec, as for `run`.")
-@click.option("--data-root", type=click.Path(file_okay=False))
-@click.option("--image-size", type=int)
-@click.option("--class-map", metavar="FILE|imagenet", help="imagefolder: class folder -> label index (as for `run`).")
-@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
-@click.option("--limit", type=int, help="Only the first N samples.")
-@click.option("--decomposer", default="fft-radial", show_default=True)
-@click.option("--radii", "--params", "params", help="Comma-separated radii / ranks.")
-@click.option("--rule", type=click.Choice(["exclusive", "inclusive"]))
-@click.option("--decomposer-opt", multiple=True, metavar="KEY=VALUE")
-@click.option("--rescale", default=None, help="Rescale policy for the components (npz default: none; PNG default: minmax). "
-              "For images of different sizes it applies to the PNGs only (folder png-NAME); the .npy arrays are never rescaled.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--batch-size", type=int, help="Images read per batch; default the data's own (8 for COCO data), else 256.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", required=True, type=click.Path(), help="FILE.npz for arrays, or a folder for PNG images "
-              "(images of different sizes, e.g. COCO: a folder only, with npy/, png-RESCALE/ and original/).")
-@click.option("--resume", is_flag=True, help="Continue the interrupted export to --out from its last finished batch (same options).")
-@click.option("-q", "--quiet", is_flag=True)
-def decompose(**kw) -> None:
-    """Export a decomposed data set: FILE.npz (x, y, low_r8, high_r8, ...) or a folder of PNGs per component.
-
-    Data whose images differ in size (coco:IMAGES:ANN.json) is exported to a folder: one float32 .npy
-    per image and component (npy/low_r128/STEM.npy), PNGs for viewing (png-minmax/...) and original/STEM.png.
-    """
-    from .errors import UserFacingError
-    from .export import NPZ_NEEDS_ONE_SIZE, export_images, export_npz, export_png, yields_image_lists
-    from .runner import check_image_size, check_seed, get_decomposer, open_data, parse_kv, parse_params, resolve_device
-
-    pm = _pm()
-    if kw["batch_size"] is not None and kw["batch_size"] < 1:
-        raise UserFacingError("--batch-size must be at least 1")
-    if kw["limit"] is not None and kw["limit"] < 1:
-        raise UserFacingError("--limit must be at least 1")
-    check_image_size(kw["image_size"])
-    check_seed(kw["seed"])
-    resolve_device(kw["device"])  # an unavailable --device is refused before anything is read
-    dopts = parse_kv(kw["decomposer_opt"], "--decomposer-opt")
-    if kw["rule"]:
-        dopts["rule"] = kw["rule"]
-    dec = get_decomposer(kw["decomposer"], pm, **dopts)
-    with _warning_lines():  # e.g. duplicate radii dropped
-        params = dec.check_params(parse_params(kw["params"]))
-    out = Path(kw["out"])
-    as_npz = out.suffix == ".npz"
-    if as_npz and out.exists():
-        raise UserFacingError(f"{out} already exists{' (a finished export: nothing to resume)' if kw['resume'] else ''}; "
-                              "pass another --out or remove it")
-    if not as_npz:
-        from .runner import check_out_dir
-
-        check_out_dir(out)
-    if not out.parent.exists():
-        raise UserFacingError(f"folder {out.parent} does not exist; create it or choose another --out")
-    rescale_name = kw["rescale"] or ("none" if as_npz else "minmax")
-    rescale = registry.get_class("rescale", rescale_name, pm)()
-    device = resolve_device(kw["device"])
-    with _warning_lines():
-        data = open_data(kw["data"], root=kw["data_root"], split=kw["split"], image_size=kw["image_size"], seed=kw["seed"],
-                         class_map=kw["class_map"], pm=pm)
-    per_image = yields_image_lists(data)
-    if per_image and as_npz:
-        raise UserFacingError(f"cannot write {out.name}: {data.name} data: {NPZ_NEEDS_ONE_SIZE}")
-    batch_size = kw["batch_size"] or getattr(data, "default_batch_size", None) or 256
-    n = len(data) if kw["limit"] is None else min(kw["limit"], len(data))
-    prog = _progress_factory(kw["quiet"])("decompose", n)
-    from .journal import graceful_stop
-
-    cmd = command_line()
-    common = dict(limit=n, batch_size=batch_size, device=device, progress=prog, resume=kw["resume"],
-                  announce=_say(kw["quiet"]), resume_hint=cmd if "--resume" in cmd else cmd + " --resume")
-    with warnings.catch_warnings(), graceful_stop(lambda m: click.echo(m, err=True)):
-        warnings.simplefilter("always")
-        warnings.showwarning = lambda m, c, f, l, file=None, line=None: click.echo(f"warning: {m}", err=True)
-        if as_npz:
-            keys = export_npz(data, dec, params, out, rescale=None if rescale_name == "none" else rescale, **common)
-        elif per_image:
-            keys = export_images(data, dec, params, out, rescale=rescale, **common)
-        else:
-            keys = export_png(data, dec, params, out, rescale=rescale, **common)
-    click.echo(f"wrote {out} ({n} samples; {', '.join(keys)})")
-
-
-@cli.command("list")
-@click.argument("kind", required=False)
-@click.argument("pattern", required=False, default="*")
-def list_cmd(kind: str | None, pattern: str) -> None:
-    """List registered components: decomposers, probes, models, adapters, datasets, rescale, metrics, attacks, transforms."""
-    from .errors import UnknownNameError
-
-    pm = _pm()
-    registry.check_all(pm)  # skipped plugins and classes are warned about (once per process)
-    kinds = list(registry.KINDS)
-    if kind is not None and kind not in registry.KINDS:
-        alias = {"model-sources": "models", "data": "datasets", "rescale-policies": "rescale"}.get(kind)
-        if alias is None:
-            raise UnknownNameError("kind", kind, kinds)
-        kind = alias
-    for k in [kind] if kind else kinds:
-        entries = registry.list_entries(k, pattern, pm)
-        if not kind:
-            click.echo(f"{k}:")
-        if not entries:
-            click.echo("  (none)" if not kind else f"no {k} match {pattern!r}")
-            continue
-        w = max(len(e.name) for e in entries)
-        wp = max(len(e.plugin) for e in entries)
-        for e in entries:
-            click.echo(f"{'  ' if not kind else ''}{e.name.ljust(w)}  {e.plugin.ljust(wp)}  {e.summary}")
-
-
-@cli.command()
-@click.option("--all", "show_all", is_flag=True, help="Include the built-in plugins.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def plugins(show_all: bool, as_json: bool) -> None:
-    """Show installed plugins, their distributions and hooks (and any that failed to load)."""
-    pm = _pm()
-    items = list_plugins(pm, include_builtins=show_all)
-    load_errors = pm.load_errors
-    disabled = sorted(getattr(pm, "disabled", ()))
-    if as_json:
-        errors = [e.as_dict() for e in load_errors]
-        click.echo(json.dumps({"plugins": items, "errors": errors, "disabled": disabled}, indent=2))
-        return
-    if not items:
-        click.echo("no third-party plugins installed" + ("" if show_all else " (use --all to show built-ins)"))
-    for it in items:
-        click.echo(f"{it['name']}  ({it['dist']})\n    hooks: {', '.join(it['hooks'])}")
-    if disabled:
-        click.echo(f"switched off: {', '.join(disabled)}")
-    for e in load_errors:
-        click.echo(f"failed: {e.message()}", err=True)
-
-
-@cli.command("report")
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .html file to write (one self-contained page).")
-@click.option("--title", help="The page title (default: freqprobe report).")
-def report(run_dirs: tuple[str, ...], out: str, title: str | None) -> None:
-    """One self-contained HTML page summarising run folders (probe runs, training runs, grids, table2)."""
-    from .report import write_report
-
-    path = write_report(run_dirs, out, title=title)
-    click.echo(f"wrote {path} ({len(run_dirs)} folder{'s' if len(run_dirs) != 1 else ''})")
-
-
-def _add_plugin_commands() -> None:
-    """Each plugin's ``register_commands`` on its own: one that raises, or replaces a core command, is recorded and skipped."""
-    from .plugins import LoadError, is_builtin
-
-    pm = _pm()
-    core = {name: cmd for name, cmd in cli.commands.items() if name in _CORE_COMMANDS}
-    for impl in reversed(pm.hook.register_commands.get_hookimpls()):
-        name = pm.get_name(impl.plugin)
-        try:
-            impl.function(**({"cli": cli} if "cli" in impl.argnames else {}))
-        except Exception as exc:  # a plugin's command registration must not break the CLI
-            if is_builtin(name):
-                raise
-            text = str(exc).strip().splitlines()
-            pm.record_error(LoadError(name, pm.dist_of(name), f"register_commands() raised {type(exc).__name__}"
-                                      f"{': ' + text[0] if text else ''}; its commands may be missing", "register_commands"))
-        for cname, cmd in core.items():
-            if cli.commands.get(cname) is not cmd:
-                cli.add_command(cmd, cname)
-                pm.record_error(LoadError(name, pm.dist_of(name), f"register_commands() replaced the core command "
-                                          f"'{cname}'; the core command is kept", "register_commands"))
-
-
-_CORE_COMMANDS = ("run", "decompose", "list", "plugins", "report")
-
-
 def _plugin_switches(args: list[str]) -> tuple[list[str], str | None]:
     """``freqprobe [-v] [-p no:NAME]... COMMAND ...``: the NAMEs switched off, and the command (read before click parses)."""
     names: list[str] = []
@@ -469,20 +441,41 @@ def _show_plugin_warnings(quiet: bool):
     return showwarning
 
 
-def _load_plugins(args: list[str]) -> None:
-    """Build the plugin manager (without the plugins ``-p no:NAME`` switches off) and add plugin commands."""
-    names, _ = _plugin_switches(args)
-    default_plugin_manager(disable=names)
-    _add_plugin_commands()
+def switched_off_option(pm: Any, flag: str, command: str) -> str | None:
+    """The plugin, switched off in ``pm``, that declares ``flag`` for ``command`` (asked without registering it), or None."""
+    import importlib.metadata
+
+    from .options import OptionParser
+
+    for ep in importlib.metadata.entry_points(group="freqprobe"):
+        if ep.name not in getattr(pm, "disabled", ()):
+            continue
+        try:
+            hook = getattr(ep.load(), "add_options", None)
+            parser = OptionParser(ep.name)
+            if hook is not None:
+                hook(parser=parser)
+        except Exception:  # a plugin that is off because it is broken: no name to give
+            continue
+        if any(flag in o.flags or flag == o.secondary for o in parser.options if command in o.commands):
+            return ep.name
+    return None
+
+
+def _no_such_option(exc: click.NoSuchOption, pm: Any) -> str:
+    command = exc.ctx.info_name if exc.ctx is not None else ""
+    plugin = switched_off_option(pm, exc.option_name, command) if pm is not None else None
+    if plugin is None:
+        return exc.format_message()
+    return (f"{exc.option_name} is an option of the plugin {plugin!r}, which is switched off (-p no:{plugin} or "
+            f"FREQPROBE_DISABLE_PLUGINS); switch it back on to use {exc.option_name}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: freqprobe errors (and a plugin's exceptions) become one-line messages with exit code 2."""
     from .errors import PluginWarning
 
-    global _ARGS
     args = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
-    _ARGS = args
     try:
         command = _plugin_switches(args)[1]
     except click.UsageError:
@@ -494,12 +487,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: list[str]) -> int:
+    pm = None
     try:
-        _load_plugins(args)
-        cli.main(args=args, prog_name="freqprobe", standalone_mode=False)
+        names, _ = _plugin_switches(args)
+        pm = default_plugin_manager(disable=names)
+        group = build_cli(pm)
+        group.main(args=args, prog_name="freqprobe", standalone_mode=False, obj=CommandContext(pm, args))
         return 0
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except click.NoSuchOption as exc:
+        if exc.ctx is not None:
+            click.echo(exc.ctx.get_usage(), err=True)
+            click.echo(f"Try '{exc.ctx.command_path} {exc.ctx.help_option_names[0]}' for help.\n", err=True)
+        click.echo(f"Error: {_no_such_option(exc, pm)}", err=True)
+        return 2
     except click.UsageError as exc:
         exc.show()
         return 2
@@ -521,10 +523,9 @@ def _main(args: list[str]) -> int:
         click.echo("Interrupted.", err=True)
         return 130
     except Exception as exc:  # a third-party plugin's exception outside the guarded calls: name the plugin
-        from . import plugins as _plugins
-        from .guard import attribute
+        from .plugins import attribute
 
-        err = attribute(exc, _plugins._default)
+        err = attribute(exc, pm)
         if err is None:
             raise
         click.echo(f"Error: {err}", err=True)

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Sequence
-
-import torch
+from typing import Any
 
 from .errors import UserFacingError
+from .tables import SampleTable
 
 
 @dataclasses.dataclass
@@ -47,6 +46,7 @@ def setup(device: str) -> tuple[Dist | None, str]:
     env = from_env()
     if env is None:
         return None, device
+    import torch
     import torch.distributed as dist
 
     rank, world, local_rank = env
@@ -64,38 +64,42 @@ def setup(device: str) -> tuple[Dist | None, str]:
     return Dist(rank, world, local_rank, group), device
 
 
-def gather_state(state, observers: Sequence[Any], d: Dist):
-    """Rank 0: ``state`` with every rank's merged in (rows in the order of one process). Other ranks: ``state`` as is."""
+def gather_state(state: Any, d: Dist) -> Any:
+    """Rank 0: ``state`` with every rank's merged in, through the evaluator contract (rows in the order of one process).
+
+    Each rank sends its evaluators' :meth:`~freqprobe.evaluators.Evaluator.state_dict`, its
+    per-sample rows and counts; rank 0 folds them in with :meth:`~freqprobe.evaluators.Evaluator.merge`.
+    An evaluator that cannot merge (no declared state) is one line, not a result of one rank's share.
+    Other ranks: ``state`` as is.
+    """
     import torch.distributed as dist
 
-    from .engine import _metric_state
-    from .tables import SampleTable
+    from .evaluators import StateError
 
     table = state.table
+    try:
+        states = [ev.state_dict() for ev in state.evaluators]
+    except StateError as exc:
+        raise UserFacingError(f"cannot merge across torchrun processes: {exc} cannot be saved (declare it with add_state)") from None
     payload = {
-        "metrics": [[_metric_state(m) for m in state.metrics[v]] for v in state.variants],
+        "evaluators": states,
         "columns": table.columns if table is not None else None,
         "blocks": table.blocks if table is not None else [],
         "n": state.n,
-        "nonfinite": [int(state.extras.get("nonfinite", {}).get(v, 0)) for v in state.variants],
-        "observers": [ob.state_dict() if hasattr(ob, "state_dict") else None for ob in observers],
+        "nonfinite": [int(c) for c in state.nonfinite],
     }
     got: list | None = [None] * d.world if d.is_main else None
     dist.gather_object(payload, got, dst=0, group=d.group)
     if not d.is_main:
         return state
     for other in got[1:]:
-        for v, theirs in zip(state.variants, other["metrics"]):
-            for m, st in zip(state.metrics[v], theirs):
-                if "declared" not in st:
-                    raise UserFacingError(f"metric {getattr(m, 'name', type(m).__name__)!r} declares no state (add_state), "
-                                          "so it cannot be merged across torchrun processes")
-                m.merge(st["declared"])
-        for ob, st in zip(observers, other["observers"]):
-            if st is not None and hasattr(ob, "merge_state"):
-                ob.merge_state(st)
+        for ev, theirs in zip(state.evaluators, other["evaluators"]):
+            try:
+                ev.merge(theirs)
+            except (StateError, NotImplementedError) as exc:
+                raise UserFacingError(f"{exc}; it cannot be merged across torchrun processes") from None
     state.n = sum(p["n"] for p in got)
-    state.extras["nonfinite"] = {v: sum(p["nonfinite"][i] for p in got) for i, v in enumerate(state.variants)}
+    state.nonfinite = [sum(p["nonfinite"][i] for p in got) for i in range(len(state.variants))]
     columns = next((p["columns"] for p in got if p["columns"] is not None), None)
     if columns is not None:
         per_batch = len(state.variants)

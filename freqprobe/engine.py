@@ -1,10 +1,12 @@
 """The one evaluation loop: a model over image variants of a data set, for every probe and task.
 
-A probe declares *variant sources* (the original images, a decomposer's parts, later adversarial
-images and compositions of these); :func:`evaluate` streams the data once and, for every batch,
-lets the sources fill one preallocated stack of variant images, runs the model over the stack
-(several variants concatenated into one forward pass where the task allows it), updates one
-metric instance per variant, and records the per-sample columns the adapter declares. Design
+A probe declares *variant sources* (the original images, a decomposer's parts, adversarial images
+and compositions of these) and *evaluators*; an :class:`Evaluation` streams the data once and, for
+every batch, runs its named stages: the sources fill one preallocated stack of variant images
+(:meth:`~Evaluation.produce`), the model runs over the stack — several variants concatenated into
+one forward pass where the task allows it (:meth:`~Evaluation.forward`) — every evaluator (one
+metric instance per variant, and the probe's own) sees the batch (:meth:`~Evaluation.update`), and
+the per-sample columns the adapter declares are recorded (:meth:`~Evaluation.bookkeep`). Design
 notes and the contract for plugins: docs/engine.md.
 """
 
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import queue
 import threading
 import time
@@ -22,88 +23,13 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from . import guard as _guard
-from .errors import FreqprobeError, IncompatibleError, ModelError, PluginError, UserFacingError, exception_line
-from .interfaces import Batch, DataSource, Decomposer, Metric, ProbeResult, RunContext, Variant, VariantSource, batch_indices
+from .errors import FreqprobeError, IncompatibleError, ModelError, PluginError, StopRequested, UserFacingError, exception_line
+from .evaluators import EvalStep, Metric, StateError, as_evaluator
+from .interfaces import Batch, ProbeResult, SourceBatch, Variant, VariantSource
+from .sources import DecomposerSource, OriginalSource  # noqa: F401  (the loop's built-in sources, importable from here as before)
 from .tables import SampleTable, extra_columns
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
-
-
-# ----------------------------------------------------------------------------- variant sources
-class OriginalSource(VariantSource):
-    """The batch's images as they are (the ``original`` variant)."""
-
-    def __init__(self) -> None:
-        self.variant = Variant("original")
-
-    def variants(self) -> list[Variant]:
-        return [self.variant]
-
-    def produce(self, images, targets, ctx, out=None):
-        yield self.variant, images
-
-    def describe(self) -> dict[str, Any]:
-        return {"source": "original"}
-
-
-class DecomposerSource(VariantSource):
-    """Each component of a decomposer at each parameter, of another source's images (default: the original).
-
-    ``include_base`` also evaluates the base's own variants (the original images of ``lfc-hfc``,
-    the adversarial images themselves of a robustness probe).
-    """
-
-    def __init__(self, decomposer: Decomposer, params: Sequence[Any], base: VariantSource | None = None, *,
-                 include_base: bool = True) -> None:
-        self.decomposer = decomposer
-        self.params = list(params)
-        self.base = base if base is not None else OriginalSource()
-        self.include_base = include_base
-        self._derived: dict[tuple, Variant] = {}
-        for bv in self.base.variants():
-            for p in self.params:
-                for c in decomposer.components:
-                    self._derived[(bv.key(), c, p)] = bv.derive(c, p)
-
-    def variant_for(self, base: Variant, component: str, param: Any) -> Variant:
-        """The variant holding ``component`` at ``param`` of the base variant ``base``."""
-        return self._derived[(base.key(), component, param)]
-
-    def variants(self) -> list[Variant]:
-        out = []
-        for bv in self.base.variants():
-            if self.include_base:
-                out.append(bv)
-            out += [self._derived[(bv.key(), c, p)] for p in self.params for c in self.decomposer.components]
-        return out
-
-    def produce(self, images, targets, ctx, out=None):
-        comps = self.decomposer.components
-        for bv, bimgs in self.base.produce(images, targets, ctx, out):
-            if self.include_base:
-                yield bv, bimgs
-            derived = {(c, p): self._derived[(bv.key(), c, p)] for p in self.params for c in comps}
-            if isinstance(bimgs, (list, tuple)):  # images of different sizes: one at a time
-                parts = {k: [] for k in derived}
-                for img in bimgs:
-                    for p, got in _guard.decompose_all(self.decomposer, img[None].contiguous(), self.params):
-                        for c in comps:
-                            parts[(c, p)].append(got[c][0])
-                for k, v in derived.items():
-                    yield v, parts[k]
-                continue
-            bufs = None
-            if out is not None and all(v in out for v in derived.values()):
-                bufs = {p: {c: out[derived[(c, p)]] for c in comps} for p in self.params}
-            for p, got in _guard.decompose_all(self.decomposer, bimgs.contiguous(), self.params, out=bufs):
-                for c in comps:
-                    yield derived[(c, p)], got[c]
-
-    def describe(self) -> dict[str, Any]:
-        d = self.decomposer
-        return {"source": "decomposer", "decomposer": d.name, "options": d.options(), "param_name": d.param_name,
-                "params": self.params, "components": list(d.components), "base": self.base.describe(),
-                "include_base": self.include_base}
 
 
 # ----------------------------------------------------------------------------- settings
@@ -122,7 +48,7 @@ class EngineSettings:
     stack_bytes: int = 256 << 20
 
     @classmethod
-    def for_context(cls, ctx: RunContext) -> "EngineSettings":
+    def for_context(cls, ctx: Any) -> "EngineSettings":
         dev = ctx.device
         cuda = dev.type == "cuda"
         check_precision(dev, ctx.precision)
@@ -286,20 +212,6 @@ def _to(x: Any, device: torch.device) -> Any:
     return x
 
 
-def make_metric(cls: type, ctx: RunContext) -> Metric:
-    """Build a metric with the run's context (or without, for a metric whose constructor takes none), then reset it."""
-    try:
-        params = list(inspect.signature(cls).parameters.values())
-    except (TypeError, ValueError):
-        params = []
-    takes_ctx = any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
-    with _guard.guarded(cls, "the constructor"):
-        m = cls(ctx) if takes_ctx else cls()
-    with _guard.guarded(cls, "reset()"):
-        m.reset()
-    return m
-
-
 class _HostValues:
     """Per-sample columns on their way to the host: asynchronous copies from a GPU, read one batch later."""
 
@@ -326,52 +238,449 @@ class _HostValues:
         return {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in self.values.items()}
 
 
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- what the loop accumulates
 @dataclasses.dataclass
 class EvalState:
-    """What the loop accumulates; states of shards merge (:meth:`merge`) before :func:`summarize`."""
+    """What one evaluation accumulates: the evaluators (metrics first), the per-sample table, counts, timings."""
 
     variants: list
-    metrics: dict  # variant -> [Metric]
-    table: SampleTable | None
+    evaluators: list
+    table: SampleTable | None = None
     n: int = 0
+    nonfinite: list = dataclasses.field(default_factory=list)
     timings: dict = dataclasses.field(default_factory=dict)
     extras: dict = dataclasses.field(default_factory=dict)
+    #: how many of ``evaluators`` are the run's metrics (one per variant and metric class, variant-major)
+    n_metrics: int = 0
+
+    @property
+    def metrics(self) -> list:
+        return self.evaluators[: self.n_metrics]
 
     def merge(self, other: "EvalState") -> None:
-        for v in self.variants:
-            for mine, theirs in zip(self.metrics[v], other.metrics[v]):
-                mine.merge(theirs)
+        """Fold another shard's state in: evaluators through the contract (:meth:`Evaluator.merge`), counts summed,
+        the other's per-sample rows appended after these (torchrun's gather puts round-robin shards' rows back in
+        data order: :func:`freqprobe.distributed.gather_state`)."""
+        for mine, theirs in zip(self.evaluators, other.evaluators):
+            mine.merge(theirs)
         if self.table is not None and other.table is not None:
             self.table.extend(other.table)
         self.n += other.n
+        self.nonfinite = [a + b for a, b in zip(self.nonfinite, other.nonfinite)]
 
 
-def evaluate(ctx: RunContext, sources: Sequence[VariantSource], *, probe: str, observers: Sequence[Any] = (),
-             samples: bool = True, constants: Mapping[str, Any] | None = None) -> ProbeResult:
+@dataclasses.dataclass
+class _Forwarded:
+    """One batch after the model: per-variant outputs and per-sample values, the stacked values, non-finite counts."""
+
+    outputs: dict
+    values: dict
+    stacked: Any
+    bad: Any
+
+
+def declared_variants(sources: Sequence[VariantSource]) -> list[Variant]:
+    """Every source's declared variants in order; two sources declaring the same variant is a PluginError."""
+    variants = [v for s in sources for v in s.variants()]
+    seen: set = set()
+    for v in variants:
+        if v.key() in seen:
+            raise PluginError(f"two variant sources produce the same variant {v.columns()}")
+        seen.add(v.key())
+    return variants
+
+
+class Evaluation:
+    """One pass of the data through the model, over every variant of ``sources``: the loop, as named stages.
+
+    For each batch: :meth:`produce` (the variant images, into one preallocated stack where the
+    task allows), :meth:`forward` (stacked or per variant), :meth:`update` (every evaluator sees
+    the :class:`~freqprobe.evaluators.EvalStep`), :meth:`bookkeep` (per-sample rows, non-finite
+    counts, progress); between batches :meth:`maybe_checkpoint`. :meth:`restore` puts a resumed
+    segment back, :meth:`finish` adds timings and, under torchrun, gathers the ranks' states.
+    """
+
+    def __init__(self, ctx: Any, sources: Sequence[VariantSource], evaluators: Sequence[Any] = (), *,
+                 samples: bool = True, constants: Mapping[str, Any] | None = None) -> None:
+        self.ctx, self.sources = ctx, list(sources)
+        self.settings = EngineSettings.for_context(ctx)
+        self.dev = self.settings.device
+        self.variants = declared_variants(self.sources)
+        self.index_of = {v: i for i, v in enumerate(self.variants)}
+        metrics = [_build_metric(cls, ctx, v) for v in self.variants for cls in ctx.metrics]
+        evs = metrics + [as_evaluator(e) for e in evaluators]
+        for ev in evs:
+            _guard.call(_owner(ev), "reset()", ev.reset)
+        self.state = EvalState(variants=self.variants, evaluators=evs, nonfinite=[0] * len(self.variants),
+                               n_metrics=len(metrics))
+        self.samples = samples
+        self.constants = dict(constants or {})
+        self.extra = extra_columns(self.variants)
+        self.journal = ctx.journal
+        self.segment = self.journal.begin(ctx.transform or "") if self.journal is not None else None
+        self.timer = StageTimer(self.dev)
+        rescale = ctx.rescale
+        self.rescale_all = bool(getattr(rescale, "applies_to_original", False))
+        self.identity_rescale = getattr(rescale, "name", "") == "none"
+        self.stack: Any = None
+        self.pending: tuple | None = None
+        self.number = 0  # how many batches of this process's share are done (the next one's position in the share)
+        rank, world = ctx.shard or (0, 1)
+        self._rank, self._world = rank, world
+        self.start = 0
+        self.data_wait = 0.0
+
+    # -- the loop
+    def run(self) -> EvalState:
+        ctx, dev = self.ctx, self.dev
+        if dev.type == "cpu":
+            from .perf import prime_heap
+
+            prime_heap()  # activations reuse heap blocks instead of fresh page-faulted maps (freqprobe/perf.py)
+        was_training = bool(getattr(ctx.adapter.module, "training", False))
+        ctx.adapter.prepare(channels_last=self.settings.channels_last)
+        finished = self.restore()
+        old_bench = torch.backends.cudnn.benchmark
+        t_loop = time.perf_counter()
+        try:
+            torch.backends.cudnn.benchmark = self.settings.cudnn_benchmark
+            with torch.inference_mode(), precision_context(dev, self.settings.precision):
+                if not finished:
+                    self.loop()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+        finally:
+            torch.backends.cudnn.benchmark = old_bench
+            ctx.adapter.module.train(was_training)  # a training loop that tracks per epoch gets its model back as it was
+        return self.finish(time.perf_counter() - t_loop)
+
+    def loop(self) -> None:
+        it = iter(self.batches())
+        while True:
+            self.maybe_checkpoint()
+            t = time.perf_counter()
+            batch = next(it, None)
+            self.data_wait += time.perf_counter() - t
+            if batch is None:
+                break
+            self.step(batch)
+        self.flush()
+        if self.segment is not None:
+            self.checkpoint(done=True)
+
+    def batches(self) -> Iterator[Batch]:
+        ctx = self.ctx
+        batches = ctx.data.batches_from(self.start, ctx.batch_size, limit=ctx.limit, shard=ctx.shard)
+        if self.settings.prefetch:
+            batches = iter(Prefetcher(batches, pin=self.dev.type == "cuda"))
+        return batches
+
+    def step(self, batch: Batch) -> None:
+        """One batch through the stages."""
+        images, targets = _to(batch.images, self.dev), _to(batch.targets, self.dev)
+        n = len(batch.indices)
+        number = self.number * self._world + self._rank  # the batch's position in data order (the same in every shard)
+        with self.timer.stage("decompose"):
+            produced = self.produce(SourceBatch(images, targets, batch.indices, number))
+        with self.timer.stage("inference"):
+            fwd = self.forward(produced, images, targets, n)
+        with self.timer.stage("update"):
+            self.update(EvalStep(batch, number, self.variants, produced, fwd.outputs, fwd.values, targets))
+        with self.timer.stage("bookkeeping"):
+            self.bookkeep(batch, fwd, n)
+
+    # -- stage 1: the variant images
+    def produce(self, sb: SourceBatch) -> dict:
+        """Every declared variant's images for this batch (rescaled where the policy applies)."""
+        images = sb.images
+        if isinstance(images, torch.Tensor) and self.ctx.adapter.stackable:
+            k = len(self.variants)
+            if self.stack is None or self.stack.shape[1:] != images.shape or self.stack.dtype != images.dtype:
+                self.stack = torch.empty((k, *images.shape), dtype=images.dtype, device=self.dev)
+            slots = {v: self.stack[i] for i, v in enumerate(self.variants)}
+            self._collect(sb, slots)
+            if not self.identity_rescale:
+                for v in self.variants:
+                    if v.component or self.rescale_all:
+                        slots[v].copy_(self.ctx.rescale.apply(slots[v]))
+            return slots
+        produced = self._collect(sb, None)
+        if self.identity_rescale:
+            return produced
+        return {v: (_rescale_list(self.ctx.rescale, x) if (v.component or self.rescale_all) else x) for v, x in produced.items()}
+
+    def _collect(self, sb: SourceBatch, slots: dict | None) -> dict:
+        produced: dict = {}
+        for src in self.sources:
+            for v, imgs in src.generate(sb, self.ctx, slots):
+                if v not in self.index_of:
+                    raise PluginError(f"{type(src).__name__} produced a variant it did not declare: {v.columns()}")
+                if slots is None:
+                    produced[v] = imgs
+                    continue
+                slot = slots[v]
+                if not isinstance(imgs, torch.Tensor) or imgs.shape != slot.shape:
+                    raise PluginError(f"{type(src).__name__} produced images of shape "
+                                      f"{tuple(getattr(imgs, 'shape', ()))} for {v.columns()}; expected {tuple(slot.shape)}")
+                if imgs.data_ptr() != slot.data_ptr() or imgs.stride() != slot.stride():
+                    slot.copy_(imgs)
+                produced[v] = slot
+        missing = [v.columns() for v in self.index_of if v not in produced]
+        if missing:
+            raise PluginError(f"the variant sources did not produce {missing[0]} (and {len(missing) - 1} more) for a batch")
+        return produced
+
+    # -- stage 2: the model
+    def forward(self, produced: dict, images: Any, targets: Any, n: int) -> _Forwarded:
+        """The model's outputs per variant: the whole stack in forward passes of ``forward_batch`` images, or one per variant."""
+        adapter, variants, k = self.ctx.adapter, self.variants, len(self.variants)
+        if isinstance(images, torch.Tensor) and adapter.stackable:
+            flat = self.stack.view(k * n, *images.shape[1:])
+            with _model_call(adapter, self.number, n, images, self.settings):
+                outputs = _forward(adapter, flat, self.settings)
+            bad = _nonfinite_rows(outputs, k, n)
+            vals = adapter.sample_values(outputs, targets.repeat(k) if isinstance(targets, torch.Tensor) else targets)
+            per_out = {v: outputs[i * n:(i + 1) * n] for i, v in enumerate(variants)}
+            per_vals = {v: {c: (t[i * n:(i + 1) * n] if t is not None else None) for c, t in vals.items()}
+                        for i, v in enumerate(variants)}
+            return _Forwarded(per_out, per_vals, vals, bad)
+        per_out, per_vals = {}, {}
+        for v in variants:
+            with _model_call(adapter, self.number, n, images, self.settings):
+                out = adapter.predict(produced[v])
+            per_out[v] = out
+            per_vals[v] = adapter.sample_values(out, targets)
+        bad = torch.stack([_nonfinite_rows(per_out[v], 1, n).reshape(()) for v in variants])
+        return _Forwarded(per_out, per_vals, None, bad)
+
+    # -- stage 3: the evaluators
+    def update(self, step: EvalStep) -> None:
+        for ev in self.state.evaluators:
+            _guard.call(_owner(ev), _what(ev, "update()"), ev.process, step)
+
+    # -- stage 4: rows, counts, progress
+    def bookkeep(self, batch: Batch, fwd: _Forwarded, n: int) -> None:
+        vals = fwd.stacked
+        if self.samples and vals is None:  # per-variant path: columns are concatenated in variant order
+            vals = {c: _cat([fwd.values[v][c] for v in self.variants]) for c in self.ctx.adapter.sample_columns}
+        target_cols = self.ctx.data.target_columns(batch.targets) if self.samples else {}
+        if self.state.table is None and self.samples:
+            cols = ["index", *target_cols, "variant", "param", *self.constants, *self.extra, *self.ctx.adapter.sample_columns]
+            self.state.table = SampleTable(cols, sink=self.journal.csv() if self.journal is not None else None)
+        self.flush()
+        self.pending = (_HostValues({**(vals if self.samples else {}), "__nonfinite__": fwd.bad}, self.dev),
+                        batch.indices.numpy(), _host_cols(target_cols), n)
+        self.state.n += n
+        self.number += 1
+        if self.ctx.progress:
+            self.ctx.progress(n)
+
+    def flush(self) -> None:
+        """The previous batch's host values: non-finite counts (a NaN fails the run here) and its per-sample rows."""
+        if self.pending is None:
+            return
+        host, indices, target_cols, n = self.pending
+        self.pending = None
+        vals = host.get()
+        bad = vals.pop("__nonfinite__", None)
+        nonfinite = self.state.nonfinite
+        if bad is not None:
+            for i, c in enumerate(bad.tolist()):
+                nonfinite[i] += int(c)
+            if not self.ctx.allow_nonfinite and any(nonfinite):
+                raise UserFacingError(_nonfinite_message(self.variants, nonfinite, self.state.n, self.ctx))
+        if self.state.table is None:
+            return
+        for i, v in enumerate(self.variants):
+            block = {"index": indices, **target_cols, **v.columns(), **self.constants}
+            for col in self.ctx.adapter.sample_columns:
+                block[col] = vals[col][i * n:(i + 1) * n] if vals[col] is not None else None
+            self.state.table.append(block, n)
+
+    # -- checkpoints and resume
+    def maybe_checkpoint(self) -> None:
+        """At a batch boundary: a checkpoint when one is due or a stop was asked for; then stop if asked."""
+        from .journal import stop_signal
+
+        if self.segment is not None and (stop_signal() is not None or self.journal.due()) and self.number > self.start:
+            t = time.perf_counter()
+            self.flush()  # on a GPU this waits for the last batch: counted in the checkpoint's cost
+            self.checkpoint()
+            self.journal.checkpoint_s = time.perf_counter() - t
+        if stop_signal() is not None:
+            n_total = len(self.ctx.data) if self.ctx.limit is None else min(self.ctx.limit, len(self.ctx.data))
+            raise StopRequested(f"stopped after {self.state.n} of {n_total} samples", stop_signal())
+
+    def checkpoint(self, done: bool = False) -> None:
+        table = self.state.table
+        self.segment.checkpoint(batches=self.number, n=self.state.n, columns=table.columns if table is not None else None,
+                                rows=len(table) if table is not None else 0,
+                                evaluators=[_saved_state(ev) for ev in self.state.evaluators],
+                                nonfinite=list(self.state.nonfinite), done=done)
+
+    def restore(self) -> bool:
+        """Put a resumed segment's saved state back (evaluators, counts, the rows so far); whether it had finished."""
+        seg = self.segment
+        if seg is None or not seg.saved:
+            return False
+        saved = seg.saved
+        for ev, st in zip(self.state.evaluators, saved["evaluators"]):
+            _load_state(ev, st)
+        self.state.nonfinite[:] = list(saved.get("nonfinite") or self.state.nonfinite)
+        self.state.n = int(saved["n"])
+        if self.samples and saved.get("columns"):
+            table = SampleTable(saved["columns"])
+            start = int(saved["rows_start"])
+            table.load_csv_rows(self.journal.samples_path, start, start + int(saved["rows"]),
+                                ["variant", "param", *self.constants, *self.extra])
+            table.sink = self.journal.csv()
+            self.state.table = table
+        self.start = self.number = int(saved["batches"])
+        if self.ctx.progress and self.state.n:
+            self.ctx.progress(self.state.n)
+        return bool(saved.get("done"))
+
+    # -- the end
+    def finish(self, wall: float) -> EvalState:
+        timings = self.timer.results()
+        for k in ("decompose_s", "inference_s", "update_s", "bookkeeping_s"):
+            timings.setdefault(k, 0.0)
+        timings["data_s"] = self.data_wait
+        timings["evaluate_s"] = wall - self.data_wait
+        self.state.timings = timings
+        self.state.extras["engine"] = self.settings.describe()
+        if self.ctx.dist is not None:  # torchrun: rank 0 merges every rank's share (freqprobe.distributed)
+            from .distributed import gather_state
+
+            gather_state(self.state, self.ctx.dist)
+        return self.state
+
+
+def _build_metric(cls: type, ctx: Any, variant: Variant) -> Metric:
+    with _guard.guarded(cls, "the constructor"):
+        return Metric.build(cls, ctx, variant)
+
+
+def _owner(ev: Any) -> Any:
+    """The object whose plugin is blamed when ``ev`` fails (a wrapped observer's own object)."""
+    return getattr(ev, "observer", ev)
+
+
+def _what(ev: Any, default: str) -> str:
+    return "on_batch()" if hasattr(ev, "observer") else default
+
+
+def _saved_state(ev: Any) -> dict:
+    """An evaluator's state for a checkpoint; one a checkpoint cannot hold is marked (only a resume of the run is refused)."""
+    try:
+        state = ev.state_dict()
+    except StateError as exc:
+        return {"unsaved": str(exc)}
+    return {"state": state}
+
+
+def _load_state(ev: Any, saved: Mapping[str, Any]) -> None:
+    if "unsaved" in saved:
+        raise UserFacingError(f"cannot resume: {ev.label()} keeps its state in {saved['unsaved']}, which a checkpoint cannot "
+                              "hold (declare it with add_state); leave out --resume to start again")
+    try:
+        ev.load_state_dict(saved["state"])
+    except StateError as exc:
+        raise UserFacingError(f"cannot resume: {exc}; leave out --resume to start again") from None
+
+
+# ----------------------------------------------------------------------------- evaluate: the loop, then the result
+def run_loop(ctx: Any, sources: Sequence[VariantSource], *, evaluators: Sequence[Any] = (), observers: Sequence[Any] = (),
+             samples: bool = True, constants: Mapping[str, Any] | None = None) -> EvalState:
+    """Stream ``ctx.data`` (its shard) once over every variant of ``sources``; the accumulated :class:`EvalState`
+    (states of several shards :meth:`~EvalState.merge`; :func:`summarize` makes the result)."""
+    return Evaluation(ctx, sources, [*evaluators, *observers], samples=samples, constants=constants).run()
+
+
+def evaluate(ctx: Any, sources: Sequence[VariantSource], *, probe: str, evaluators: Sequence[Any] = (),
+             observers: Sequence[Any] = (), samples: bool = True, constants: Mapping[str, Any] | None = None) -> ProbeResult:
     """Evaluate ``ctx.adapter`` on every variant of ``sources`` over ``ctx.data`` (its shard); a ProbeResult.
 
-    ``constants``: per-sample columns with one value for the whole evaluation (after ``param``).
+    ``evaluators`` see every batch besides the run's metrics (``observers`` of the earlier API are
+    wrapped as evaluators); ``constants``: per-sample columns with one value for the whole
+    evaluation (after ``param``).
     """
-    state = run_loop(ctx, sources, observers=observers, samples=samples, constants=constants)
+    state = run_loop(ctx, sources, evaluators=evaluators, observers=observers, samples=samples, constants=constants)
+    return summarize(ctx, state, sources, probe=probe)
+
+
+def summarize(ctx: Any, state: EvalState, sources: Sequence[VariantSource], *, probe: str) -> ProbeResult:
+    """The :class:`ProbeResult` of a finished evaluation: the evaluators' rows (metrics first), extras and files."""
+    base = {"probe": probe, "transform": ctx.transform, "decomposer": ctx.decomposer.name}
+    extra_cols = extra_columns(state.variants)
+    rows = []
+
+    def add(got: list) -> None:
+        for r in got:
+            row = {**base, **r}
+            row.setdefault("n", state.n)
+            for c in extra_cols:
+                row.setdefault(c, None)
+            rows.append(row)
+
+    for ev in state.metrics:
+        add(_metric_rows(ev))
+    if ctx.allow_nonfinite:  # the summary counts what --allow-nonfinite let through
+        add([{**v.columns(), "metric": "nonfinite-outputs", "value": float(c)} for v, c in zip(state.variants, state.nonfinite)])
     extras: dict[str, Any] = {}
-    for ob in observers:
-        finish = getattr(ob, "finish", None)
-        if finish is not None:
-            extras.update(finish() or {})
-    return summarize(ctx, state, sources, probe=probe, extras=extras)
+    for ev in state.evaluators[state.n_metrics:]:
+        add(_guard.call(_owner(ev), _what(ev, "rows()"), ev.rows))
+    for ev in state.evaluators:
+        _merge_extras(extras, _guard.call(_owner(ev), _what(ev, "extras()"), ev.extras))
+    dec = ctx.decomposer
+    return ProbeResult(
+        probe=probe, summary=rows, samples=state.table, components=tuple(dec.components), param_name=dec.param_name,
+        variants=list(state.variants),
+        extras={
+            "class_names": list(ctx.data.class_names) if ctx.data.class_names else None,
+            "timings": dict(state.timings),
+            "engine": state.extras.get("engine"),
+            "sources": [s.describe() for s in sources],
+            "extra_columns": extra_cols,
+            **extras,
+        },
+        evaluators=list(state.evaluators),
+    )
 
 
-def evaluate_sweep(ctx: RunContext, probe: Any, transforms: Sequence[Any]) -> ProbeResult:
-    """The probe's evaluation once per model transform (each on a copy of the model); one combined result."""
+def _metric_rows(m: Metric) -> list:
+    """A metric's rows; whatever its ``compute()`` raises is one line naming the metric."""
+    try:
+        with _guard.guarded(m, "compute()"):
+            return m.rows()
+    except FreqprobeError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"metric {getattr(m, 'name', type(m).__name__)!r} failed in compute(): {type(exc).__name__}: {exc}") from exc
+
+
+def _merge_extras(into: dict, got: Mapping[str, Any]) -> None:
+    """Extras of several evaluators: dict values under the same key merge (each metric adds its variant's detections)."""
+    for k, v in (got or {}).items():
+        if isinstance(v, Mapping) and isinstance(into.get(k), dict):
+            into[k].update(v)
+        else:
+            into[k] = dict(v) if isinstance(v, Mapping) else v
+
+
+def evaluate_sweep(ctx: Any, probe: Any, transforms: Sequence[Any]) -> ProbeResult:
+    """The probe's evaluation once per model transform (each on a copy of the model); one combined result.
+
+    Rows come from every evaluation; extras and the evaluators' files from the first (as one
+    evaluation's), with each evaluation's own extras under ``extras["sweep"]``.
+    """
     import copy
 
     results = []
     for t in transforms:
-        label = t.label()
-        sub = dataclasses.replace(ctx, adapter=t.apply(copy.deepcopy(ctx.adapter)),
-                                  transform=",".join(x for x in (ctx.transform, label) if x))
-        res = evaluate(sub, probe.sources(sub), probe=probe.name, observers=probe.observers(sub),
+        label = ",".join(x for x in (ctx.transform, t.label()) if x)
+        sub = ctx.replace(adapter=t.apply(copy.deepcopy(ctx.adapter)), transform=label)
+        res = evaluate(sub, probe.sources(sub), probe=probe.name, evaluators=probe.evaluators(sub),
                        constants={"transform": sub.transform})
         results.append((sub.transform, res))
     first = results[0][1]
@@ -385,229 +694,11 @@ def evaluate_sweep(ctx: RunContext, probe: Any, transforms: Sequence[Any]) -> Pr
             timings[k] += v
     extras = {k: v for k, v in first.extras.items() if k not in ("timings",)}
     extras["timings"] = dict(timings)
-    extras["sweep"] = [{"transform": label, **{k: v for k, v in res.extras.items() if k not in ("timings", "class_names", "engine", "sources", "extra_columns")}}
-                       for label, res in results]
+    skip = ("timings", "class_names", "engine", "sources", "extra_columns")
+    extras["sweep"] = [{"transform": label, **{k: v for k, v in res.extras.items() if k not in skip}} for label, res in results]
     return ProbeResult(probe=first.probe, summary=[row for _, res in results for row in res.summary], samples=table,
-                       components=first.components, param_name=first.param_name, variants=first.variants, extras=extras)
-
-
-def summarize(ctx: RunContext, state: EvalState, sources: Sequence[VariantSource], *, probe: str,
-              extras: Mapping[str, Any] | None = None) -> ProbeResult:
-    rows = []
-    for v in state.variants:
-        for m in state.metrics[v]:
-            try:
-                with _guard.guarded(m, "compute()"):
-                    results = m.results()
-            except FreqprobeError:
-                raise
-            except Exception as exc:
-                raise PluginError(f"metric {getattr(m, 'name', type(m).__name__)!r} failed in compute(): {type(exc).__name__}: {exc}") from exc
-            for name, value in results.items():
-                rows.append({"probe": probe, "transform": ctx.transform, "decomposer": ctx.decomposer.name, **v.columns(),
-                             "metric": name, "value": value, "n": state.n})
-    if getattr(ctx, "allow_nonfinite", False):  # the summary counts what --allow-nonfinite let through
-        counts = state.extras.get("nonfinite") or {}
-        for v in state.variants:
-            rows.append({"probe": probe, "transform": ctx.transform, "decomposer": ctx.decomposer.name, **v.columns(),
-                         "metric": "nonfinite-outputs", "value": float(counts.get(v, 0)), "n": state.n})
-    dec = ctx.decomposer
-    return ProbeResult(
-        probe=probe,
-        summary=rows,
-        samples=state.table,
-        components=tuple(dec.components),
-        param_name=dec.param_name,
-        variants=list(state.variants),
-        extras={
-            "class_names": list(ctx.data.class_names) if ctx.data.class_names else None,
-            "timings": dict(state.timings),
-            "engine": state.extras.get("engine"),
-            "sources": [s.describe() for s in sources],
-            "extra_columns": extra_columns(state.variants),
-            **(extras or {}),
-        },
-    )
-
-
-def run_loop(ctx: RunContext, sources: Sequence[VariantSource], *, observers: Sequence[Any] = (),
-             samples: bool = True, constants: Mapping[str, Any] | None = None) -> EvalState:
-    """Stream ``ctx.data`` once; evaluate every variant of every batch. Returns the accumulated state.
-
-    ``constants`` are per-sample columns with one value for the whole evaluation (a swept
-    transform's label), placed after ``param``. With ``ctx.journal`` (a run writing to an output
-    folder) the per-sample rows stream to disk and checkpoints let an interrupted run resume.
-    """
-    from .journal import StopRequested, stop_signal
-
-    settings = EngineSettings.for_context(ctx)
-    variants = [v for s in sources for v in s.variants()]
-    seen: set = set()
-    for v in variants:
-        if v.key() in seen:
-            raise PluginError(f"two variant sources produce the same variant {v.columns()}")
-        seen.add(v.key())
-    index_of = {v: i for i, v in enumerate(variants)}
-    adapter, dev = ctx.adapter, settings.device
-    if dev.type == "cpu":
-        from .perf import prime_heap
-
-        prime_heap()  # activations reuse heap blocks instead of fresh page-faulted maps (freqprobe/perf.py)
-    was_training = bool(getattr(adapter.module, "training", False))
-    adapter.prepare(channels_last=settings.channels_last)
-    metrics = {v: [make_metric(cls, ctx) for cls in ctx.metrics] for v in variants}
-    extra = extra_columns(variants)
-    constants = dict(constants or {})
-    scalar_cols = ["variant", "param", *constants, *extra]
-    state = EvalState(variants=variants, metrics=metrics, table=None)
-    nonfinite = [0] * len(variants)
-    allow_nonfinite = bool(getattr(ctx, "allow_nonfinite", False))
-    journal = getattr(ctx, "journal", None)
-    seg = journal.begin(ctx.transform or "") if journal is not None else None
-    start_batch = 0
-    finished = False  # a resumed evaluation that was complete before the stop
-    if seg is not None and seg.saved:
-        start_batch = _restore(seg, state, observers, nonfinite, samples, journal, scalar_cols)
-        finished = bool(seg.saved.get("done"))
-        if ctx.progress and state.n:
-            ctx.progress(state.n)
-    timer = StageTimer(dev)
-    rescale = ctx.rescale
-    rescale_all = bool(getattr(rescale, "applies_to_original", False))
-    identity_rescale = getattr(rescale, "name", "") == "none"
-    stack: torch.Tensor | None = None
-    pending: tuple | None = None
-    data_wait = 0.0
-
-    def flush(p: tuple | None) -> None:
-        if p is None:
-            return
-        host, indices, target_cols, n, order = p
-        vals = host.get()
-        bad = vals.pop("__nonfinite__", None)
-        if bad is not None:
-            for i, c in enumerate(bad.tolist()):
-                nonfinite[i] += int(c)
-            if not allow_nonfinite and any(nonfinite):
-                raise UserFacingError(_nonfinite_message(variants, nonfinite, state.n, ctx))
-        if state.table is None:
-            return
-        for i, v in enumerate(order):
-            block = {"index": indices, **target_cols, **v.columns(), **constants}
-            for col in adapter.sample_columns:
-                block[col] = vals[col][i * n:(i + 1) * n] if vals[col] is not None else None
-            state.table.append(block, n)
-
-    def checkpoint(batches: int, done: bool = False) -> None:
-        seg.checkpoint(batches=batches, n=state.n, columns=state.table.columns if state.table is not None else None,
-                       rows=len(state.table) if state.table is not None else 0,
-                       metrics=[[_metric_state(m) for m in metrics[v]] for v in variants],
-                       observers=[_observer_state(ob) for ob in observers], nonfinite=list(nonfinite), done=done)
-
-    n_total = len(ctx.data) if ctx.limit is None else min(ctx.limit, len(ctx.data))
-    batches = iter(()) if finished else _batches(ctx.data, ctx.batch_size, limit=ctx.limit, shard=ctx.shard, start=start_batch)
-    if settings.prefetch and not finished:
-        batches = iter(Prefetcher(batches, pin=dev.type == "cuda"))
-    old_bench = torch.backends.cudnn.benchmark
-    t_loop = time.perf_counter()
-    b = start_batch
-    try:
-        torch.backends.cudnn.benchmark = settings.cudnn_benchmark
-        with torch.inference_mode(), precision_context(dev, settings.precision):
-            it = iter(batches)
-            while not finished:
-                if seg is not None and (stop_signal() is not None or journal.due()) and b > start_batch:
-                    t_ck = time.perf_counter()
-                    flush(pending)  # on a GPU this waits for the last batch: counted in the checkpoint's cost
-                    pending = None
-                    checkpoint(b)
-                    journal.checkpoint_s = time.perf_counter() - t_ck
-                if stop_signal() is not None:
-                    raise StopRequested(f"stopped after {state.n} of {n_total} samples", stop_signal())
-                t = time.perf_counter()
-                batch = next(it, None)
-                data_wait += time.perf_counter() - t
-                if batch is None:
-                    break
-                images, targets = _to(batch.images, dev), _to(batch.targets, dev)
-                n = len(batch.indices)
-                ctx.current_indices = batch.indices
-                target_cols = ctx.data.target_columns(batch.targets) if samples else {}
-                if state.table is None and samples:
-                    state.table = SampleTable(["index", *target_cols, "variant", "param", *constants, *extra, *adapter.sample_columns],
-                                              sink=journal.csv() if journal is not None else None)
-                stackable = isinstance(images, torch.Tensor) and adapter.stackable
-                with timer.stage("decompose"):
-                    if stackable:
-                        if stack is None or stack.shape[1:] != images.shape or stack.dtype != images.dtype:
-                            stack = torch.empty((len(variants), *images.shape), dtype=images.dtype, device=dev)
-                        slots = {v: stack[i] for i, v in enumerate(variants)}
-                        produced = _produce(sources, images, targets, ctx, slots, index_of)
-                        for v in variants:
-                            if not identity_rescale and (v.component or rescale_all):
-                                slots[v].copy_(rescale.apply(slots[v]))
-                        produced = slots
-                    else:
-                        produced = _produce(sources, images, targets, ctx, None, index_of)
-                        if not identity_rescale:
-                            produced = {v: (_rescale_list(rescale, x) if (v.component or rescale_all) else x) for v, x in produced.items()}
-                with timer.stage("inference"):
-                    if stackable:
-                        flat = stack.view(len(variants) * n, *images.shape[1:])
-                        with _model_call(adapter, b, n, images, settings):
-                            outputs = _forward(adapter, flat, settings)
-                        bad = _nonfinite_rows(outputs, len(variants), n)
-                        vals = adapter.sample_values(outputs, targets.repeat(len(variants)) if isinstance(targets, torch.Tensor) else targets)
-                        per_variant_out = {v: outputs[i * n:(i + 1) * n] for i, v in enumerate(variants)}
-                        per_variant_vals = {v: {k: (t[i * n:(i + 1) * n] if t is not None else None) for k, t in vals.items()}
-                                            for i, v in enumerate(variants)}
-                    else:
-                        per_variant_out, per_variant_vals = {}, {}
-                        for v in variants:
-                            with _model_call(adapter, b, n, images, settings):
-                                out = adapter.predict(produced[v])
-                            per_variant_out[v] = out
-                            per_variant_vals[v] = adapter.sample_values(out, targets)
-                        bad = torch.stack([_nonfinite_rows(per_variant_out[v], 1, n).reshape(()) for v in variants])
-                        vals = None
-                    for v in variants:
-                        for m in metrics[v]:
-                            _guard.call(m, "update()", m.update, per_variant_out[v], targets)
-                with timer.stage("bookkeeping"):
-                    if vals is None and samples:  # per-variant path: columns are concatenated in variant order
-                        vals = {k: _cat([per_variant_vals[v][k] for v in variants]) for k in adapter.sample_columns}
-                    flush(pending)
-                    pending = (_HostValues({**(vals if samples else {}), "__nonfinite__": bad}, dev), batch.indices.numpy(),
-                               _host_cols(target_cols), n, variants)
-                    for ob in observers:
-                        ob.on_batch(batch, produced, per_variant_vals, targets)
-                state.n += n
-                b += 1
-                if ctx.progress:
-                    ctx.progress(n)
-            flush(pending)
-            pending = None
-            if seg is not None and not finished:
-                checkpoint(b, done=True)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-    finally:
-        torch.backends.cudnn.benchmark = old_bench
-        adapter.module.train(was_training)  # a training loop that tracks per epoch gets its model back as it was
-    wall = time.perf_counter() - t_loop
-    timings = timer.results()
-    for k in ("decompose_s", "inference_s", "bookkeeping_s"):
-        timings.setdefault(k, 0.0)
-    timings["data_s"] = data_wait
-    timings["evaluate_s"] = wall - data_wait
-    state.timings = timings
-    state.extras["engine"] = settings.describe()
-    state.extras["nonfinite"] = {v: c for v, c in zip(variants, nonfinite)}
-    if getattr(ctx, "dist", None) is not None:  # torchrun: rank 0 merges every rank's share (freqprobe.distributed)
-        from .distributed import gather_state
-
-        state = gather_state(state, observers, ctx.dist)
-    return state
+                       components=first.components, param_name=first.param_name, variants=first.variants, extras=extras,
+                       evaluators=first.evaluators)
 
 
 @contextlib.contextmanager
@@ -626,22 +717,6 @@ def _model_call(adapter, b: int, n: int, images: Any, settings: EngineSettings):
             hint = (f"; lower --forward-batch (now {settings.forward_batch or 'the whole stack'}) or --batch-size")
         raise ModelError(f"the model {name} failed in batch {b + 1} ({n} images of {shape}): {why}{hint} "
                          "(-vv shows the traceback)") from exc
-
-
-def _batches(data, batch_size: int, *, limit, shard, start: int = 0):
-    """The data's batches from the ``start``-th on (a resumed run skips what it finished without loading it)."""
-    if start == 0:
-        yield from data.batches(batch_size, limit=limit, shard=shard)
-        return
-    if type(data).batches is DataSource.batches:  # loads by index: skip without loading
-        idx = batch_indices(len(data), batch_size, limit=limit, shard=shard)
-        for i, ix in enumerate(idx):
-            if i >= start:
-                yield data.load(ix)
-        return
-    for i, batch in enumerate(data.batches(batch_size, limit=limit, shard=shard)):
-        if i >= start:
-            yield batch
 
 
 def _nonfinite_rows(outputs: Any, groups: int, n: int) -> torch.Tensor:
@@ -669,90 +744,6 @@ def _nonfinite_message(variants, counts, n: int, ctx) -> str:
     return (f"the model returned non-finite outputs (NaN or inf) for {total} of the first {n} samples ({shown}); "
             "nothing was published. Check the weights, --mean/--std and the data, "
             "or pass --allow-nonfinite to finish anyway and count them in the summary")
-
-
-def _plain(v: Any) -> bool:
-    """Whether a checkpoint can keep ``v`` (and load it back without unpickling code)."""
-    if v is None or isinstance(v, (bool, int, float, str, torch.Tensor)):
-        return True
-    if isinstance(v, (list, tuple)):
-        return all(_plain(x) for x in v)
-    if isinstance(v, dict):
-        return all(isinstance(k, (str, int, float)) and _plain(x) for k, x in v.items())
-    return False
-
-
-def _metric_state(m: Metric) -> dict:
-    """A metric's state for a checkpoint: the declared state (add_state), else its plain attributes."""
-    if m.__dict__.get("_states"):
-        return {"declared": m.state()}
-    attrs = {k: v for k, v in vars(m).items() if k not in ("ctx", "options")}
-    odd = sorted(k for k, v in attrs.items() if not _plain(v))
-    if odd:  # the run goes on; only a resume of it is refused
-        return {"unsaved": f"{type(m).__name__}.{odd[0]}"}
-    return {"attributes": {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in attrs.items()}}
-
-
-def _load_metric_state(m: Metric, saved: Mapping[str, Any], device: torch.device) -> None:
-    if "declared" in saved:
-        m.load_state(saved["declared"])
-        return
-    if "unsaved" in saved:
-        raise UserFacingError(f"cannot resume: metric {getattr(m, 'name', type(m).__name__)!r} keeps its state in "
-                              f"{saved['unsaved']}, which a checkpoint cannot hold (declare it with add_state); "
-                              "leave out --resume to start again")
-    for k, v in saved["attributes"].items():
-        setattr(m, k, v.to(device) if isinstance(v, torch.Tensor) else v)
-
-
-def _observer_state(ob: Any) -> Any:
-    fn = getattr(ob, "state_dict", None)
-    return fn() if fn is not None else None
-
-
-def _restore(seg, state: EvalState, observers, nonfinite: list, samples: bool, journal, scalar_cols) -> int:
-    """Put a resumed segment's saved state back: metrics, observers, counts, the rows written so far."""
-    saved = seg.saved
-    for v, ms in zip(state.variants, saved["metrics"]):
-        for m, st in zip(state.metrics[v], ms):
-            _load_metric_state(m, st, getattr(m.ctx, "device", torch.device("cpu")) if m.ctx is not None else torch.device("cpu"))
-    for ob, st in zip(observers, saved.get("observers") or []):
-        if st is None:
-            continue
-        load = getattr(ob, "load_state_dict", None)
-        if load is None:
-            raise UserFacingError(f"cannot resume: {type(ob).__name__} cannot restore its state; leave out --resume to start again")
-        load(st)
-    nonfinite[:] = list(saved.get("nonfinite") or nonfinite)
-    state.n = int(saved["n"])
-    if samples and saved.get("columns"):
-        state.table = SampleTable(saved["columns"])
-        start = int(saved["rows_start"])
-        state.table.load_csv_rows(journal.samples_path, start, start + int(saved["rows"]), scalar_cols)
-        state.table.sink = journal.csv()
-    return int(saved["batches"])
-
-
-def _produce(sources, images, targets, ctx, slots, index_of) -> dict:
-    produced: dict = {}
-    for src in sources:
-        for v, imgs in src.produce(images, targets, ctx, slots):
-            if v not in index_of:
-                raise PluginError(f"{type(src).__name__} produced a variant it did not declare: {v.columns()}")
-            if slots is not None:
-                slot = slots[v]
-                if not isinstance(imgs, torch.Tensor) or imgs.shape != slot.shape:
-                    raise PluginError(f"{type(src).__name__} produced images of shape "
-                                      f"{tuple(getattr(imgs, 'shape', ()))} for {v.columns()}; expected {tuple(slot.shape)}")
-                if imgs.data_ptr() != slot.data_ptr() or imgs.stride() != slot.stride():
-                    slot.copy_(imgs)
-                produced[v] = slot
-            else:
-                produced[v] = imgs
-    missing = [v.columns() for v in index_of if v not in produced]
-    if missing:
-        raise PluginError(f"the variant sources did not produce {missing[0]} (and {len(missing) - 1} more) for a batch")
-    return produced
 
 
 def _rescale_list(rescale, x):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import signal
 from typing import Iterable
 
 
@@ -63,3 +64,15 @@ class IncompatibleError(UserFacingError):
 
 class ModelError(UserFacingError):
     """The model raised while being evaluated (user code, out of memory...); the cause is chained."""
+
+
+class StopRequested(FreqprobeError):
+    """A SIGINT/SIGTERM asked the work to stop; it stopped at a batch boundary with a checkpoint."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from . import guard as _guard
-from .engine import _batches
 from .errors import UserFacingError
 from .interfaces import DataSource, Decomposer, RescalePolicy
-from .journal import StopRequested, check_stop, workspace
+from .errors import StopRequested
+from .journal import check_stop, workspace
 from .tables import fmt_param
 
 #: the layout of the image arrays an npz export writes (stored as the array ``layout``)
@@ -103,7 +103,7 @@ def export_npz(
         out = None
         pos = done
         try:
-            for x, y, _ in _batches(data, batch_size, limit=n, shard=None, start=done // batch_size):
+            for x, y, _ in data.batches_from(done // batch_size, batch_size, limit=n):
                 check_stop("the export")
                 b = len(x)
                 x = x.to(device)
@@ -172,7 +172,7 @@ def export_png(
         out = None
         pos = done
         try:
-            for x, y, idx in _batches(data, batch_size, limit=n, shard=None, start=done // batch_size):
+            for x, y, idx in data.batches_from(done // batch_size, batch_size, limit=n):
                 check_stop("the export")
                 x = x.to(device)
                 save("original", x, idx, y)
@@ -276,7 +276,7 @@ def export_images(
             progress(done)
         pos = done
         try:
-            for images, _, idx in _batches(data, batch_size, limit=n, shard=None, start=done // batch_size):
+            for images, _, idx in data.batches_from(done // batch_size, batch_size, limit=n):
                 check_stop("the export")
                 if isinstance(images, torch.Tensor):
                     images = list(images.unbind(0))

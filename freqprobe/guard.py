@@ -15,14 +15,14 @@ of the input's shape, device and a floating dtype), once per call, without a pas
 from __future__ import annotations
 
 import contextlib
-
-import types
-from typing import Any, Iterator, Mapping, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from .errors import FreqprobeError, PluginError
-from .registry import Provider, provider_of
+from .interfaces import Decomposer
+from .manager import Provider, is_builtin, provider_of
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _first_line(exc: BaseException) -> str:
@@ -76,8 +76,6 @@ def call(obj: Any, what: str, fn, *args: Any, **kwargs: Any) -> Any:
 
 # ------------------------------------------------------------------------- hooks
 def _hook_plugin(pm, impl) -> tuple[str, str] | None:
-    from .plugins import is_builtin
-
     name = pm.get_name(impl.plugin)
     if is_builtin(name):
         return None
@@ -128,6 +126,8 @@ def _who(dec: Any) -> str:
 
 def check_components(dec: Any, x: torch.Tensor, got: Any, param: Any, what: str = "decompose()") -> Mapping[str, torch.Tensor]:
     """Refuse, in one line, a decomposer result that is not ``{declared component: tensor like x}``."""
+    import torch
+
     comps = tuple(dec.components)
     at = f"{getattr(dec, 'param_name', 'param')}={param!r}"
     if not isinstance(got, Mapping):
@@ -163,8 +163,6 @@ _END = object()
 
 def decompose_all(dec: Any, x: torch.Tensor, params: Sequence[Any], *, out: Any = None) -> Iterator[tuple[Any, Mapping]]:
     """``dec.decompose_all(x, params, out=out)``, guarded and checked: every parameter once, each result checked."""
-    from .interfaces import Decomposer
-
     params = list(params)
     own = getattr(type(dec), "decompose_all", None) is not Decomposer.decompose_all
     what = "decompose_all()" if own else "decompose()"
@@ -191,54 +189,6 @@ def decompose_all(dec: Any, x: torch.Tensor, params: Sequence[Any], *, out: Any 
                           f"it must yield (param, components) for every parameter it is given")
 
 
-# ------------------------------------------------------------------------- any exception, after the fact
-def _plugin_modules(pm) -> dict[str, str]:
-    """Module name -> plugin name, for the third-party plugins of ``pm`` and the classes they registered."""
-    from . import registry
-    from .plugins import is_builtin
-
-    mods: dict[str, str] = {}
-    for name, plugin in pm.list_name_plugin():
-        if plugin is None or is_builtin(name):
-            continue
-        mod = plugin.__name__ if isinstance(plugin, types.ModuleType) else type(plugin).__module__
-        mods.setdefault(mod, name)
-    for kind in registry.KINDS:
-        try:
-            entries = registry.collect(kind, pm)
-        except Exception:  # pragma: no cover - attribution must never fail itself
-            continue
-        for e in entries.values():
-            if not is_builtin(e.plugin):
-                mods.setdefault(e.cls.__module__, e.plugin)
-    return {m: n for m, n in mods.items() if m and not m.startswith("freqprobe.") and m != "freqprobe" and m != "builtins"}
-
-
-def attribute(exc: BaseException, pm) -> PluginError | None:
-    """A PluginError naming the third-party plugin whose code raised ``exc`` (from its traceback), or None."""
-    if pm is None or isinstance(exc, FreqprobeError) or not isinstance(exc, Exception):
-        return None
-    try:
-        mods = _plugin_modules(pm)
-    except Exception:  # pragma: no cover
-        return None
-    if not mods:
-        return None
-    packages = {m.split(".")[0]: n for m, n in mods.items() if "." in m}
-    tb = exc.__traceback__
-    while tb is not None:
-        frame = tb.tb_frame
-        mod = frame.f_globals.get("__name__", "")
-        name = mods.get(mod) or packages.get(mod.split(".")[0])
-        if name is not None:
-            code = frame.f_code
-            fn = getattr(code, "co_qualname", code.co_name)
-            dist = getattr(pm, "dists", {}).get(name)
-            return PluginError(f"plugin {name!r}{f' ({dist})' if dist else ''} failed in {fn}(): {_first_line(exc)}")
-        tb = tb.tb_next
-    return None
-
-
-__all__ = ["attribute", "call", "call_hook", "check_components", "decompose", "decompose_all", "failure", "guarded",
+__all__ = ["call", "call_hook", "check_components", "decompose", "decompose_all", "failure", "guarded",
            "hook_guarded", "third_party"]
 

@@ -1,21 +1,25 @@
-"""Base classes for everything a plugin can register.
+"""Base classes for everything a plugin can register (the evaluator contract is in :mod:`freqprobe.evaluators`,
+probes and their run context in :mod:`freqprobe.probing`).
 
 Each registrable class carries a kebab-case ``name`` (a ``ClassVar``) and a one-line docstring
 that ``freqprobe list`` shows. Images are always N×C×H×W float tensors in [0, 1]; only a
-:class:`ModelAdapter` normalises.
+:class:`ModelAdapter` normalises. This module imports neither torch nor numpy (they are imported
+inside the methods that use them), so ``import freqprobe`` and a plugin's hook module stay cheap.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
-import numpy as np
-import torch
+from .errors import IncompatibleError, UserFacingError, exception_line
 
-from .errors import UserFacingError
+if TYPE_CHECKING:  # annotations only
+    from pathlib import Path
+
+    import numpy as np
+    import torch
 
 Components = dict  # name -> N×C×H×W tensor
 
@@ -106,21 +110,34 @@ class Decomposer(ABC):
             yield p, self.decompose(x, p, out=(out[p] if per_param else out))
 
 
-class ModelAdapter:
+class ModelAdapter(ABC):
     """A model as freqprobe sees it: takes [0,1] images, normalises them itself, returns outputs.
 
-    A classifier's :meth:`predict` returns logits (N×K). An adapter declares its ``task`` and the
-    per-sample columns it writes (:attr:`sample_columns`, :meth:`sample_values`); a detection
-    adapter sets ``task = "detection"``, takes a list of C×H×W images and returns per-image dicts.
+    Abstract: each task has its adapter, registered through ``register_adapters`` —
+    :class:`ClassifierAdapter` (built in: N×C×H×W in, N×K logits out) and, from the COCO plugin,
+    a detector adapter. An adapter declares its ``task``, the per-sample columns it writes
+    (:attr:`sample_columns`, :meth:`sample_values`) and how it refuses data it cannot take
+    (:meth:`check_data`). ``ModelAdapter(module, ...)`` itself still builds a classifier adapter,
+    as it did before the two were siblings.
     """
 
     #: the registry name (``freqprobe list adapters``); one adapter per task is looked up by ``task``
-    name: ClassVar[str] = "classifier"
-    task: ClassVar[str] = "classification"
+    name: ClassVar[str]
+    task: ClassVar[str]
+    #: per-sample columns this adapter writes to ``samples.csv`` (see :meth:`sample_values`)
+    sample_columns: ClassVar[tuple[str, ...]] = ()
+    #: whether several image variants of a batch may be concatenated into one forward pass
+    #: (true when each output depends on its own input only, e.g. a classifier in eval mode)
+    stackable: ClassVar[bool] = False
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "ModelAdapter":
+        if cls is ModelAdapter:  # the adapter before the task split: a classifier
+            cls = ClassifierAdapter
+        return super().__new__(cls)
 
     def __init__(
         self,
-        module: torch.nn.Module,
+        module: Any,
         *,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
@@ -130,30 +147,39 @@ class ModelAdapter:
         self.module = module
         self.spec = spec
         self.info = dict(info or {})
+        self._norm_cache: tuple | None = None
+        self.set_normalization(mean, std)
+
+    def set_normalization(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+        """Normalise with ``mean``/``std`` from now on (None: that part is left out); std values must be positive."""
         self.mean = tuple(float(m) for m in mean) if mean is not None else None
         self.std = tuple(float(s) for s in std) if std is not None else None
         if self.std is not None and any(s <= 0 for s in self.std):
             raise UserFacingError(f"--std values must be positive, got {self.std}")
-        self._norm_cache: tuple | None = None
+        self._norm_cache = None
 
     @property
-    def device(self) -> torch.device:
+    def device(self) -> "torch.device":
+        import torch
+
         for p in self.module.parameters():
             return p.device
         for b in self.module.buffers():
             return b.device
         return torch.device("cpu")
 
-    def to(self, device: torch.device | str) -> "ModelAdapter":
+    def to(self, device: "torch.device | str") -> "ModelAdapter":
         self.module.to(device)
         self._norm_cache = None
         return self
 
-    def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _stats(self, x: "torch.Tensor") -> "tuple[torch.Tensor, torch.Tensor] | None":
         if self.mean is None and self.std is None:
             return None
         key = (x.device, x.dtype, x.shape[1])
         if self._norm_cache is None or self._norm_cache[0] != key:
+            import torch
+
             c = x.shape[1]
             mean = self.mean or (0.0,) * c
             std = self.std or (1.0,) * c
@@ -168,55 +194,99 @@ class ModelAdapter:
             self._norm_cache = (key, m, s)
         return self._norm_cache[1], self._norm_cache[2]
 
-    def normalize(self, images01: torch.Tensor) -> torch.Tensor:
+    def normalize(self, images01: "torch.Tensor") -> "torch.Tensor":
         stats = self._stats(images01)
         if stats is None:
             return images01
         return (images01 - stats[0]) / stats[1]
 
-    def forward(self, images01: torch.Tensor) -> torch.Tensor:
+    def forward(self, images01: "torch.Tensor") -> "torch.Tensor":
         """Differentiable call (for attacks and training): normalise, then run the module."""
         return self.module(self.normalize(images01))
 
-    @torch.inference_mode()
-    def predict(self, images01: torch.Tensor) -> torch.Tensor:
+    def predict(self, images01: "torch.Tensor") -> Any:
         """Outputs for [0,1] images in eval mode, without gradients."""
-        was_training = self.module.training
-        self.module.eval()
-        try:
-            return self.module(self.normalize(images01))
-        finally:
-            self.module.train(was_training)
+        import torch
+
+        with torch.inference_mode():
+            was_training = self.module.training
+            self.module.eval()
+            try:
+                return self.module(self.normalize(images01))
+            finally:
+                self.module.train(was_training)
 
     # -- the task contract ---------------------------------------------------------------------
-    #: per-sample columns this adapter writes to ``samples.csv`` (see :meth:`sample_values`)
-    sample_columns: ClassVar[tuple[str, ...]] = ("pred", "confidence")
-    #: whether several image variants of a batch may be concatenated into one forward pass
-    #: (true when each output depends on its own input only, e.g. a classifier in eval mode)
-    stackable: ClassVar[bool] = True
+    @abstractmethod
+    def sample_values(self, outputs: Any, targets: Any) -> dict[str, Any]:
+        """Per-sample columns (:attr:`sample_columns`) for a batch's ``outputs`` (N-long tensors, kept on the device)."""
+
+    @abstractmethod
+    def check_data(self, data: "DataSource", device: "torch.device") -> None:
+        """Refuse, before any compute, a data set this model cannot be evaluated on (raise IncompatibleError)."""
+
+    def check_input_size(self, images: "torch.Tensor", data: "DataSource | None" = None) -> None:
+        """Refuse images of another size than a model with a fixed input size takes (a ViT: timm's ``fixed_input_size``)."""
+        size = self.info.get("input_size")
+        if not self.info.get("fixed_input_size") or not size or images.dim() != 4:
+            return
+        want = tuple(int(v) for v in size[-2:])
+        got = tuple(int(v) for v in images.shape[-2:])
+        if want == got:
+            return
+        hints = []
+        if data is not None and hasattr(data, "image_size"):
+            hints.append(f"pass --image-size {want[0]}" if want[0] == want[1] else f"resize the data to {want[0]}×{want[1]}")
+        else:
+            hints.append(f"use data of {want[0]}×{want[1]} images")
+        if not self.info.get("has_weights") and got[0] == got[1]:
+            hints.append(f"or build it for this size with --model-arg img_size={got[0]}")
+        raise IncompatibleError(
+            f"{self.spec or type(self.module).__name__} takes only {want[0]}×{want[1]} images (fixed input size) "
+            f"but the data gives {got[0]}×{got[1]}; {' '.join(hints)}"
+        )
+
+    def prepare(self, *, channels_last: bool = False) -> None:
+        """Put the module in eval mode and the memory format the engine feeds it."""
+        import torch
+
+        self.module.eval()
+        if channels_last and not isinstance(self.module, torch.jit.ScriptModule):
+            self.module.to(memory_format=torch.channels_last)
+
+    def describe(self) -> dict[str, Any]:
+        return {"spec": self.spec, "task": self.task, "mean": self.mean, "std": self.std, **self.info}
+
+
+class ClassifierAdapter(ModelAdapter):
+    """Classifiers: N×C×H×W [0, 1] images in, N×K logits out (arg-max class and softmax confidence per sample)."""
+
+    name = "classifier"
+    task = "classification"
+    sample_columns = ("pred", "confidence")
+    stackable = True
 
     def sample_values(self, outputs: Any, targets: Any) -> dict[str, Any]:
-        """Per-sample columns for a batch's ``outputs`` (N-long tensors, kept on the device).
+        """The arg-max class and its softmax probability, per sample."""
+        import torch
 
-        A classifier writes the arg-max class and its softmax probability.
-        """
         prob = torch.softmax(outputs.float(), dim=-1)
         conf, pred = prob.max(-1)
         return {"pred": pred, "confidence": conf}
 
-    def num_outputs(self, sample: torch.Tensor) -> int:
+    def num_outputs(self, sample: "torch.Tensor") -> int:
         """Number of classes the classifier predicts (probed with one sample)."""
         out = self.predict(sample[:1].to(self.device))
         return int(out.shape[-1])
 
-    def output_count(self, images: torch.Tensor, device: torch.device) -> int:
+    def output_count(self, images: "torch.Tensor", device: "torch.device") -> int:
         """Run the model once on ``images`` (a small N×C×H×W batch) and return its class count K.
 
         Whatever goes wrong is one :class:`IncompatibleError` line naming the image shape: the
         model raising (anything, ``sys.exit`` included), or returning something other than N×K
         logits (a scalar, a tuple/list/dict, another shape).
         """
-        from .errors import IncompatibleError
+        import torch
 
         shape = "×".join(map(str, images.shape[1:]))
         name = self.spec or type(self.module).__name__
@@ -225,8 +295,6 @@ class ModelAdapter:
         except UserFacingError:
             raise
         except (Exception, SystemExit) as exc:
-            from .errors import exception_line
-
             raise IncompatibleError(f"the model {name} failed on a batch of this data's {shape} images: {exception_line(exc)}") from None
         n = images.shape[0]
         if not isinstance(out, torch.Tensor):
@@ -247,30 +315,7 @@ class ModelAdapter:
             )
         return int(out.shape[1])
 
-    def check_input_size(self, images: torch.Tensor, data: "DataSource | None" = None) -> None:
-        """Refuse images of another size than a model with a fixed input size takes (a ViT: timm's ``fixed_input_size``)."""
-        from .errors import IncompatibleError
-
-        size = self.info.get("input_size")
-        if not self.info.get("fixed_input_size") or not size or images.dim() != 4:
-            return
-        want = tuple(int(v) for v in size[-2:])
-        got = tuple(int(v) for v in images.shape[-2:])
-        if want == got:
-            return
-        hints = []
-        if data is not None and hasattr(data, "image_size"):
-            hints.append(f"pass --image-size {want[0]}" if want[0] == want[1] else f"resize the data to {want[0]}×{want[1]}")
-        else:
-            hints.append(f"use data of {want[0]}×{want[1]} images")
-        if not self.info.get("has_weights") and got[0] == got[1]:
-            hints.append(f"or build it for this size with --model-arg img_size={got[0]}")
-        raise IncompatibleError(
-            f"{self.spec or type(self.module).__name__} takes only {want[0]}×{want[1]} images (fixed input size) "
-            f"but the data gives {got[0]}×{got[1]}; {' '.join(hints)}"
-        )
-
-    def check_data(self, data: "DataSource", device: torch.device) -> None:
+    def check_data(self, data: "DataSource", device: "torch.device") -> None:
         """Refuse, before any compute, a data set this model cannot be evaluated on (raise IncompatibleError).
 
         One forward of the data's first two images gives the model's class count K (recorded in
@@ -279,8 +324,6 @@ class ModelAdapter:
         subset of the model's classes are fine; a label >= K is refused.
         """
         import warnings
-
-        from .errors import IncompatibleError
 
         batch = next(iter(data.batches(2)))
         x = batch.images
@@ -309,21 +352,12 @@ class ModelAdapter:
                 stacklevel=2,
             )
 
-    def prepare(self, *, channels_last: bool = False) -> None:
-        """Put the module in eval mode and the memory format the engine feeds it."""
-        self.module.eval()
-        if channels_last and not isinstance(self.module, torch.jit.ScriptModule):
-            self.module.to(memory_format=torch.channels_last)
-
-    def describe(self) -> dict[str, Any]:
-        return {"spec": self.spec, "task": self.task, "mean": self.mean, "std": self.std, **self.info}
-
 
 @dataclasses.dataclass
 class BuiltModel:
     """What a :class:`ModelSource` returns: the module and what it knows about its inputs."""
 
-    module: torch.nn.Module
+    module: Any  # a torch.nn.Module (or, from file.py:callable, a plain callable)
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
     input_size: Sequence[int] | None = None
@@ -337,7 +371,8 @@ class ModelSource(ABC):
 
     name: ClassVar[str]
     task: ClassVar[str] = "classification"
-    adapter_class: ClassVar[type[ModelAdapter]] = ModelAdapter
+    #: the adapter class for every model of this source; None (or ModelAdapter): the adapter registered for the model's task
+    adapter_class: ClassVar[type[ModelAdapter] | None] = None
 
     @abstractmethod
     def build(
@@ -356,7 +391,7 @@ class Batch(NamedTuple):
 
     images: Any
     targets: Any
-    indices: torch.Tensor
+    indices: Any  # an int64 tensor
 
 
 def batch_indices(
@@ -366,6 +401,8 @@ def batch_indices(
     """The sample indices of each batch: the first ``limit`` samples (shuffled with ``seed``), cut into
     batches of ``batch_size``; with ``shard=(rank, world)`` only every ``world``-th batch from ``rank``
     on, so each sample is in the same batch as in one process."""
+    import numpy as np
+
     if batch_size < 1:
         raise UserFacingError(f"batch size must be at least 1, got {batch_size}")
     n = n if limit is None else min(limit, n)
@@ -389,6 +426,8 @@ class DataSource(ABC):
     name: ClassVar[str]
     #: whether the spec takes an argument after ``name:`` (``npz:PATH``)
     takes_argument: ClassVar[bool] = False
+    #: how help texts write that argument (``npz:PATH``, ``coco:IMAGES:ANN.json``)
+    argument_metavar: ClassVar[str] = "PATH"
     #: the task of its targets: ``classification`` (int labels) or ``detection`` (per-image dicts)
     task: ClassVar[str] = "classification"
     #: default number of fitting epochs when a model must be fitted on this data first
@@ -398,7 +437,7 @@ class DataSource(ABC):
     #: images per batch when the user gives no ``--batch-size`` (None: 128)
     default_batch_size: ClassVar[int | None] = None
 
-    def __init__(self, argument: str | None = None, *, root: Path | None = None, split: str = "test", **options: Any):
+    def __init__(self, argument: str | None = None, *, root: "Path | None" = None, split: str = "test", **options: Any):
         self.argument, self.root, self.split = argument, root, split
 
     num_classes: int
@@ -427,8 +466,25 @@ class DataSource(ABC):
         for idx in batch_indices(len(self), batch_size, limit=limit, shuffle=shuffle, seed=seed, shard=shard):
             yield self.load(idx)
 
+    def batches_from(self, start: int, batch_size: int, *, limit: int | None = None,
+                     shard: tuple[int, int] | None = None) -> Iterator[Batch]:
+        """The batches of :meth:`batches` from the ``start``-th on: a resumed run skips what it finished
+        (without loading it when the source loads by index)."""
+        if start == 0:
+            yield from self.batches(batch_size, limit=limit, shard=shard)
+        elif type(self).batches is DataSource.batches:
+            for i, idx in enumerate(batch_indices(len(self), batch_size, limit=limit, shard=shard)):
+                if i >= start:
+                    yield self.load(idx)
+        else:
+            for i, batch in enumerate(self.batches(batch_size, limit=limit, shard=shard)):
+                if i >= start:
+                    yield batch
+
     def target_columns(self, targets: Any) -> dict[str, Any]:
         """Per-sample columns taken from the targets (``label`` for classification)."""
+        import torch
+
         if isinstance(targets, torch.Tensor):
             return {"label": targets}
         return {}
@@ -443,94 +499,6 @@ class RescalePolicy(ABC):
 
     @abstractmethod
     def apply(self, x: torch.Tensor) -> torch.Tensor: ...
-
-
-_REDUCERS: dict[str, Callable[[Any, Any], Any]] = {
-    "sum": lambda a, b: a + b,
-    "cat": lambda a, b: list(a) + list(b),
-    "max": lambda a, b: max(a, b),
-    "min": lambda a, b: min(a, b),
-}
-
-
-class Metric(ABC):
-    """Accumulates model outputs against targets over batches; reports a dict of named numbers.
-
-    Life cycle: the core builds a metric per evaluated variant with the run's context
-    (``Metric(ctx)``), calls :meth:`reset`, then :meth:`update` once per batch with the model's
-    outputs for that variant and the batch's targets (both on the run's device), then
-    :meth:`compute`. Declare the state with :meth:`add_state` and partial results merge
-    (:meth:`merge`): that is how sharded (multi-process) runs combine.
-    """
-
-    name: ClassVar[str]
-    task: ClassVar[str] = "classification"
-
-    def __init__(self, ctx: "RunContext | None" = None, **options: Any) -> None:
-        self.ctx = ctx
-        self.options = options
-
-    def add_state(self, name: str, default: Any, reduce: str | Callable[[Any, Any], Any] = "sum") -> None:
-        """Declare a state variable: reset to ``default``; merged with ``reduce`` (``sum``, ``cat``, ``max``, ``min`` or a function)."""
-        if isinstance(reduce, str) and reduce not in _REDUCERS:
-            raise ValueError(f"unknown reduce {reduce!r}; use one of {', '.join(_REDUCERS)} or a function")
-        states = self.__dict__.setdefault("_states", {})
-        states[name] = (default, _REDUCERS.get(reduce, reduce) if isinstance(reduce, str) else reduce)
-        setattr(self, name, _fresh(default))
-
-    def reset(self) -> None:
-        """Back to the declared defaults (override when the state is not declared with add_state)."""
-        for name, (default, _) in self.__dict__.get("_states", {}).items():
-            setattr(self, name, _fresh(default))
-
-    @abstractmethod
-    def update(self, outputs: Any, targets: Any) -> None: ...
-
-    @abstractmethod
-    def compute(self) -> "Mapping[str, float] | float":
-        """The result: ``{name: value}`` (several numbers, e.g. mAP and AP50) or one number (named :attr:`name`)."""
-
-    def results(self) -> dict[str, float]:
-        """:meth:`compute` as a dict."""
-        got = self.compute()
-        if isinstance(got, Mapping):
-            return {str(k): float(v) for k, v in got.items()}
-        return {self.name: float(got)}
-
-    def state(self) -> dict[str, Any]:
-        """The declared state, on the CPU (picklable: what a rank sends to rank 0)."""
-        out = {}
-        for name in self.__dict__.get("_states", {}):
-            v = getattr(self, name)
-            out[name] = v.detach().cpu() if isinstance(v, torch.Tensor) else v
-        return out
-
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        """Set the declared state from a :meth:`state` dict (how a resumed run continues); tensors go to the run's device."""
-        dev = getattr(self.ctx, "device", None) if getattr(self, "ctx", None) is not None else None
-        for name in self.__dict__.get("_states", {}):
-            v = state[name]
-            setattr(self, name, v.to(dev) if isinstance(v, torch.Tensor) and dev is not None else _fresh(v))
-
-    def merge(self, other: "Metric | Mapping[str, Any]") -> None:
-        """Fold another instance's state (or a :meth:`state` dict) into this one."""
-        states = self.__dict__.get("_states")
-        if not states:
-            raise NotImplementedError(f"metric {self.name!r} declares no state (add_state), so it cannot merge partial results")
-        theirs = other.state() if isinstance(other, Metric) else other
-        for name, (_, reduce) in states.items():
-            mine = getattr(self, name)
-            if isinstance(mine, torch.Tensor):
-                mine = mine.detach().cpu()
-            setattr(self, name, reduce(mine, theirs[name]))
-
-
-def _fresh(default: Any) -> Any:
-    if isinstance(default, torch.Tensor):
-        return default.clone()
-    if isinstance(default, (list, dict, set)):
-        return type(default)(default)
-    return default
 
 
 def check_declared_options(kind: str, name: str, declared: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
@@ -596,9 +564,9 @@ class Attack(ABC):
         return cls.name + ":" + ",".join(f"{k}={_fmt_opt(v)}" for k, v in sorted(diff.items()))
 
     @abstractmethod
-    def forward(self, images01: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
+    def forward(self, images01: "torch.Tensor", labels: "torch.Tensor") -> "torch.Tensor": ...
 
-    def __call__(self, images01: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images01: "torch.Tensor", labels: "torch.Tensor") -> "torch.Tensor":
         return self.forward(images01, labels)
 
 
@@ -661,83 +629,57 @@ class Variant:
         return (self.name, self.param, self.extra)
 
 
+class SourceBatch(NamedTuple):
+    """What a variant source gets for one batch (the per-batch facts, passed as arguments, never read back from a context).
+
+    ``images``/``targets``: the batch's original [0, 1] images and targets on the run's device;
+    ``indices``: each sample's position in the data set (int64, on the CPU) — a source that draws
+    random numbers seeds from them, so a resumed, re-batched or sharded run draws the same;
+    ``number``: the batch's position in data order.
+    """
+
+    images: Any
+    targets: Any
+    indices: Any
+    number: int = 0
+
+
 class VariantSource(ABC):
     """Makes image variants of every batch for the evaluation loop (see docs/engine.md).
 
-    :meth:`variants` declares them up front (they order the tables); :meth:`produce` makes them
-    for one batch. Built in: ``OriginalSource`` and ``DecomposerSource`` (a decomposer's parts,
-    optionally of another source's images) in :mod:`freqprobe.engine`; the attacks plugin adds
-    adversarial images the same way.
+    :meth:`variants` declares them up front (they order the tables); :meth:`generate` makes them
+    for one batch. Built in: :class:`~freqprobe.sources.OriginalSource` and
+    :class:`~freqprobe.sources.DecomposerSource` (a decomposer's parts, optionally of another
+    source's images); the attacks plugin adds adversarial images the same way.
+
+    A source implements :meth:`generate` (the current form), or :meth:`produce` (the form before
+    per-batch facts were passed: ``produce(images, targets, ctx, out=None)``), which the default
+    :meth:`generate` calls.
     """
 
     @abstractmethod
     def variants(self) -> list[Variant]: ...
 
-    @abstractmethod
-    def produce(
-        self, images: Any, targets: Any, ctx: "RunContext", out: Mapping[Variant, torch.Tensor] | None = None
-    ) -> Iterator[tuple[Variant, Any]]:
+    def generate(self, batch: SourceBatch, ctx: Any, out: "Mapping[Variant, torch.Tensor] | None" = None
+                 ) -> Iterator[tuple[Variant, Any]]:
         """Yield ``(variant, images)`` for this batch, for every declared variant.
 
-        ``images`` are the batch's original [0, 1] images on the run's device. When ``out`` is
-        given it holds one preallocated tensor per variant (the shape of ``images``): write into
-        it and yield it to save a copy (the loop copies anything else into place). Yielded
-        images must stay valid until the batch is done.
+        ``batch`` holds the original images, targets and sample indices (:class:`SourceBatch`);
+        ``ctx`` is the run's :class:`~freqprobe.probing.RunContext` (read-only). When ``out`` is
+        given it holds one preallocated tensor per variant (the shape of the images): write into
+        it and yield it to save a copy (the loop copies anything else into place). Yielded images
+        must stay valid until the batch is done.
         """
+        return self.produce(batch.images, batch.targets, ctx, out)
+
+    def produce(self, images: Any, targets: Any, ctx: Any, out: "Mapping[Variant, torch.Tensor] | None" = None
+                ) -> Iterator[tuple[Variant, Any]]:
+        """The earlier form of :meth:`generate` (without the sample indices); implement one of the two."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither generate() nor produce()")
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records about this source."""
         return {"source": type(self).__name__}
-
-
-@dataclasses.dataclass
-class RunContext:
-    """Everything a probe needs, built and validated by the runner before any compute."""
-
-    adapter: ModelAdapter
-    data: DataSource
-    decomposer: Decomposer
-    params: list
-    rescale: RescalePolicy
-    metrics: list
-    device: torch.device
-    batch_size: int = 128
-    limit: int | None = None
-    seed: int = 0
-    transform: str = ""
-    out_dir: Path | None = None
-    progress: Callable[[int], None] | None = None
-    #: the probe's options (``--probe-opt KEY=VALUE`` over the probe's declared defaults)
-    options: dict = dataclasses.field(default_factory=dict)
-    manifest: dict = dataclasses.field(default_factory=dict)
-    pm: Any = None
-    #: ``fp32`` (TF32 off), ``tf32``, ``bf16`` or ``fp16`` (autocast) for the model's forward passes
-    precision: str = "fp32"
-    #: feed images in channels_last memory format (None: the engine's default for the device)
-    channels_last: bool | None = None
-    #: images per forward pass; variants of a batch are concatenated up to it (None: per device)
-    forward_batch: int | None = None
-    #: ``(rank, world)``: evaluate only this process's share of the batches
-    shard: tuple[int, int] | None = None
-    #: finish even when the model returns NaN/inf (counted in ``nonfinite-outputs`` summary rows)
-    allow_nonfinite: bool = False
-    #: the run's :class:`freqprobe.journal.RunJournal` (streamed samples.csv, checkpoints), or None
-    journal: Any = None
-    #: ``--attack``: ``(Attack class, checked options)`` pairs, for probes that take attacks
-    attacks: list = dataclasses.field(default_factory=list)
-    #: ``--eps``: the attack budgets
-    eps: list = dataclasses.field(default_factory=list)
-    #: the data-set indices of the batch being evaluated (set by the loop; a variant source that
-    #: draws random numbers seeds from them, so a resumed or sharded run draws the same)
-    current_indices: Any = None
-    #: the torchrun job this process belongs to (:class:`freqprobe.distributed.Dist`), or None
-    dist: Any = None
-
-    def evaluate(self, sources: Sequence[VariantSource], *, probe: str, observers: Sequence[Any] = (), **kw: Any) -> "ProbeResult":
-        """Run the one evaluation loop (:func:`freqprobe.engine.evaluate`) over ``sources``."""
-        from .engine import evaluate
-
-        return evaluate(self, sources, probe=probe, observers=observers, **kw)
 
 
 @dataclasses.dataclass
@@ -757,57 +699,5 @@ class ProbeResult:
     variants: list = dataclasses.field(default_factory=list)
     #: extras for writers (the Figure-2 gallery, timings, class names...)
     extras: dict = dataclasses.field(default_factory=dict)
-
-
-class Probe(ABC):
-    """An experiment: mostly a declaration of the image variants to evaluate (and extras).
-
-    The default :meth:`run` hands :meth:`sources` and :meth:`observers` to the one evaluation
-    loop; override those, not the loop. ``options`` declares what ``--probe-opt KEY=VALUE`` may
-    set, with defaults (a value is converted to the default's type).
-    """
-
-    name: ClassVar[str]
-    requires: ClassVar[Mapping[str, Any]] = {"task": "classification"}
-    options: ClassVar[Mapping[str, Any]] = {}
-    #: whether the probe uses the run's ``--attack``/``--eps`` (``ctx.attacks``, ``ctx.eps``)
-    takes_attacks: ClassVar[bool] = False
-    #: the metrics computed when the user names none (``--metric``)
-    default_metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
-    #: per decomposer name, the parameters used when the user gives none (else the decomposer's defaults)
-    default_params: ClassVar[Mapping[str, tuple]] = {}
-
-    def __init__(self, **options: Any) -> None:
-        self.opts = self.check_options(options)
-
-    @classmethod
-    def check_options(cls, given: Mapping[str, Any]) -> dict[str, Any]:
-        """The declared defaults updated with ``given``; unknown keys and bad types raise UserFacingError."""
-        return check_declared_options("probe", cls.name, cls.options, given)
-
-    def sources(self, ctx: RunContext) -> list[VariantSource]:
-        """The variant sources to evaluate; default: the original images and the decomposer's parts."""
-        from .engine import DecomposerSource
-
-        return [DecomposerSource(ctx.decomposer, ctx.params)]
-
-    def observers(self, ctx: RunContext) -> list:
-        """Objects with ``on_batch(batch, images, values, targets)`` and ``finish() -> dict`` (extras), e.g. a gallery."""
-        return []
-
-    def model_sweep(self, ctx: RunContext) -> list:
-        """Model transforms to evaluate the model under, one evaluation each (kernel smoothing at several ρ).
-
-        ``[]`` (the default) evaluates the model as given. Each transform is applied to a copy of
-        the run's model (after any ``--transform``); its label joins the ``transform`` column and
-        the per-sample table gets a ``transform`` column.
-        """
-        return []
-
-    def run(self, ctx: RunContext) -> ProbeResult:
-        sweep = self.model_sweep(ctx)
-        if sweep:
-            from .engine import evaluate_sweep
-
-            return evaluate_sweep(ctx, self, sweep)
-        return ctx.evaluate(self.sources(ctx), probe=self.name, observers=self.observers(ctx))
+    #: the finished evaluators (:class:`freqprobe.evaluators.Evaluator`) whose rows and files the result holds
+    evaluators: list = dataclasses.field(default_factory=list)

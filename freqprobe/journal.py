@@ -31,11 +31,12 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-import torch
+from .errors import StopRequested, UserFacingError
 
-from .errors import FreqprobeError, UserFacingError
+if TYPE_CHECKING:
+    import torch
 
 try:  # POSIX
     import fcntl
@@ -53,18 +54,6 @@ def partial_dir(out: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- stopping
-class StopRequested(FreqprobeError):
-    """A SIGINT/SIGTERM asked the work to stop; it stopped at a batch boundary with a checkpoint."""
-
-    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
-        super().__init__(message)
-        self.signum = signum
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + int(self.signum)
-
-
 _stop = {"signum": None}
 _lock = threading.Lock()
 
@@ -253,6 +242,30 @@ class Workspace:
         self.journal[key] = value
         self._write_json("journal.json", self.journal)
 
+    # -- writing outputs (atomic: a temporary file beside the target, then os.replace)
+    @contextlib.contextmanager
+    def atomic(self, name: str) -> Iterator[Path]:
+        """A temporary path to write ``name`` (relative to the workspace) to; it replaces ``name`` when the block ends."""
+        target = self.dir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        try:
+            yield tmp
+            os.replace(tmp, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def write_text(self, name: str, text: str) -> Path:
+        """Write ``name`` in the workspace atomically; its path."""
+        with self.atomic(name) as tmp:
+            tmp.write_text(text)
+        return self.dir / name
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """``obj`` as indented JSON in ``name``, atomically; its path."""
+        return self.write_text(name, json.dumps(obj, indent=2, default=str) + "\n")
+
     def _write_json(self, name: str, obj: Any) -> None:
         tmp = self.dir / f"{name}.tmp"
         tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
@@ -264,12 +277,16 @@ class Workspace:
         if not (self.resumed and p.is_file()):
             return None
         try:
+            import torch
+
             return torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise UserFacingError(f"cannot resume {self.out}: its checkpoint {p} is unreadable ({type(exc).__name__}); "
                                   "leave out --resume to start again") from None
 
     def save_progress(self, progress: Mapping[str, Any]) -> None:
+        import torch
+
         tmp = self.dir / "progress.pt.tmp"
         torch.save(dict(progress), tmp)
         os.replace(tmp, self.dir / "progress.pt")
@@ -311,6 +328,8 @@ class Workspace:
 def module_digest(module: torch.nn.Module) -> str:
     """sha256 of a module's state (names, shapes, dtypes, values): the identity of weights passed as an object."""
     import hashlib
+
+    import torch
 
     h = hashlib.sha256()
     for k, v in module.state_dict().items():
@@ -359,6 +378,9 @@ class RunJournal:
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
         saved = ws.load_progress() or {}
+        if saved and saved.get("version") != 2:
+            raise UserFacingError(f"cannot resume {ws.out}: its checkpoint was written by an earlier freqprobe "
+                                  f"(format {saved.get('version')}); leave out --resume to start again")
         self.saved_segments: list[dict] = list(saved.get("segments", []))
         self.segments: list[dict] = []
         self.csv_bytes = int(saved.get("csv_bytes", 0))
@@ -402,7 +424,7 @@ class RunJournal:
         if self._csv is not None:
             self._csv.flush()
             self.csv_bytes = self._csv.tell()
-        self.ws.save_progress({"version": 1, "segments": self.segments, "csv_bytes": self.csv_bytes})
+        self.ws.save_progress({"version": 2, "segments": self.segments, "csv_bytes": self.csv_bytes})
         self._last = time.perf_counter()
 
     def close(self) -> None:
@@ -421,9 +443,10 @@ class Segment:
         if saved is None:  # rows of samples.csv (after its header) before this evaluation's
             self.record["rows_start"] = sum(int(s.get("rows", 0)) for s in journal.segments)
 
-    def checkpoint(self, *, batches: int, n: int, columns: list | None, rows: int, metrics: list, observers: list,
+    def checkpoint(self, *, batches: int, n: int, columns: list | None, rows: int, evaluators: list,
                    nonfinite: list | None, done: bool = False) -> None:
-        """Record that ``batches`` batches (``n`` samples, ``rows`` rows of samples.csv) are finished."""
-        self.record.update(done=done, batches=batches, n=n, columns=columns, rows=rows, metrics=metrics,
-                           observers=observers, nonfinite=nonfinite)
+        """Record that ``batches`` batches (``n`` samples, ``rows`` rows of samples.csv) are finished, with the
+        evaluators' states (:meth:`freqprobe.evaluators.Evaluator.state_dict`)."""
+        self.record.update(done=done, batches=batches, n=n, columns=columns, rows=rows, evaluators=evaluators,
+                           nonfinite=nonfinite)
         self.journal.save()

@@ -15,71 +15,23 @@ Environment controls:
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import importlib
 import importlib.metadata
 import logging
 import os
+import types
 import warnings
 from typing import Any, Iterable
 
 import pluggy
 
-from . import hookspecs
-from .errors import PluginWarning, UserFacingError
+from . import hookspecs, registry
+from .errors import FreqprobeError, PluginError, PluginWarning, UserFacingError
+from .options import CORE_DECOMPOSE_OPTIONS, CORE_RUN_OPTIONS, Option, OptionParser, OptionSet
+from .manager import (DEFAULT_PLUGINS, DISABLE_ENV, ENTRY_POINT_GROUP, LoadError, disable_hint, is_builtin, unknown_hooks,
+                      validate_hooks, warn_once, validation_message)
 
 log = logging.getLogger("freqprobe.plugins")
-
-ENTRY_POINT_GROUP = "freqprobe"
-DISABLE_ENV = "FREQPROBE_DISABLE_PLUGINS"
-
-DEFAULT_PLUGINS: tuple[str, ...] = (
-    "freqprobe.builtins.decomposers",
-    "freqprobe.builtins.rescale",
-    "freqprobe.builtins.metrics",
-    "freqprobe.builtins.models",
-    "freqprobe.builtins.datasets",
-    "freqprobe.builtins.probes",
-    "freqprobe.builtins.report",
-)
-
-
-def is_builtin(name: str | None) -> bool:
-    """Whether ``name`` is one of the built-in plugin modules (which cannot be switched off)."""
-    return name in DEFAULT_PLUGINS
-
-
-def disable_hint(name: str) -> str:
-    """How to switch the plugin ``name`` off."""
-    return f"{DISABLE_ENV}={name} or freqprobe -p no:{name}"
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadError:
-    """A plugin (or one of its classes) that was skipped; shown by ``freqprobe plugins``, warned about once.
-
-    ``stage`` says where: ``import`` (the entry point failed to import), ``hooks`` (it implements
-    a hook wrongly), a register hook (``register_decomposers``...) or ``register_commands``.
-    """
-
-    name: str
-    dist: str
-    error: str
-    stage: str = "import"
-
-    @property
-    def hint(self) -> str:
-        return "" if is_builtin(self.name) else f"switch it off with {disable_hint(self.name)}"
-
-    def message(self) -> str:
-        hint = f" ({self.hint})" if self.hint else ""
-        if self.stage == "import":
-            return f'Error importing plugin "{self.name}" ({self.dist}): {self.error}; skipped{hint}'
-        return f'Plugin "{self.name}" ({self.dist}): {self.error}{hint}'
-
-    def as_dict(self) -> dict[str, str]:
-        return {"name": self.name, "dist": self.dist, "stage": self.stage, "error": self.error, "hint": self.hint}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -107,8 +59,6 @@ class FreqprobePluginManager(pluggy.PluginManager):
     @property
     def load_errors(self) -> list[LoadError]:
         """Every recorded problem: failed imports and registrations, and skipped classes of every kind."""
-        from . import registry
-
         out = list(self._errors)
         for err in registry.check_all(self):
             if err not in out:
@@ -129,13 +79,14 @@ class FreqprobePluginManager(pluggy.PluginManager):
     # -- registration ---------------------------------------------------------------------------
     def register(self, plugin, name=None):
         self._freqprobe_registry_cache = {}
+        self._freqprobe_options_cache = None
         try:
             got = super().register(plugin, name)
         except pluggy.PluginValidationError as exc:
             pname = name or self.get_canonical_name(plugin)
             if self.get_plugin(pname) is not None:
                 super().unregister(name=pname)
-            self.record_error(LoadError(pname, self.dist_of(pname), _validation_message(exc) + "; the plugin is skipped", "hooks"))
+            self.record_error(LoadError(pname, self.dist_of(pname), validation_message(exc) + "; the plugin is skipped", "hooks"))
             return None
         if got is not None and self._validate_on_register and not is_builtin(got):
             if not validate_hooks(self, got):
@@ -144,6 +95,7 @@ class FreqprobePluginManager(pluggy.PluginManager):
 
     def unregister(self, plugin=None, name=None):
         self._freqprobe_registry_cache = {}
+        self._freqprobe_options_cache = None
         return super().unregister(plugin, name)
 
     def disable(self, name: str) -> None:
@@ -157,61 +109,7 @@ class FreqprobePluginManager(pluggy.PluginManager):
             self.set_blocked(name)
         self._errors = [e for e in self._errors if e.name != name]
         self._freqprobe_registry_cache = {}
-
-
-def warn_once(pm, err: LoadError) -> None:
-    """Warn about ``err`` unless this manager already has."""
-    warned = getattr(pm, "_warned", None)
-    msg = err.message()
-    if warned is not None:
-        if msg in warned:
-            return
-        warned.add(msg)
-    warnings.warn(msg, PluginWarning, stacklevel=3)
-
-
-def _validation_message(exc: pluggy.PluginValidationError) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return "; ".join(lines)
-
-
-def _spec_names(pm) -> list[str]:
-    return sorted(n for n, hc in vars(pm.hook).items() if isinstance(hc, pluggy.HookCaller) and hc.has_spec())
-
-
-def unknown_hooks(pm, plugin) -> list[str]:
-    """Names of hooks ``plugin`` implements that no hookspec declares (pluggy's ``optionalhook`` excepted)."""
-    bad = []
-    for hc in pm.get_hookcallers(plugin) or []:
-        if hc.has_spec():
-            continue
-        for impl in hc.get_hookimpls():
-            if impl.plugin is plugin and not impl.optionalhook:
-                bad.append(hc.name)
-    return sorted(set(bad))
-
-
-def validate_hooks(pm, name: str) -> bool:
-    """Refuse (unregister and record) the plugin ``name`` if it implements a hook that does not exist."""
-    plugin = pm.get_plugin(name)
-    if plugin is None:
-        return False
-    bad = unknown_hooks(pm, plugin)
-    if not bad:
-        return True
-    specs = _spec_names(pm)
-    parts = []
-    for hook in bad:
-        close = difflib.get_close_matches(hook, specs, n=1, cutoff=0.6)
-        parts.append(f"{hook}()" + (f" (did you mean {close[0]}?)" if close else ""))
-    pm.unregister(name=name)
-    # the unknown hook's caller stays behind without implementations; nothing calls it
-    err = LoadError(name, pm.dist_of(name) if hasattr(pm, "dist_of") else "registered at runtime",
-                    f"implements unknown hook {', '.join(parts)}; the plugin is skipped "
-                    f"(mark hooks of your own with @hookimpl(optionalhook=True))", "hooks")
-    if hasattr(pm, "record_error"):
-        pm.record_error(err)
-    return False
+        self._freqprobe_options_cache = None
 
 
 def _autoload_disabled() -> bool:
@@ -253,8 +151,6 @@ def get_plugin_manager(autoload: bool | None = None, *, disable: Iterable[str] =
     if os.environ.get("FREQPROBE_TRACE_PLUGINS"):
         pm.trace.root.setwriter(lambda msg: log.debug(msg.rstrip()))
         pm.enable_tracing()
-    from . import registry
-
     registry.check_all(pm)  # bad classes are reported now, once, not when a command first needs them
     return pm
 
@@ -267,7 +163,7 @@ def check_pending(pm) -> None:
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:  # a built-in's mistake: a bug in freqprobe, but say so in one line
-        log.error("freqprobe bug: %s", _validation_message(exc))
+        log.error("freqprobe bug: %s", validation_message(exc))
 
 
 def load_entry_points(pm: FreqprobePluginManager) -> None:
@@ -336,7 +232,140 @@ def default_plugin_manager(disable: Iterable[str] = ()) -> FreqprobePluginManage
     return _default
 
 
+# ---------------------------------------------------------------- a third-party plugin's exception, after the fact
+def _plugin_modules(pm) -> dict[str, str]:
+    """Module name -> plugin name, for the third-party plugins of ``pm`` and the classes they registered."""
+    mods: dict[str, str] = {}
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None or is_builtin(name):
+            continue
+        mod = plugin.__name__ if isinstance(plugin, types.ModuleType) else type(plugin).__module__
+        mods.setdefault(mod, name)
+    for kind in registry.KINDS:
+        try:
+            entries = registry.collect(kind, pm)
+        except Exception:  # pragma: no cover - attribution must never fail itself
+            continue
+        for e in entries.values():
+            if not is_builtin(e.plugin):
+                mods.setdefault(e.cls.__module__, e.plugin)
+    return {m: n for m, n in mods.items() if m and not m.startswith("freqprobe.") and m != "freqprobe" and m != "builtins"}
+
+
+def attribute(exc: BaseException, pm) -> PluginError | None:
+    """A PluginError naming the third-party plugin whose code raised ``exc`` (from its traceback), or None."""
+    if pm is None or isinstance(exc, FreqprobeError) or not isinstance(exc, Exception):
+        return None
+    try:
+        mods = _plugin_modules(pm)
+    except Exception:  # pragma: no cover
+        return None
+    if not mods:
+        return None
+    packages = {m.split(".")[0]: n for m, n in mods.items() if "." in m}
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        mod = frame.f_globals.get("__name__", "")
+        name = mods.get(mod) or packages.get(mod.split(".")[0])
+        if name is not None:
+            code = frame.f_code
+            fn = getattr(code, "co_qualname", code.co_name)
+            dist = getattr(pm, "dists", {}).get(name)
+            return PluginError(f"plugin {name!r}{f' ({dist})' if dist else ''} failed in {fn}(): {_first_line(exc)}")
+        tb = tb.tb_next
+    return None
+
+
+# ---------------------------------------------------------------- declared options (the add_options hook)
+def collect_options(pm=None, command: str = "run") -> OptionSet:
+    """The declared options of ``command``: the core's, then each plugin's ``add_options`` (called on its own, like the registry).
+
+    A plugin option whose flag or name the core (or a built-in) has is skipped and recorded; one
+    that two third-party plugins both declare is refused for both, like a duplicate class name.
+    """
+    pm = pm if pm is not None else default_plugin_manager()
+    cache = getattr(pm, "_freqprobe_options_cache", None)
+    if cache is None:
+        cache = pm._freqprobe_options_cache = _collect_all_options(pm)
+    return cache[command]
+
+
+def _collect_all_options(pm) -> dict[str, OptionSet]:
+    core = {"run": CORE_RUN_OPTIONS, "decompose": CORE_DECOMPOSE_OPTIONS}
+    taken = {k for opts in core.values() for o in opts for k in _option_keys(o)}
+    declared: list[Option] = []
+    impls = sorted(reversed(pm.hook.add_options.get_hookimpls()), key=lambda i: not is_builtin(pm.get_name(i.plugin)))
+    for impl in impls:
+        name = pm.get_name(impl.plugin) or repr(impl.plugin)
+        parser = OptionParser(name)
+        try:
+            impl.function(parser=parser)
+        except Exception as exc:
+            if is_builtin(name):
+                raise
+            pm.record_error(LoadError(name, pm.dist_of(name), f"add_options() raised {_first_line(exc)}; its options are skipped",
+                                      "add_options"))
+            continue
+        declared += parser.options
+    kept = _refuse_duplicate_options(pm, declared, taken)
+    return {cmd: OptionSet([*opts, *(o for o in kept if cmd in o.commands)]) for cmd, opts in core.items()}
+
+
+def _option_keys(o: Option) -> list[str]:
+    names = [f"dest:{o.dest}", *(f"flag:{f}" for f in (*o.flags, *([o.secondary] if o.secondary else [])))]
+    return [f"{cmd}|{n}" for cmd in o.commands for n in names]
+
+
+def _refuse_duplicate_options(pm, declared: list[Option], taken: set[str]) -> list[Option]:
+    """The declared options that may be used: none that the core has, none that two third-party plugins both claim."""
+    claims: dict[str, set[str]] = {}
+    for o in declared:
+        for key in _option_keys(o):
+            claims.setdefault(key, set()).add(o.plugin)
+    kept = []
+    for o in declared:
+        rivals = sorted({p for k in _option_keys(o) for p in claims[k]} - {o.plugin})
+        why = None
+        if any(k in taken for k in _option_keys(o)):
+            why = f"option {o.flag_name} is the core's; the plugin's option is skipped"
+        elif rivals and not is_builtin(o.plugin):
+            builtin = [r for r in rivals if is_builtin(r)]
+            who = " and ".join(f"plugin {r!r}" for r in [o.plugin, *rivals])
+            why = (f"option {o.flag_name} is already built-in {builtin[0]}'s; the plugin's option is skipped" if builtin
+                   else f"duplicate option {o.flag_name}: {who} both declare it; the option is refused for both")
+        if why is None:
+            kept.append(o)
+        elif is_builtin(o.plugin):
+            raise PluginError(f"freqprobe bug: built-in {o.plugin}: {why}")
+        else:
+            pm.record_error(LoadError(o.plugin, pm.dist_of(o.plugin), why, "add_options"))
+    return kept
+
+
+# ---------------------------------------------------------------- the registry, defaulting to the process-wide manager
+def collect(kind: str, pm=None) -> registry.Entries:
+    """``name -> Entry`` of one kind (``decomposers``, ``probes``...), each with the plugin that provided it."""
+    return registry.collect(kind, pm if pm is not None else default_plugin_manager())
+
+
+def get_entry(kind: str, name: str, pm=None) -> registry.Entry:
+    """The registered entry ``name`` of ``kind``; an unknown name answers "Did you mean ...?" (UnknownNameError)."""
+    return registry.get_entry(kind, name, pm if pm is not None else default_plugin_manager())
+
+
+def get_class(kind: str, name: str, pm=None) -> type:
+    """The class registered as ``name`` of ``kind`` (see :func:`get_entry`)."""
+    return get_entry(kind, name, pm).cls
+
+
+def list_entries(kind: str, pattern: str = "*", pm=None) -> list[registry.Entry]:
+    """Entries of ``kind`` whose name matches ``pattern`` (a glob, or a substring without wildcards)."""
+    return registry.list_entries(kind, pattern, pm if pm is not None else default_plugin_manager())
+
+
 __all__ = [
     "DEFAULT_PLUGINS", "DISABLE_ENV", "ENTRY_POINT_GROUP", "FreqprobePluginManager", "LoadError", "default_plugin_manager",
-    "disable_hint", "get_plugin_manager", "is_builtin", "list_plugins", "load_entry_points",
+    "disable_hint", "get_plugin_manager", "is_builtin", "list_plugins", "load_entry_points", "collect", "get_entry",
+    "get_class", "list_entries", "attribute", "collect_options",
 ]

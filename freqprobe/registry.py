@@ -8,8 +8,12 @@ import inspect
 import re
 from typing import Mapping
 
+from . import evaluators as E
 from . import interfaces as I
+from . import probing as P
 from .errors import PluginError, UnknownNameError
+from .manager import PROVIDER_ATTR, LoadError, Provider, disable_hint, is_builtin, warn_once
+from .manager import provider_of  # noqa: F401  (where it was: freqprobe.registry.provider_of)
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
@@ -26,12 +30,12 @@ KINDS: dict[str, Kind] = {
     k.key: k
     for k in [
         Kind("decomposers", "register_decomposers", I.Decomposer, "decomposer"),
-        Kind("probes", "register_probes", I.Probe, "probe"),
+        Kind("probes", "register_probes", P.Probe, "probe"),
         Kind("models", "register_model_sources", I.ModelSource, "model source"),
         Kind("adapters", "register_adapters", I.ModelAdapter, "model adapter"),
         Kind("datasets", "register_datasets", I.DataSource, "dataset"),
         Kind("rescale", "register_rescale_policies", I.RescalePolicy, "rescale policy"),
-        Kind("metrics", "register_metrics", I.Metric, "metric"),
+        Kind("metrics", "register_metrics", E.Metric, "metric"),
         Kind("attacks", "register_attacks", I.Attack, "attack"),
         Kind("transforms", "register_transforms", I.Transform, "transform"),
     ]
@@ -66,42 +70,10 @@ class Entries(dict):
         self.refused: dict[str, list[Entry]] = {}
 
 
-@dataclasses.dataclass(frozen=True)
-class Provider:
-    """Where a registered class came from (see :func:`provider_of`)."""
-
-    plugin: str
-    dist: str
-    label: str  # "decomposer", "metric", ...
-    name: str
-
-    @property
-    def builtin(self) -> bool:
-        from .plugins import is_builtin
-
-        return is_builtin(self.plugin)
-
-    def who(self) -> str:
-        """``plugin 'boxplug' (boxplug 1.0)``; the distribution only for entry-point plugins."""
-        dist = "" if self.dist in ("built-in", "registered at runtime", "runtime", "") else f" ({self.dist})"
-        return f"plugin {self.plugin!r}{dist}"
-
-
-_PROVIDER_ATTR = "_freqprobe_provider"
-
-
-def provider_of(obj) -> Provider | None:
-    """The plugin that registered ``obj``'s class (or ``obj`` itself when it is a class); None if unknown."""
-    cls = obj if inspect.isclass(obj) else type(obj)
-    got = getattr(cls, _PROVIDER_ATTR, None)
-    return got if isinstance(got, Provider) else None
-
-
 def _pm(pm):
-    if pm is None:
-        from .plugins import default_plugin_manager
-
-        pm = default_plugin_manager()
+    if pm is None:  # the process-wide default lives one layer up: freqprobe.plugins.collect / get_class / list_entries
+        raise TypeError("freqprobe.registry needs a plugin manager; use freqprobe.collect / get_class / list_entries, "
+                        "which default to the process-wide one")
     return pm
 
 
@@ -122,8 +94,6 @@ def collect(kind: str, pm=None) -> Entries:
     name two third-party plugins claim is refused for both. Nothing here raises for a plugin's
     mistake: the problems are in the result's ``errors`` (and ``pm.load_errors``), warned once.
     """
-    from .plugins import LoadError, is_builtin, warn_once
-
     pm = _pm(pm)
     k = KINDS[kind]
     cache = getattr(pm, "_freqprobe_registry_cache", None)
@@ -186,7 +156,7 @@ def collect(kind: str, pm=None) -> Entries:
                 continue
             entries.unavailable.pop(name, None)
             try:
-                setattr(cls, _PROVIDER_ATTR, Provider(plugin, dist, k.label, name))
+                setattr(cls, PROVIDER_ATTR, Provider(plugin, dist, k.label, name))
             except (AttributeError, TypeError):  # pragma: no cover - a class that refuses attributes
                 pass
             entries[name] = entry
@@ -195,8 +165,6 @@ def collect(kind: str, pm=None) -> Entries:
 
 
 def _refuse(entries: Entries, k: Kind, name: str, problem) -> None:
-    from .plugins import disable_hint
-
     claims = sorted(entries.refused[name], key=lambda e: e.plugin)
     who = " and ".join(f"plugin {e.plugin!r} ({e.dist}: {_qual(e.cls)})" for e in claims)
     entries.unavailable[name] = (

@@ -1,12 +1,10 @@
 """``freqprobe report``: one self-contained HTML page summarising run folders.
 
 Every image is embedded as a base64 PNG ``data:`` URI; the page has no external CSS, JS or fonts
-and loads nothing from the network (the only link is to the paper). Folder kinds, told apart by
-their files:
-
-- a probe run (``manifest.json`` + ``summary.csv``), see docs/results.md;
-- a training run (``curves.csv``) and a grid of them (``grid.csv``), see docs/training.md;
-- a Table 2 folder (``table2.csv``) with one probe run per row, see docs/attacks.md.
+and loads nothing from the network (the only link is to the paper). What a folder holds is told by
+the ``report_folder`` hook: each implementation recognises its own folders and returns their
+section, built with the pieces of :class:`Report`. The core's probe runs (``manifest.json`` +
+``summary.csv``, docs/results.md) are the built-in implementation; plugins add theirs.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from .errors import UserFacingError
 
@@ -30,7 +28,6 @@ PAPER_TITLE = "High-frequency Component Helps Explain the Generalization of Conv
 MAX_PANELS = 6
 SCORE_VARIANT = "hfc-reliance"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_BASE_COLUMNS = ("probe", "transform", "decomposer", "variant", "param", "metric", "value", "n")
 
 _CSS = """
 body{font-family:sans-serif;margin:1.5em auto;max-width:1150px;color:#222;background:#fff}
@@ -49,20 +46,6 @@ pre{background:#f6f6f6;padding:.6em;overflow:auto;font-size:.8em}
 
 
 # ------------------------------------------------------------------ reading
-
-
-def _kind(d: Path) -> str | None:
-    if (d / "table2.csv").is_file():
-        return "table2"
-    if (d / "grid.csv").is_file():
-        return "grid"
-    if (d / "curves.csv").is_file():
-        return "train"
-    if (d / "manifest.json").is_file() and (d / "summary.csv").is_file():
-        return "probe"
-    return None
-
-
 def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -152,8 +135,6 @@ def _natural(p: Path):
 
 
 # ------------------------------------------------------------------ probe runs
-
-
 def _extra_columns(header: list[str]) -> list[str]:
     if "param" in header and "metric" in header:
         return header[header.index("param") + 1:header.index("metric")]
@@ -168,7 +149,7 @@ def _summary_tables(header: list[str], rows: list[dict[str, str]]) -> str:
     lead = [c for c in ("transform",) if any(r.get(c) for r in rows)] + ["variant"] + extra
     metrics = list(dict.fromkeys(r.get("metric", "") for r in rows))
     parts = []
-    if len(metrics) > 2 and "AP" in metrics:  # coco-map: one row per variant and radius, the metrics as columns
+    if len(metrics) > 4:  # many numbers per variant (coco-map's twelve): one row per variant and radius, metrics as columns
         keys = list(dict.fromkeys(tuple(r.get(c, "") for c in lead) + (r.get("param", ""),) for r in rows))
         cell = {(tuple(r.get(c, "") for c in lead) + (r.get("param", ""),), r.get("metric", "")): r.get("value") for r in rows}
         body = [[*k[:-1], _fmt_param(k[-1])] + [_fmt(cell.get((k, m), "")) for m in metrics] for k in keys]
@@ -213,10 +194,8 @@ def _score_lines(manifest: dict[str, Any], rows: list[dict[str, str]]) -> list[s
     return out
 
 
-def _heading(d: Path, manifest: dict[str, Any], kind: str) -> str:
-    bits = []
-    if kind == "train" and manifest.get("setting"):
-        bits.append(f"setting {manifest['setting']}")
+def _heading(d: Path, manifest: dict[str, Any], first: Sequence[str] = ()) -> str:
+    bits = list(first)
     for label, key in (("model", "model"), ("data", "data"), ("probe", "probe")):
         s = _spec(manifest.get(key))
         if s:
@@ -231,31 +210,12 @@ def _manifest_block(manifest: dict[str, Any]) -> str:
     return f"<details><summary>manifest.json</summary><pre>{_e(text)}</pre></details>"
 
 
-def _images(d: Path) -> str:
-    paths = [d / n for n in ("accuracy.png", "curves.png", "comparison.png")]
-    paths += sorted(d.glob("figure2_*.png"), key=_natural)
-    paths += sorted((d / "panels").glob("*.png"), key=_natural)[:MAX_PANELS] if (d / "panels").is_dir() else []
+def _images(d: Path, names: Sequence[str] = (), patterns: Sequence[str] = (), limit: int | None = None) -> str:
+    """The PNGs ``names`` of ``d`` (in that order), then those matching each glob of ``patterns`` (natural order, ``limit`` each)."""
+    paths = [d / n for n in names]
+    for pat in patterns:
+        paths += sorted(d.glob(pat), key=_natural)[:limit]
     return "".join(_img(p) for p in paths if p.is_file())
-
-
-def _section_head(d: Path, table: str, kind: str, level: int) -> tuple[dict, list, list, list[str]]:
-    """A run folder's manifest, its table (header, rows), and the section's heading and command line."""
-    manifest = _read_manifest(d)
-    header, rows = _read_csv(d / table)
-    h = f"h{level}"
-    parts = [f"<{h}>{_e(_heading(d, manifest, kind))}</{h}>"]
-    if manifest.get("command"):
-        parts.append(f"<p class=meta><code>{_e(manifest['command'])}</code></p>")
-    return manifest, header, rows, parts
-
-
-def _probe_section(d: Path, level: int) -> tuple[str, dict[str, Any] | None]:
-    manifest, header, rows, parts = _section_head(d, "summary.csv", "probe", level)
-    parts.append(_summary_tables(header, rows))
-    parts += [f"<p class=score>{_e(line)}</p>" for line in _score_lines(manifest, rows)]
-    parts.append(_images(d))
-    parts.append(_manifest_block(manifest))
-    return "".join(parts), _overlay_data(d, manifest, header, rows)
 
 
 def _overlay_data(d: Path, manifest: dict[str, Any], header: list[str], rows: list[dict[str, str]]):
@@ -263,7 +223,8 @@ def _overlay_data(d: Path, manifest: dict[str, Any], header: list[str], rows: li
     extra = _extra_columns(header)
     rows = [r for r in rows if not r.get("transform") and not any(r.get(c) for c in extra)]
     metrics = list(dict.fromkeys(r.get("metric", "") for r in rows if r.get("variant") != SCORE_VARIANT))
-    metric = "accuracy" if "accuracy" in metrics else ("AP" if "AP" in metrics else (metrics[0] if metrics else None))
+    preferred = ["accuracy", *((manifest.get("probe") or {}).get("plot_metrics") or [])]
+    metric = next((m for m in preferred if m in metrics), metrics[0] if metrics else None)
     comps = (manifest.get("decomposer") or {}).get("components") or ["low", "high"]
     if metric is None or len(comps) < 2:
         return None
@@ -313,47 +274,6 @@ def _overlay_png(runs: list[dict[str, Any]]) -> bytes:
     return buf.getvalue()
 
 
-# ------------------------------------------------------------------ training, grids, table2
-
-
-def _last_epoch_table(header: list[str], rows: list[dict[str, str]], lead: list[str]) -> str:
-    if not rows:
-        return "<p class=meta>(no curves yet)</p>"
-    parts = []
-    lead = [c for c in lead if c in header]
-    for m in dict.fromkeys(r.get("metric", "") for r in rows):
-        mr = [r for r in rows if r.get("metric") == m]
-        keys_lead = list(dict.fromkeys(tuple(r.get(c, "") for c in lead) for r in mr))
-        body = []
-        params = sorted({r.get("param", "") for r in mr if r.get("param", "")}, key=_param_key)
-        for k in keys_lead:
-            kr = [r for r in mr if tuple(r.get(c, "") for c in lead) == k]
-            last = max(int(_num(r.get("epoch")) if _num(r.get("epoch")) == _num(r.get("epoch")) else 0) for r in kr)
-            kr = [r for r in kr if _num(r.get("epoch")) == last]
-            for split in dict.fromkeys(r.get("split", "") for r in kr):
-                sr = [r for r in kr if r.get("split") == split]
-                for v in dict.fromkeys(r.get("variant", "") for r in sr):
-                    cell = {r.get("param", ""): r.get("value") for r in sr if r.get("variant") == v}
-                    body.append([*k, last, split, v, _fmt(cell.get("", ""))] + [_fmt(cell.get(p, "")) for p in params])
-        parts.append(f"<p class=meta>{_e(m)} at the last epoch</p>"
-                     + _table(lead + ["epoch", "split", "variant", "—"] + [_fmt_param(p) for p in params], body,
-                              left=len(lead) + 3))
-    return "".join(parts)
-
-
-def _train_section(d: Path, level: int) -> str:
-    manifest, header, rows, parts = _section_head(d, "curves.csv", "train", level)
-    parts += [_last_epoch_table(header, rows, []), _images(d), _manifest_block(manifest)]
-    return "".join(parts)
-
-
-def _grid_section(d: Path, level: int) -> str:
-    header, rows = _read_csv(d / "grid.csv")
-    h = f"h{level}"
-    parts = [f"<{h}>{_e(d.name)} — training grid</{h}>", _last_epoch_table(header, rows, ["setting"]), _images(d)]
-    return "".join(parts)
-
-
 def _md_inline(text: str) -> str:
     """Escaped text with `code` spans."""
     bits = text.split("`")
@@ -361,7 +281,7 @@ def _md_inline(text: str) -> str:
 
 
 def markdown_tables_to_html(md: str) -> str:
-    """The small Markdown of ``table2.md``: headings, paragraphs, pipe tables (all text escaped)."""
+    """A small Markdown (a plugin's tables file): headings, paragraphs, pipe tables (all text escaped)."""
     out, table = [], []
 
     def flush():
@@ -389,72 +309,128 @@ def markdown_tables_to_html(md: str) -> str:
     return "".join(out)
 
 
-def _table2_section(d: Path, level: int, overlays: list) -> str:
-    h = f"h{level}"
-    parts = [f"<{h}>{_e(d.name)} — Table 2</{h}>"]
-    md = d / "table2.md"
-    if md.is_file():
-        parts.append(markdown_tables_to_html(md.read_text(encoding="utf-8", errors="replace")))
-    else:
-        header, rows = _read_csv(d / "table2.csv")
-        parts.append(_table(header, [[r.get(c, "") for c in header] for r in rows], left=3))
-    parts.append(_subruns(d, level + 1, overlays))
-    return "".join(parts)
 
+# ------------------------------------------------------------------ the pieces a section is built of
+class Report:
+    """One report page being built: what a ``report_folder`` implementation uses to render its folder.
 
-def _subruns(d: Path, level: int, overlays: list) -> str:
-    out = []
-    for sub in sorted((p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")), key=_natural):
-        body = _section(sub, level, overlays)
-        if body:
-            out.append(f'<section class="run sub">{body}</section>')
-    return "".join(out)
+    Text helpers (``escape``, ``fmt``, ``fmt_param``), reading (``read_csv``, ``read_manifest``),
+    HTML pieces (``table``, ``images``, ``manifest_block``, ``markdown``), the core's probe-run
+    section (``probe_section``), ``subfolders`` (each sub-folder through the hook again) and
+    ``add_overlay`` (a run's low/high curves on the page's overlay figure). An implementation
+    receives it as ``report`` with ``report.level``, the heading level of its section.
+    """
 
+    def __init__(self, pm: Any) -> None:
+        self.pm = pm
+        self.overlays: list[dict[str, Any]] = []
 
-def _section(d: Path, level: int, overlays: list) -> str | None:
-    kind = _kind(d)
-    if kind == "probe":
-        body, ov = _probe_section(d, level)
+    # text
+    escape = staticmethod(_e)
+    fmt = staticmethod(_fmt)
+    fmt_param = staticmethod(_fmt_param)
+    param_key = staticmethod(_param_key)
+    number = staticmethod(_num)
+    natural = staticmethod(_natural)
+    # reading
+    read_csv = staticmethod(_read_csv)
+    read_manifest = staticmethod(_read_manifest)
+    # HTML
+    table = staticmethod(_table)
+    image = staticmethod(_img)
+    images = staticmethod(_images)
+    manifest_block = staticmethod(_manifest_block)
+    markdown = staticmethod(markdown_tables_to_html)
+    png = staticmethod(_png_bytes_to_img)
+
+    def heading(self, folder: Path, manifest: dict[str, Any], level: int, first: Sequence[str] = ()) -> str:
+        """``<hN>`` with the folder's name (``first`` bits, then model, data and probe), then its command line."""
+        h = f"h{level}"
+        out = f"<{h}>{_e(_heading(folder, manifest, first))}</{h}>"
+        if manifest.get("command"):
+            out += f"<p class=meta><code>{_e(manifest['command'])}</code></p>"
+        return out
+
+    def probe_section(self, folder: Path, level: int, *, images: Sequence[str] = (), patterns: Sequence[str] = ()) -> str:
+        """The section of a probe run: summary tables, scores, plots (and ``images``, ``patterns`` more), manifest."""
+        manifest = _read_manifest(folder)
+        header, rows = _read_csv(folder / "summary.csv")
+        parts = [self.heading(folder, manifest, level), _summary_tables(header, rows)]
+        parts += [f"<p class=score>{_e(line)}</p>" for line in _score_lines(manifest, rows)]
+        parts.append(_images(folder, ["accuracy.png", *images], ["figure2_*.png"]))
+        parts.append(_images(folder, [], patterns, MAX_PANELS))
+        parts.append(_manifest_block(manifest))
+        ov = _overlay_data(folder, manifest, header, rows)
         if ov is not None:
-            overlays.append(ov)
-        return body
-    if kind == "train":
-        return _train_section(d, level)
-    if kind == "grid":
-        return _grid_section(d, level) + _subruns(d, level + 1, overlays)
-    if kind == "table2":
-        return _table2_section(d, level, overlays)
-    return None
+            self.add_overlay(ov)
+        return "".join(parts)
+
+    def add_overlay(self, data: dict[str, Any]) -> None:
+        """A run's curves (``label``, ``metric``, ``components``, ``curves``, ``original``, ``param_name``) on the overlay."""
+        self.overlays.append(data)
+
+    def section(self, folder: Path, level: int) -> str | None:
+        """The section of ``folder`` from the first ``report_folder`` implementation that recognises it, or None."""
+        return self.pm.hook.report_folder(folder=Path(folder), report=_Level(self, level))
+
+    def subfolders(self, folder: Path, level: int) -> str:
+        """Every sub-folder that some implementation recognises, as nested sections (natural order)."""
+        out = []
+        for sub in sorted((p for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith(".")), key=_natural):
+            body = self.section(sub, level)
+            if body:
+                out.append(f'<section class="run sub">{body}</section>')
+        return "".join(out)
+
+
+class _Level:
+    """The :class:`Report` as a ``report_folder`` implementation sees it: ``report.level`` is its heading level."""
+
+    def __init__(self, report: Report, level: int) -> None:
+        self._report, self.level = report, level
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._report, name)
+
+
+def is_probe_run(folder: Path) -> bool:
+    """A probe run's folder: ``manifest.json`` and ``summary.csv``."""
+    return (Path(folder) / "manifest.json").is_file() and (Path(folder) / "summary.csv").is_file()
 
 
 # ------------------------------------------------------------------ the page
+def build_report(run_dirs: Iterable[str | os.PathLike], *, title: str | None = None, pm: Any = None) -> str:
+    """The HTML page (a string) for ``run_dirs``; a folder no implementation recognises is a :class:`UserFacingError`."""
+    if pm is None:
+        from .plugins import default_plugin_manager
 
-
-def build_report(run_dirs: Iterable[str | os.PathLike], *, title: str | None = None) -> str:
-    """The HTML page (a string) for ``run_dirs``; a folder that is no run is a :class:`UserFacingError`."""
+        pm = default_plugin_manager()
     dirs = [Path(d) for d in run_dirs]
     if not dirs:
         raise UserFacingError("no run folders given")
+    report = Report(pm)
+    sections = []
     for d in dirs:
         if not d.is_dir():
             raise UserFacingError(f"{d} is not a folder")
-        if _kind(d) is None:
-            raise UserFacingError(f"{d} is not a freqprobe run folder (no manifest.json + summary.csv, curves.csv, "
-                                  "grid.csv or table2.csv)")
-    overlays: list[dict[str, Any]] = []
-    sections = [f'<section class="run">{_section(d, 2, overlays)}</section>' for d in dirs]
+        body = report.section(d, 2)
+        if body is None:
+            raise UserFacingError(f"{d} is not a freqprobe run folder: no installed report section recognises it (a probe run "
+                                  "has manifest.json and summary.csv; plugins add their kinds, see `freqprobe plugins`)")
+        sections.append(f'<section class="run">{body}</section>')
     title = title or "freqprobe report"
     head = [f"<h1>{_e(title)}</h1>",
             f'<p class=meta>{len(dirs)} folder(s). Paper: <a href="{_e(PAPER_URL)}">{_e(PAPER_TITLE)}</a>.</p>']
-    if overlays:
+    if report.overlays:
         head.append("<h2>Low and high parts vs radius, all runs</h2>"
-                    + _png_bytes_to_img(_overlay_png(overlays), "overlay of accuracy vs radius"))
+                    + _png_bytes_to_img(_overlay_png(report.overlays), "overlay of accuracy vs radius"))
     return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
             + "".join(head) + "".join(sections) + "</body></html>\n")
 
 
-def write_report(run_dirs: Iterable[str | os.PathLike], out_path: str | os.PathLike, *, title: str | None = None) -> Path:
+def write_report(run_dirs: Iterable[str | os.PathLike], out_path: str | os.PathLike, *, title: str | None = None,
+                 pm: Any = None) -> Path:
     """Write the report to ``out_path`` (atomically: a temporary file beside it, then ``os.replace``)."""
     out = Path(out_path)
     if out.suffix.lower() not in (".html", ".htm"):
@@ -464,7 +440,7 @@ def write_report(run_dirs: Iterable[str | os.PathLike], out_path: str | os.PathL
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise UserFacingError(f"folder {parent} does not exist; create it or choose another --out")
-    page = build_report(run_dirs, title=title)
+    page = build_report(run_dirs, title=title, pm=pm)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
     except OSError as exc:
@@ -481,3 +457,6 @@ def write_report(run_dirs: Iterable[str | os.PathLike], out_path: str | os.PathL
             pass
         raise UserFacingError(f"cannot write {out}: {exc.strerror or exc}") from None
     return out
+
+
+__all__ = ["PAPER_TITLE", "PAPER_URL", "Report", "build_report", "is_probe_run", "markdown_tables_to_html", "write_report"]

@@ -19,16 +19,20 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from . import guard as _guard
-from . import registry
 from .checkpoint import (checkpoint_head_size, load_state_dict_checked, read_checkpoint, read_checkpoint_with_meta,
                          save_model, sha256_file)
-from .errors import PluginError, UnknownNameError, UserFacingError
-from .interfaces import DataSource, Decomposer, ModelAdapter, ProbeResult, RunContext
+from .errors import PluginError, StopRequested, UnknownNameError, UserFacingError
+from .interfaces import DataSource, Decomposer, ModelAdapter, ProbeResult
+from .options import API_ONLY, RunConfig, parse_component
+from .options import parse_kv  # noqa: F401  (where it was: freqprobe.runner.parse_kv)
+from .plugins import collect, collect_options, get_class, get_entry
+from .probing import RunContext, Services
+from .version import __version__
 
 log = logging.getLogger("freqprobe")
 
@@ -95,27 +99,6 @@ def check_image_size(image_size: int | None) -> None:
         raise UserFacingError(f"--image-size must be a positive number of pixels (e.g. 224), got {image_size!r}")
 
 
-def parse_kv(pairs: Iterable[str], what: str) -> dict[str, Any]:
-    """``["depth=20", "pretrained=False"]`` -> ``{"depth": 20, "pretrained": False}`` (Python literals, else strings)."""
-    import ast
-
-    out: dict[str, Any] = {}
-    for item in pairs or ():
-        key, sep, val = item.partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            raise UserFacingError(f"malformed {what} {item!r}: use KEY=VALUE")
-        low = val.strip().lower()
-        if low in ("true", "false", "none"):  # random_start=false: a boolean, as on every command line
-            out[key] = {"true": True, "false": False, "none": None}[low]
-            continue
-        try:
-            out[key] = ast.literal_eval(val)
-        except (ValueError, SyntaxError):
-            out[key] = val
-    return out
-
-
 def available_devices() -> list[str]:
     """The device names this torch can run on here: ``cpu``, ``cuda:0``..., ``mps``, ``xpu:0``..."""
     out = ["cpu"]
@@ -155,7 +138,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 # ---------------------------------------------------------------- components
 def get_decomposer(name: str, pm=None, **options: Any) -> Decomposer:
-    cls = registry.get_class("decomposers", name, pm)
+    cls = get_class("decomposers", name, pm)
     import inspect
 
     try:
@@ -209,7 +192,7 @@ def decompose(images: torch.Tensor, name: str = "fft-radial", param: Any = 8, *,
 
 def parse_model_spec(spec: str, pm=None) -> tuple[str, str]:
     """``timm:resnet18`` -> ("timm", "resnet18"); ``net.py:make`` / ``pkg.mod:make`` -> ("python", spec)."""
-    sources = registry.collect("models", pm)
+    sources = collect("models", pm)
     prefix, sep, rest = spec.partition(":")
     if not sep or not prefix:
         raise UserFacingError(
@@ -259,33 +242,16 @@ def build_model(
     (what the probe and the data ask for: ``coco-map`` wraps ``file.py:callable`` as a
     detector), else classification.
     """
-    from .builtins.models import has_fixed_input_size, module_data_config
-
     mean, std = parse_mean_std(mean, std)
-    if isinstance(spec, ModelAdapter):
-        adapter = spec
-        if mean is not None:
-            adapter.mean, adapter.std = tuple(mean), tuple(std)
-            adapter._norm_cache = None
-            adapter.info["normalisation_from"] = "override"
-        adapter.info.setdefault("has_weights", True)
-        return adapter
-    if isinstance(spec, torch.nn.Module):
-        cfg = module_data_config(spec)
-        info = {"has_weights": True, "source": "module", "input_size": cfg["input_size"],
-                "fixed_input_size": has_fixed_input_size(spec),
-                "normalisation_from": "override" if mean is not None else ("pretrained_cfg" if cfg["mean"] is not None else "none")}
-        cls = adapter_for(task or "classification", pm)
-        return cls(spec, mean=mean if mean is not None else cfg["mean"], std=std if std is not None else cfg["std"],
-                   spec=type(spec).__name__, info=info)
+    if isinstance(spec, (ModelAdapter, torch.nn.Module)):
+        return _adapter_of_object(spec, mean, std, task, pm)
     if pretrained and checkpoint:
         raise UserFacingError("pass either --pretrained or --checkpoint, not both")
     source_name, target = parse_model_spec(spec, pm)
-    entry = registry.get_entry("models", source_name, pm)
+    entry = get_entry("models", source_name, pm)
     source = _guard.call(entry.cls, "the constructor", entry.cls)
     args = dict(model_args or {})
-    sd = kind = None
-    meta = None
+    sd = kind = meta = None
     if checkpoint:  # read (and refuse a bad file) before building anything
         # a freqprobe model.pt also knows the normalisation the model was trained with (meta)
         obj, kind, meta = read_checkpoint_with_meta(checkpoint, trust=trust_checkpoint)
@@ -295,28 +261,18 @@ def build_model(
     built = _guard.call(source, "build()", source.build, target, pretrained=pretrained, num_classes=hint, model_args=args)
     info: dict[str, Any] = {"source": source_name, "provided_by": entry.plugin, "pretrained": pretrained, **built.info}
     model_task = built.info.get("task") or (source.task if source.task != "classification" else None) or task or "classification"
-    adapter_cls = source.adapter_class if source.adapter_class is not ModelAdapter else adapter_for(model_task, pm)
+    adapter_cls = source.adapter_class if source.adapter_class not in (None, ModelAdapter) else adapter_for(model_task, pm)
     has_weights = built.has_weights
-    if sd is not None and built.info.get("plain_callable"):
-        raise UserFacingError(f"--checkpoint given, but {spec} returned a plain callable (not a torch.nn.Module), "
-                              "which has no weights to load; load them inside your callable, or return a module")
     if sd is not None:
+        if built.info.get("plain_callable"):
+            raise UserFacingError(f"--checkpoint given, but {spec} returned a plain callable (not a torch.nn.Module), "
+                                  "which has no weights to load; load them inside your callable, or return a module")
         k = None if explicit_k or model_task != "classification" else checkpoint_head_size(built.module, sd)
         if k is not None:  # the checkpoint's head has another class count: build the model it was trained as
             built = _guard.call(source, "build()", source.build, target, pretrained=False, num_classes=k, model_args=args)
             info.update(built.info)
             log.info("sized the model's head from checkpoint %s: %d classes", checkpoint, k)
-        loaded = load_state_dict_checked(built.module, sd, strict=strict, source=f"checkpoint {checkpoint}")
-        info.update(
-            checkpoint=str(Path(checkpoint).resolve()),
-            checkpoint_sha256=sha256_file(checkpoint),
-            checkpoint_kind=kind,
-            checkpoint_strict=strict,
-            checkpoint_missing=loaded["missing"],
-            checkpoint_unexpected=loaded["unexpected"],
-        )
-        if loaded["missing"] or loaded["unexpected"]:
-            warnings.warn(_non_strict_summary(checkpoint, built.module, loaded), stacklevel=2)
+        info.update(_load_weights(built.module, sd, checkpoint, kind, strict))
         has_weights = True
     if meta is not None and "mean" in meta and mean is None:
         info["normalisation_from"] = "checkpoint"
@@ -325,24 +281,47 @@ def build_model(
         info["normalisation_from"] = "override" if mean is not None else (source_name if built.mean is not None else "none")
     info["has_weights"] = has_weights
     info["input_size"] = list(built.input_size) if built.input_size else None
-    return adapter_cls(
-        built.module,
-        mean=mean if mean is not None else built.mean,
-        std=std if std is not None else built.std,
-        spec=spec,
-        info=info,
-    )
+    return adapter_cls(built.module, mean=mean if mean is not None else built.mean, std=std if std is not None else built.std,
+                       spec=spec, info=info)
+
+
+def _adapter_of_object(obj: Any, mean, std, task: str | None, pm) -> ModelAdapter:
+    """An adapter given as is (``mean``/``std`` override its normalisation), or an ``nn.Module`` wrapped in its task's adapter."""
+    from .builtins.models import has_fixed_input_size, module_data_config
+
+    if isinstance(obj, ModelAdapter):
+        if mean is not None:
+            obj.set_normalization(mean, std)
+            obj.info["normalisation_from"] = "override"
+        obj.info.setdefault("has_weights", True)
+        return obj
+    cfg = module_data_config(obj)
+    info = {"has_weights": True, "source": "module", "input_size": cfg["input_size"],
+            "fixed_input_size": has_fixed_input_size(obj),
+            "normalisation_from": "override" if mean is not None else ("pretrained_cfg" if cfg["mean"] is not None else "none")}
+    cls = adapter_for(task or "classification", pm)
+    return cls(obj, mean=mean if mean is not None else cfg["mean"], std=std if std is not None else cfg["std"],
+               spec=type(obj).__name__, info=info)
+
+
+def _load_weights(module, sd: Mapping[str, Any], checkpoint, kind: str, strict: bool) -> dict[str, Any]:
+    """Load a checkpoint's state dict into ``module``; what the adapter's info records about it."""
+    loaded = load_state_dict_checked(module, sd, strict=strict, source=f"checkpoint {checkpoint}")
+    if loaded["missing"] or loaded["unexpected"]:
+        warnings.warn(_non_strict_summary(checkpoint, module, loaded), stacklevel=3)
+    return {"checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": sha256_file(checkpoint),
+            "checkpoint_kind": kind, "checkpoint_strict": strict, "checkpoint_missing": loaded["missing"],
+            "checkpoint_unexpected": loaded["unexpected"]}
 
 
 def adapter_for(task: str, pm=None) -> type[ModelAdapter]:
     """The adapter class registered for ``task`` (``classification``: the built-in ``classifier``)."""
-    entries = registry.collect("adapters", pm)
+    entries = collect("adapters", pm)
     for e in entries.values():
         if getattr(e.cls, "task", None) == task:
             return e.cls
-    hint = (" (the first-party freqprobe-coco plugin provides one: is it installed and switched on? "
-            "see `freqprobe plugins --all`)") if task == "detection" else ""
-    raise UserFacingError(f"no model adapter for {task} models is installed{hint}")
+    raise UserFacingError(f"no model adapter for {task} models is installed (a plugin provides one: is it installed and "
+                          "switched on? see `freqprobe list adapters` and `freqprobe plugins --all`)")
 
 
 def _non_strict_summary(checkpoint, module: torch.nn.Module, loaded: Mapping[str, list]) -> str:
@@ -399,7 +378,7 @@ def open_data(
     if isinstance(spec, DataSource):
         return spec
     name, sep, arg = spec.partition(":")
-    entries = registry.collect("datasets", pm)
+    entries = collect("datasets", pm)
     if name not in entries:
         raise UnknownNameError("dataset", name, entries)
     cls = entries[name].cls
@@ -452,8 +431,7 @@ def _default_out(model: str, probe: str) -> Path:
 
 
 def versions() -> dict[str, str]:
-    from . import __version__
-
+    """The versions a manifest records (freqprobe, torch, python, timm, torchvision, numpy)."""
     out = {"freqprobe": __version__, "torch": torch.__version__, "python": platform.python_version()}
     for mod in ("timm", "torchvision", "numpy"):
         try:
@@ -478,232 +456,145 @@ class Stopwatch:
         return time.perf_counter() - self.t0
 
 
-@dataclasses.dataclass
-class RunSpec:
-    """Everything a run is asked to do, as the user gave it (``freqprobe run``'s options).
-
-    :func:`run` turns it into a result in stages: :func:`plan` (check the names and numbers,
-    nothing loaded), :func:`build_context` (data, model, decomposer: a :class:`RunContext`),
-    :func:`fit_stage` (only for a model without weights), :func:`evaluate_stage` (the probe over
-    the one evaluation loop) and :func:`publish` (writers, manifest, the output folder).
-    """
-
-    model: str | torch.nn.Module | ModelAdapter
-    probe: str = "lfc-hfc"
-    probe_options: Mapping[str, Any] | None = None
-    data: str | DataSource = "synth10"
-    data_root: str | os.PathLike | None = None
-    image_size: int | None = None
-    limit: int | None = None
-    decomposer: str = "fft-radial"
-    decomposer_options: Mapping[str, Any] | None = None
-    params: str | Sequence | None = None
-    rescale: str = "none"
-    #: None: the probe's ``default_metrics`` (``accuracy``; ``coco-map`` for the detection probe)
-    metrics: Sequence[str] | None = None
-    transforms: Sequence[str] = ()
-    checkpoint: str | os.PathLike | None = None
-    pretrained: bool = False
-    trust_checkpoint: bool = False
-    strict: bool = True
-    model_args: Mapping[str, Any] | None = None
-    mean: str | Sequence[float] | None = None
-    std: str | Sequence[float] | None = None
-    device: str | torch.device = "auto"
-    #: None: the data's ``default_batch_size`` (8 for COCO images), else 128
-    batch_size: int | None = None
-    forward_batch: int | None = None
-    precision: str = "fp32"
-    channels_last: bool | None = None
-    seed: int = 0
-    fit_epochs: int | None = None
-    fit_lr: float | None = None
-    fit: bool | None = None
-    out: str | os.PathLike | None = None
-    command: str | None = None
-    #: imagefolder class folders -> label indices: a JSON/text file, a dict, or "imagenet" (WordNet ids)
-    class_map: str | os.PathLike | Mapping[str, int] | None = None
-    #: continue the interrupted run at ``out`` from its last checkpoint (see :mod:`freqprobe.journal`)
-    resume: bool = False
-    #: finish even when the model returns NaN/inf (counted in ``nonfinite-outputs`` rows) instead of failing
-    allow_nonfinite: bool = False
-    #: ``--attack NAME[:K=V,...]`` specs, for probes that take attacks (``robustness``)
-    attacks: Sequence[str] = ()
-    #: ``--eps``: attack budgets, a comma list or numbers (None: the probe's default)
-    eps: str | Sequence[float] | None = None
-
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Plan:
-    """The checked, cheap parts of a run (no data or model loaded yet)."""
+    """The checked, cheap parts of a run (no data or model loaded yet), built from its :class:`RunConfig`."""
 
-    spec: RunSpec
+    config: RunConfig
     probe_entry: Any
     probe: Any
     decomposer: Decomposer
-    params: list
+    params: tuple
     rescale: Any
-    metric_classes: list
-    transforms: list
-    device: torch.device
+    metric_classes: tuple
+    transforms: tuple
+    device: Any
     out_dir: Path
-    attacks: list = dataclasses.field(default_factory=list)
-    eps: list = dataclasses.field(default_factory=list)
 
 
-def parse_attacks(specs: Sequence[str], pm) -> list:
-    """``["fgsm", "pgd:steps=10,random_start=false"]`` -> ``[(FGSM, {...}), (PGD, {...})]``, options checked."""
-    out, seen = [], set()
-    for spec in specs or ():
-        aname, _, aargs = str(spec).partition(":")
-        acls = registry.get_class("attacks", aname.strip(), pm)
-        opts = _guard.call(acls, "check_options()", acls.check_options,
-                           parse_kv([x for x in aargs.split(",") if x.strip()], f"option of attack {aname}"))
-        label = acls.label(opts)
-        if label in seen:
-            raise UserFacingError(f"--attack {spec} is given twice; pass each attack once")
-        seen.add(label)
-        out.append((acls, opts))
-    return out
+def run_config(pm, values: Mapping[str, Any]) -> RunConfig:
+    """The :class:`RunConfig` of ``values`` (Python keywords or parsed command-line values) over the declared options.
+
+    Every key must be a declared option of ``run`` (the core's or a plugin's) or ``command``; the
+    rest of the options take their defaults.
+    """
+    opts = collect_options(pm, "run")
+    unknown = sorted(set(values) - set(opts) - set(API_ONLY))
+    if unknown:
+        raise TypeError(f"run() got unexpected keyword argument(s) {', '.join(unknown)}; "
+                        f"the options are {', '.join(sorted(opts))}")
+    return RunConfig({**API_ONLY, **opts.defaults(), **values}, opts)
 
 
-def parse_eps(text: str | Sequence[float] | None) -> list[float]:
-    """``"0.03,0.06"`` -> ``[0.03, 0.06]``: positive, finite, no duplicates (``8/255`` is accepted)."""
-    if text is None:
-        return []
-    items = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
-    out: list[float] = []
-    for item in items:
-        try:
-            if isinstance(item, str) and "/" in item:
-                num, _, den = item.partition("/")
-                v = float(num) / float(den)
-            else:
-                v = float(item)
-        except (TypeError, ValueError, ZeroDivisionError):
-            raise UserFacingError(f"--eps must be comma-separated numbers like 0.03,0.06 or 8/255, got {text!r}") from None
-        if not (math.isfinite(v) and v > 0):
-            raise UserFacingError(f"--eps values must be positive and finite, got {item!r}")
-        if v in out:
-            raise UserFacingError(f"--eps {item} is given twice; pass each budget once")
-        out.append(v)
-    if not out:
-        raise UserFacingError(f"--eps must be comma-separated numbers like 0.03,0.06, got {text!r}")
-    return out
-
-
-def plan(spec: RunSpec, pm, *, check_out: bool = True) -> Plan:
-    """Check every name and number the user gave, before anything is loaded (``check_out``: the output folder too)."""
-    for what, value in (("--batch-size", spec.batch_size), ("--limit", spec.limit), ("--fit-epochs", spec.fit_epochs),
-                        ("--forward-batch", spec.forward_batch)):
+def _check_numbers(c: RunConfig) -> None:
+    for what, value in (("--batch-size", c.batch_size), ("--limit", c.limit), ("--fit-epochs", c.fit_epochs),
+                        ("--forward-batch", c.forward_batch)):
         if value is not None and value < 1:
             raise UserFacingError(f"{what} must be at least 1, got {value}")
-    check_image_size(spec.image_size)
-    check_seed(spec.seed)
-    if spec.fit_lr is not None and not (isinstance(spec.fit_lr, (int, float)) and math.isfinite(spec.fit_lr) and spec.fit_lr > 0):
-        raise UserFacingError(f"--fit-lr must be a positive number (e.g. 1e-3), got {spec.fit_lr!r}")
-    parse_mean_std(spec.mean, spec.std, warn=False)  # both or neither, finite, std > 0: refused before anything is loaded
+    check_image_size(c.image_size)
+    check_seed(c.seed)
+    if c.fit_lr is not None and not (isinstance(c.fit_lr, (int, float)) and math.isfinite(c.fit_lr) and c.fit_lr > 0):
+        raise UserFacingError(f"--fit-lr must be a positive number (e.g. 1e-3), got {c.fit_lr!r}")
+    parse_mean_std(c.mean, c.std, warn=False)  # both or neither, finite, std > 0: refused before anything is loaded
+
+
+def _check_metrics(c: RunConfig, probe_entry, pm) -> tuple:
+    names = list(c.metrics or getattr(probe_entry.cls, "default_metrics", None) or ("accuracy",))
+    classes = tuple(get_class("metrics", m, pm) for m in names)
+    task = (getattr(probe_entry.cls, "requires", None) or {}).get("task")
+    for mname, mcls in zip(names, classes):
+        mtask = getattr(mcls, "task", None)
+        if task and mtask and mtask != task:
+            fitting = [n for n, e in collect("metrics", pm).items() if getattr(e.cls, "task", None) == task]
+            raise UserFacingError(f"metric '{mname}' is a {mtask} metric but probe '{c.probe}' evaluates {task}; "
+                                  f"use {' or '.join(fitting) or 'a ' + task + ' metric'}")
+    return classes
+
+
+def plan(config: RunConfig, pm, *, check_out: bool = True) -> Plan:
+    """Check every name and number the user gave, before anything is loaded (``check_out``: the output folder too)."""
     from .engine import check_precision
 
-    dev = resolve_device(spec.device)
-    check_precision(dev, spec.precision)
-    probe_entry = registry.get_entry("probes", spec.probe, pm)
-    probe_obj = _guard.call(probe_entry.cls, "the constructor", probe_entry.cls, **dict(spec.probe_options or {}))
-    dec = get_decomposer(spec.decomposer, pm, **dict(spec.decomposer_options or {}))
-    given = parse_params(spec.params)
+    c = config
+    _check_numbers(c)
+    dev = resolve_device(c.device)
+    check_precision(dev, c.precision)
+    probe_entry = get_entry("probes", c.probe, pm)
+    c.check_applicable(probe=c.probe, decomposer=c.decomposer)
+    c.check_values(pm)
+    popts = {**dict(c.probe_options or {}), **c.routed("probe", c.probe)}
+    probe_obj = _guard.call(probe_entry.cls, "the constructor", probe_entry.cls, **popts)
+    dopts = {**dict(c.decomposer_options or {}), **c.routed("decomposer", c.decomposer)}
+    dec = get_decomposer(c.decomposer, pm, **dopts)
+    given = parse_params(c.params)
     if given is None:  # the probe's default for this decomposer (coco-map: the paper's r = 128), else the decomposer's
         default = (getattr(probe_entry.cls, "default_params", None) or {}).get(dec.name)
         given = list(default) if default else None
-    params = dec.check_params(given)
-    rescale_obj = registry.get_class("rescale", spec.rescale, pm)()
-    metric_names = list(spec.metrics or getattr(probe_entry.cls, "default_metrics", None) or ("accuracy",))
-    metric_classes = [registry.get_class("metrics", m, pm) for m in metric_names]
-    task = (getattr(probe_entry.cls, "requires", None) or {}).get("task")
-    for mname, mcls in zip(metric_names, metric_classes):
-        mtask = getattr(mcls, "task", None)
-        if task and mtask and mtask != task:
-            fitting = [n for n, e in registry.collect("metrics", pm).items() if getattr(e.cls, "task", None) == task]
-            raise UserFacingError(f"metric '{mname}' is a {mtask} metric but probe '{spec.probe}' evaluates {task}; "
-                                  f"use {' or '.join(fitting) or 'a ' + task + ' metric'}")
+    params = tuple(dec.check_params(given))
+    rescale_obj = get_class("rescale", c.rescale, pm)()
     transforms = []
-    for t in spec.transforms:
-        tname, _, targs = t.partition(":")
-        tcls = registry.get_class("transforms", tname, pm)
-        transforms.append(tcls(**parse_kv([a for a in targs.split(",") if a], f"option of transform {tname}")))
-    model_name = spec.model if isinstance(spec.model, str) else type(spec.model).__name__
-    if spec.resume and spec.out is None:
+    for t in c.transforms or ():
+        tname, topts = parse_component(t, "transform")
+        transforms.append(get_class("transforms", tname, pm)(**topts))
+    model_name = c.model if isinstance(c.model, str) else type(c.model).__name__
+    if c.resume and c.out is None:
         raise UserFacingError("--resume needs the --out folder of the interrupted run")
-    out_dir = Path(spec.out) if spec.out is not None else _default_out(model_name, spec.probe)
+    out_dir = Path(c.out) if c.out is not None else _default_out(model_name, c.probe)
     if check_out:
-        check_out_dir(out_dir, resume=spec.resume)
-    attacks, eps = parse_attacks(spec.attacks, pm), parse_eps(spec.eps)
-    if (attacks or eps) and not getattr(probe_entry.cls, "takes_attacks", False):
-        what = "--attack" if attacks else "--eps"
-        raise UserFacingError(f"probe '{spec.probe}' takes no attacks, so {what} has no effect; use --probe robustness")
-    return Plan(spec, probe_entry, probe_obj, dec, params, rescale_obj, metric_classes, transforms, dev, out_dir, attacks, eps)
+        check_out_dir(out_dir, resume=c.resume)
+    return Plan(c, probe_entry, probe_obj, dec, params, rescale_obj, _check_metrics(c, probe_entry, pm), tuple(transforms),
+                dev, out_dir)
 
 
-def build_context(p: Plan, pm) -> RunContext:
+def build_context(p: Plan, pm, services: Services) -> RunContext:
     """Open the data, build the model (weights, normalisation), check that they fit together."""
     from .engine import check_task
 
-    spec = p.spec
-    data = open_data(spec.data, root=spec.data_root, split="test", image_size=spec.image_size, seed=spec.seed,
-                     class_map=spec.class_map, pm=pm)
+    c = p.config
+    data = open_data(c.data, root=c.data_root, split="test", image_size=c.image_size, seed=c.seed, class_map=c.class_map, pm=pm)
     task = p.probe.requires.get("task") or getattr(data, "task", "classification")
     adapter = build_model(
-        spec.model,
-        checkpoint=spec.checkpoint,
-        pretrained=spec.pretrained,
-        trust_checkpoint=spec.trust_checkpoint,
-        strict=spec.strict,
-        model_args=spec.model_args,
-        mean=spec.mean,
-        std=spec.std,
+        c.model, checkpoint=c.checkpoint, pretrained=c.pretrained, trust_checkpoint=c.trust_checkpoint, strict=c.strict,
+        model_args=c.model_args, mean=c.mean, std=c.std,
         num_classes=data.num_classes if task == "classification" else None,  # sizes only the head of a model without weights
-        task=task,
-        pm=pm,
+        task=task, pm=pm,
     )
     warn_if_unnormalised(adapter)
     if adapter.task != "classification" and not adapter.info.get("has_weights"):
         warnings.warn(f"{adapter.spec} has random weights (no --pretrained or --checkpoint) and is probed as it is "
                       "(a detector is never fitted): its scores test the pipeline, not the model", stacklevel=2)
-    check_task(p.probe.requires, adapter, data, spec.probe)
+    check_task(p.probe.requires, adapter, data, c.probe)
     adapter.to(p.device)
-    if fit_needed(spec, adapter) and not data.has_split("train"):
-        name = spec.data if isinstance(spec.data, str) else data.name
+    if fit_needed(c, adapter) and not data.has_split("train"):
+        name = c.data if isinstance(c.data, str) else data.name
         raise UserFacingError(
             f"{adapter.spec} has no weights and {name} has no training split to fit it on; pass --checkpoint PATH (or --pretrained)"
         )
     adapter.check_data(data, p.device)
-    return RunContext(
-        adapter=adapter, data=data, decomposer=p.decomposer, params=p.params, rescale=p.rescale,
-        metrics=p.metric_classes, device=p.device, limit=spec.limit, seed=spec.seed,
-        batch_size=spec.batch_size or getattr(data, "default_batch_size", None) or 128,
-        transform=",".join(t.label() for t in p.transforms), options=dict(p.probe.opts), pm=pm,
-        precision=spec.precision, channels_last=spec.channels_last, forward_batch=spec.forward_batch,
-        attacks=list(p.attacks), eps=list(p.eps),
-    )
+    config = c.replace(batch_size=c.batch_size or getattr(data, "default_batch_size", None) or 128)
+    return RunContext(adapter=adapter, data=data, decomposer=p.decomposer, params=p.params, rescale=p.rescale,
+                      metrics=p.metric_classes, device=p.device, config=config, services=services,
+                      transform=",".join(t.label() for t in p.transforms), options=dict(p.probe.opts))
 
 
-def fit_needed(spec: RunSpec, adapter: ModelAdapter) -> bool:
+def fit_needed(config: RunConfig, adapter: ModelAdapter) -> bool:
     if adapter.task != "classification":  # a detector is never fitted: it is probed as given
         return False
-    return (not adapter.info.get("has_weights")) if spec.fit is None else bool(spec.fit)
+    return (not adapter.info.get("has_weights")) if config.fit is None else bool(config.fit)
 
 
-def fit_stage(ctx: RunContext, spec: RunSpec, pm, *, progress=None, say=None) -> dict | None:
+def fit_stage(ctx: RunContext, pm, *, progress=None, say=None) -> dict | None:
     """Fit a model that has no weights on the data's training split (the paper's vanilla recipe, Adam)."""
-    if not fit_needed(spec, ctx.adapter):
+    c = ctx.config
+    if not fit_needed(c, ctx.adapter):
         return None
     from .training import fit as _fit
 
-    train = open_data(spec.data, root=spec.data_root, split="train", image_size=spec.image_size, seed=spec.seed,
-                      class_map=spec.class_map, pm=pm)
+    train = open_data(c.data, root=c.data_root, split="train", image_size=c.image_size, seed=c.seed, class_map=c.class_map, pm=pm)
     if hasattr(train, "use_model_classes") and ctx.adapter.info.get("num_classes"):
         train.use_model_classes(int(ctx.adapter.info["num_classes"]))  # the same label mapping as the test split
-    epochs = spec.fit_epochs or train.default_fit_epochs
-    lr = spec.fit_lr or train.default_fit_lr
+    epochs = c.fit_epochs or train.default_fit_epochs
+    lr = c.fit_lr or train.default_fit_lr
     say = say or (lambda msg: log.info(msg))
     say(
         f"No weights given (--checkpoint/--pretrained): fitting {ctx.adapter.spec} on {train.name} train split "
@@ -711,44 +602,49 @@ def fit_stage(ctx: RunContext, spec: RunSpec, pm, *, progress=None, say=None) ->
     )
     cb = progress("fitting", len(train) * epochs) if progress else None
     return _fit(
-        ctx.adapter, train, epochs=epochs, lr=lr, batch_size=100, seed=spec.seed, device=ctx.device, progress=cb,
+        ctx.adapter, train, epochs=epochs, lr=lr, batch_size=100, seed=c.seed, device=ctx.device, progress=cb,
         on_epoch=lambda e, r: say(f"  epoch {e}/{epochs}: loss {r['loss']:.3f}, train accuracy {r['train_accuracy']:.3f}"),
     )
 
 
-def evaluate_stage(ctx: RunContext, p: Plan, *, progress=None) -> ProbeResult:
+def evaluate_stage(ctx: RunContext, p: Plan, *, progress=None) -> tuple[RunContext, ProbeResult]:
     """Apply the model transforms, then run the probe (its declaration over the evaluation loop)."""
+    adapter = ctx.adapter
     for t in p.transforms:
-        ctx.adapter = t.apply(ctx.adapter)
+        adapter = t.apply(adapter)
+    ctx = ctx.replace(adapter=adapter)
     n = len(ctx.data) if ctx.limit is None else min(ctx.limit, len(ctx.data))
     passes = max(1, len(_guard.call(p.probe, "model_sweep()", p.probe.model_sweep, ctx)))
-    ctx.progress = progress("probing", n * passes) if progress else None
-    return _guard.call(p.probe, "run()", p.probe.run, ctx)
+    if progress:
+        ctx = ctx.replace(progress=progress("probing", n * passes))
+    return ctx, _guard.call(p.probe, "run()", p.probe.run, ctx)
 
 
 def manifest_for(ctx: RunContext, p: Plan, result: ProbeResult, *, fit_record, timings: Mapping[str, float],
                  outputs: Sequence[str]) -> dict:
     """The run's manifest: the core's sections, then what plugins add through ``manifest_entries``."""
-    spec, data = p.spec, ctx.data
+    c, data = p.config, ctx.data
     n_eval = len(data) if ctx.limit is None else min(ctx.limit, len(data))
     manifest = {
         "versions": versions(),
-        "command": spec.command or " ".join(sys.argv),
+        "command": c.command or " ".join(sys.argv),
         "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "seed": spec.seed,
+        "seed": c.seed,
         "device": str(ctx.device),
         "precision": ctx.precision,
-        "probe": {"name": spec.probe, "provided_by": p.probe_entry.plugin, "options": p.probe.opts},
+        "probe": {"name": c.probe, "provided_by": p.probe_entry.plugin, "options": p.probe.opts,
+                  **({"plot_metrics": list(p.probe.plot_metrics)} if getattr(p.probe, "plot_metrics", ()) else {})},
         "model": {**ctx.adapter.describe(), "fitted": fit_record},
-        "data": {**data.describe(), "spec": spec.data if isinstance(spec.data, str) else data.name, "n_evaluated": n_eval,
+        "data": {**data.describe(), "spec": c.data if isinstance(c.data, str) else data.name, "n_evaluated": n_eval,
                  "limit": ctx.limit, "num_classes": data.num_classes,
                  "class_names": list(data.class_names) if data.class_names else None},
         "decomposer": {"name": p.decomposer.name, "options": p.decomposer.options(), "param_name": p.decomposer.param_name,
-                       "params": p.params, "components": list(p.decomposer.components)},
+                       "params": list(p.params), "components": list(p.decomposer.components)},
         "rescale": {"policy": p.rescale.name, "applies_to_original": p.rescale.applies_to_original},
         "metrics": [m.name for m in p.metric_classes],
         "transform": ctx.transform,
         "batch_size": ctx.batch_size,
+        "plugin_options": c.plugin_values(),
         "engine": result.extras.get("engine"),
         "variant_sources": result.extras.get("sources"),
         "timings": dict(timings),
@@ -775,6 +671,7 @@ def _plugin_entries(pm, ctx, result):
 
 def check_out_dir(out_dir: Path, *, resume: bool = False, flag: str = "--out") -> None:
     """An output folder must be new or empty (a file, or a folder with results, is refused)."""
+    out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserFacingError(f"{flag} {out_dir} is an existing file; pass the path of a new folder")
     if out_dir.is_dir() and any(out_dir.iterdir()):
@@ -783,7 +680,7 @@ def check_out_dir(out_dir: Path, *, resume: bool = False, flag: str = "--out") -
         raise UserFacingError(f"output folder {out_dir} already exists and is not empty; pass another {flag} or remove it")
 
 
-def fingerprint(spec: RunSpec, ctx: RunContext) -> dict[str, Any]:
+def fingerprint(config: RunConfig, ctx: RunContext) -> dict[str, Any]:
     """What decides a run's results: its options (not where it writes) and what they resolved to.
 
     A resumed run must match the interrupted one in all of these.
@@ -791,29 +688,34 @@ def fingerprint(spec: RunSpec, ctx: RunContext) -> dict[str, Any]:
     from .journal import module_digest
 
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(spec):
-        if f.name in ("out", "command", "resume"):
+    for name, v in config.items():
+        if name in ("out", "command", "resume", "batch_size_resolved"):
             continue
-        v = getattr(spec, f.name)
         if isinstance(v, ModelAdapter):
             v = f"{type(v).__name__}:{module_digest(v.module)}"
-        elif isinstance(v, torch.nn.Module):
+        elif _is_module(v):
             v = f"{type(v).__name__}:{module_digest(v)}"
         elif isinstance(v, DataSource):
             v = f"{type(v).__name__}:{len(v)}"
-        out[f.name] = v
+        out[name] = v
     out["resolved_device"] = str(ctx.device)
     out["checkpoint_sha256"] = ctx.adapter.info.get("checkpoint_sha256")
     out["data_described"] = ctx.data.describe()
     return json.loads(json.dumps(out, default=str))
 
 
-def resume_hint(spec: RunSpec, out_dir: Path) -> str:
+def _is_module(v: Any) -> bool:
+    import torch
+
+    return isinstance(v, torch.nn.Module)
+
+
+def resume_hint(config: RunConfig, out_dir: Path) -> str:
     """How to continue an interrupted run: its own command with --out and --resume."""
     import shlex
 
-    if spec.command:
-        cmd = spec.command
+    if config.command:
+        cmd = config.command
         if " --out " not in f" {cmd} " and " --out=" not in cmd:
             cmd += f" --out {shlex.quote(str(out_dir))}"
         return cmd if " --resume" in cmd else cmd + " --resume"
@@ -821,11 +723,13 @@ def resume_hint(spec: RunSpec, out_dir: Path) -> str:
 
 
 def publish(ctx: RunContext, p: Plan, result: ProbeResult, tmp: Path, *, fit_record, sw: "Stopwatch") -> dict:
-    """Writers (``report_result``), the fitted weights, the manifest; into the run's unfinished folder."""
-    ctx.out_dir = tmp
+    """Writers (``report_result``), the evaluators' files, the fitted weights, the manifest; into the run's unfinished folder."""
+    ctx = ctx.replace(out_dir=tmp)
     if fit_record is not None and not (tmp / "model.pt").exists():
         _save_fitted(ctx, tmp / "model.pt")
     _guard.call_hook(ctx.pm, "report_result", result=result, context=ctx)
+    for ev in result.evaluators:
+        _guard.call(getattr(ev, "observer", ev), "write()", ev.write, tmp)
     sw.lap("write_s")
     timings = {**sw.stages, **result.extras.get("timings", {}), "total_s": sw.total()}
     from .journal import STATE_FILES
@@ -842,9 +746,9 @@ def _save_fitted(ctx: RunContext, path: Path) -> None:
     save_model(path, a.module, mean=a.mean, std=a.std, model=a.spec if isinstance(a.spec, str) else None)
 
 
-def _fit_or_restore(ctx: RunContext, spec: RunSpec, pm, ws, *, progress, say) -> dict | None:
+def _fit_or_restore(ctx: RunContext, pm, ws, *, progress, say) -> dict | None:
     """Fit (and keep the fitted weights in the run's folder at once), or reuse those of the interrupted run."""
-    if not fit_needed(spec, ctx.adapter):
+    if not fit_needed(ctx.config, ctx.adapter):
         return None
     saved = ws.dir / "model.pt"
     record = ws.journal.get("fit")
@@ -854,14 +758,14 @@ def _fit_or_restore(ctx: RunContext, spec: RunSpec, pm, ws, *, progress, say) ->
         ctx.adapter.to(ctx.device)
         say(f"resuming: using the model fitted before the stop ({saved.name}); not fitting again")
         return record
-    record = fit_stage(ctx, spec, pm, progress=progress, say=say)
+    record = fit_stage(ctx, pm, progress=progress, say=say)
     _save_fitted(ctx, saved)
     ws.note("fit", record)
     return record
 
 
 def run(
-    model: str | torch.nn.Module | ModelAdapter,
+    model: Any,
     *,
     pm=None,
     progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
@@ -870,61 +774,62 @@ def run(
 ) -> ProbeResult:
     """Run a probe on ``model``; write results to ``out`` (None: a new dated folder under ``runs/``).
 
-    ``options`` are the fields of :class:`RunSpec` (probe, data, decomposer, params, checkpoint,
-    mean, std, device, batch_size, precision, resume, ...). With no weights (no ``checkpoint``/``pretrained``,
-    and a spec that builds a fresh model) the model is first fitted on the data's training split
-    (Adam, batch 100), or pass ``fit=False`` to probe it as is. ``progress(stage, total)`` may
-    return a callback that receives counts of processed samples. Returns the
-    :class:`ProbeResult`; ``result.extras["out_dir"]`` is where the files are.
+    ``options`` are the declared options of ``freqprobe run`` by their Python names (probe, data,
+    decomposer, params, checkpoint, mean, std, device, batch_size, precision, resume, ...; a
+    plugin's too, e.g. ``attacks``/``eps`` of the attacks plugin; ``freqprobe.options`` lists the
+    core's), and ``command`` (what the manifest records). With no weights (no ``checkpoint``/
+    ``pretrained``, and a spec that builds a fresh model) the model is first fitted on the data's
+    training split (Adam, batch 100), or pass ``fit=False`` to probe it as is.
+    ``progress(stage, total)`` may return a callback that receives counts of processed samples.
+    Returns the :class:`ProbeResult`; ``result.extras["out_dir"]`` is where the files are.
 
     The run works in ``.NAME.partial`` beside ``out`` (per-sample rows streamed, checkpoints) and
     renames it to ``out`` when done; ``resume=True`` continues an interrupted run from its last
     checkpoint (:mod:`freqprobe.journal`).
     """
-    from .journal import RunJournal, StopRequested, workspace
+    from . import distributed
     from .plugins import default_plugin_manager
 
-    names = {f.name for f in dataclasses.fields(RunSpec)}
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise TypeError(f"run() got unexpected keyword argument(s) {', '.join(unknown)}; see freqprobe.runner.RunSpec")
-    spec = RunSpec(model=model, **options)
     pm = pm or default_plugin_manager()
+    config = run_config(pm, {"model": model, **options})
     say = announce or (lambda msg: log.warning(msg))
-    sw = Stopwatch()
-    check_seed(spec.seed)
-    torch.manual_seed(spec.seed)
-    from . import distributed
+    check_seed(config.seed)
+    import torch
 
+    torch.manual_seed(config.seed)
+    d = None
     if distributed.from_env() is not None:
-        if spec.resume:
+        if config.resume:
             raise UserFacingError("--resume is not available under torchrun; run the interrupted job again from the start")
-        d, device = distributed.setup(str(spec.device))
-        spec = dataclasses.replace(spec, device=device)
+        d, device = distributed.setup(str(config.device))
+        config = config.replace(device=device)
         if not d.is_main:  # the other ranks evaluate their share and write nothing
-            return _run_rank(spec, pm, d)
-    else:
-        d = None
-    p = plan(spec, pm)
+            return _run_rank(config, pm, d)
+    return _run_main(config, pm, d, progress=progress, say=say)
+
+
+def _run_main(config: RunConfig, pm, d, *, progress, say) -> ProbeResult:
+    """The process that writes: plan, build, fit, evaluate, publish, inside the run's workspace."""
+    from .journal import RunJournal, workspace
+
+    sw = Stopwatch()
+    p = plan(config, pm)
     stage = "loading"
-    with workspace(p.out_dir, kind="run", resume=spec.resume, announce=say) as ws:
+    with workspace(p.out_dir, kind="run", resume=config.resume, announce=say) as ws:
         try:
-            ctx = build_context(p, pm)
+            ctx = build_context(p, pm, Services(pm=pm, dist=d))
             if d is not None:
-                _refuse_fit_under_torchrun(spec, ctx)
-            ws.bind(fingerprint(spec, ctx), command=spec.command)
+                _refuse_fit_under_torchrun(ctx)
+            ws.bind(fingerprint(config, ctx), command=config.command)
             sw.lap("load_s")
             stage = "fitting"
-            fit_record = _fit_or_restore(ctx, spec, pm, ws, progress=progress, say=say)
+            fit_record = _fit_or_restore(ctx, pm, ws, progress=progress, say=say)
             if fit_record is not None:
                 sw.lap("fit_s")
             stage = "probing"
             journal = RunJournal(ws) if d is None else None  # under torchrun: no streaming or checkpoints
-            ctx.journal, ctx.allow_nonfinite = journal, spec.allow_nonfinite
-            if d is not None:
-                ctx.dist, ctx.shard = d, (d.rank, d.world)
             try:
-                result = evaluate_stage(ctx, p, progress=progress)
+                ctx, result = evaluate_stage(ctx.replace(journal=journal), p, progress=progress)
             finally:
                 if journal is not None:
                     journal.close()
@@ -932,9 +837,9 @@ def run(
             manifest = publish(ctx, p, result, ws.dir, fit_record=fit_record, sw=sw)
         except StopRequested as exc:
             if stage == "probing":
-                what = f"{exc}; the finished part is kept in {ws.dir}. Resume with: {resume_hint(spec, p.out_dir)}"
+                what = f"{exc}; the finished part is kept in {ws.dir}. Resume with: {resume_hint(config, p.out_dir)}"
             else:
-                what = f"stopped while {stage}, before any result; {resume_hint(spec, p.out_dir)} starts it again"
+                what = f"stopped while {stage}, before any result; {resume_hint(config, p.out_dir)} starts it again"
             raise StopRequested(what, exc.signum) from None
         ws.commit()
     result.extras["out_dir"] = p.out_dir
@@ -942,19 +847,18 @@ def run(
     return result
 
 
-def _run_rank(spec: RunSpec, pm, d) -> ProbeResult:
+def _run_rank(config: RunConfig, pm, d) -> ProbeResult:
     """A torchrun rank other than 0: build the same context, evaluate its share of the batches, write nothing."""
-    p = plan(spec, pm, check_out=False)
-    ctx = build_context(p, pm)
-    _refuse_fit_under_torchrun(spec, ctx)
-    ctx.allow_nonfinite, ctx.dist, ctx.shard = spec.allow_nonfinite, d, (d.rank, d.world)
-    result = evaluate_stage(ctx, p)
+    p = plan(config, pm, check_out=False)
+    ctx = build_context(p, pm, Services(pm=pm, dist=d))
+    _refuse_fit_under_torchrun(ctx)
+    _, result = evaluate_stage(ctx, p)
     result.extras["rank"] = d.rank
     return result
 
 
-def _refuse_fit_under_torchrun(spec: RunSpec, ctx: RunContext) -> None:
-    if fit_needed(spec, ctx.adapter):
+def _refuse_fit_under_torchrun(ctx: RunContext) -> None:
+    if fit_needed(ctx.config, ctx.adapter):
         raise UserFacingError(f"{ctx.adapter.spec} has no weights, and under torchrun a model is not fitted first; "
                               "pass --checkpoint (or fit it in one process), or --no-fit")
 
@@ -962,7 +866,7 @@ def _refuse_fit_under_torchrun(spec: RunSpec, ctx: RunContext) -> None:
 def _json_default(o: Any):
     if isinstance(o, Path):
         return str(o)
-    if isinstance(o, torch.device):
+    if type(o).__module__.startswith("torch") and type(o).__name__ == "device":
         return str(o)
     if hasattr(o, "tolist"):
         return o.tolist()

@@ -15,11 +15,9 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
-import numpy as np
-
 #: the ``variant`` of the summary rows that hold the score
 VARIANT = "hfc-reliance"
-#: the summary's fixed columns (freqprobe.tables.SUMMARY_COLUMNS, without importing torch)
+#: the summary's fixed columns (freqprobe.tables.SUMMARY_COLUMNS, repeated so this module imports nothing of the package)
 _FIXED = ("probe", "transform", "decomposer", "variant", "param", "metric", "value", "n")
 #: metrics that are never scored: counts, not scores (``--allow-nonfinite``)
 _NOT_SCORES = ("nonfinite-outputs",)
@@ -45,6 +43,8 @@ def reliance_value(original: float, radii: Sequence[float], low: Sequence[float]
     differences at the evaluated radii; ``max(0, a_o - a_l(r_1)) / a_o`` for one radius. NaN when
     a_o is not > 0 (or not a number) and when there are no radii.
     """
+    import numpy as np
+
     if len(radii) != len(low):
         raise ValueError(f"{len(radii)} radii but {len(low)} low-part values")
     a_o = float(original)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # annotations only: numpy and torch are imported where they are used
+    import numpy as np
 
 #: the summary's fixed columns; variants with extra columns (attack, eps...) add theirs after ``param``
 SUMMARY_COLUMNS = ["probe", "transform", "decomposer", "variant", "param", "metric", "value", "n"]
@@ -15,6 +15,8 @@ SUMMARY_COLUMNS = ["probe", "transform", "decomposer", "variant", "param", "metr
 
 def fmt_param(p: Any) -> str:
     """A parameter as a table cell: ``8`` for 8.0, ``2.5``, ``""`` for none."""
+    import numpy as np
+
     if p is None or (isinstance(p, str) and p == ""):
         return ""
     if isinstance(p, bool):
@@ -52,6 +54,9 @@ def write_summary(rows: Sequence[Mapping[str, Any]], path: Path, extra: Sequence
 
 
 def _as_numpy(v: Any) -> np.ndarray:
+    import numpy as np
+    import torch
+
     if isinstance(v, torch.Tensor):
         return v.detach().cpu().numpy()
     return np.asarray(v)
@@ -79,6 +84,9 @@ class SampleTable:
 
     def append(self, block: Mapping[str, Any], n: int) -> None:
         """Add ``n`` rows."""
+        import numpy as np
+        import torch
+
         got = {}
         for c in self.columns:
             v = block.get(c)
@@ -127,10 +135,14 @@ class SampleTable:
         return table
 
     def _blocks_where(self, eq: Mapping[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+        import numpy as np
+
         return [(n, b) for n, b in self._blocks if all(not isinstance(b.get(k), np.ndarray) and b.get(k) == v for k, v in eq.items())]
 
     @staticmethod
     def _concat(blocks: list[tuple[int, dict[str, Any]]], name: str) -> np.ndarray:
+        import numpy as np
+
         parts = [b[name] if isinstance(b[name], np.ndarray) else np.full(n, b[name], dtype=object) for n, b in blocks]
         if not parts:
             return np.empty(0)
@@ -211,6 +223,8 @@ def _parse_scalar(s: str) -> Any:
 
 
 def _parse_column(cells: list[str]) -> np.ndarray:
+    import numpy as np
+
     for conv in (np.int64, np.float64):
         try:
             return np.array([conv(c) for c in cells])
@@ -222,6 +236,8 @@ def _parse_column(cells: list[str]) -> np.ndarray:
 
 
 def _format_cells(v: Any, size: int, float_format: str) -> list[str]:
+    import numpy as np
+
     if not isinstance(v, np.ndarray):
         return [_csv_cell(fmt_param(v))] * size
     if v.dtype.kind in "iub":

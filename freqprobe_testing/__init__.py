@@ -62,6 +62,7 @@ import pytest
 __all__ = [
     "check_attack",
     "check_decomposer",
+    "check_evaluator",
     "check_metric",
     "make_classifier",
     "make_images",
@@ -158,7 +159,7 @@ def make_classifier(num_classes: int = 10, channels: int = 3, *, seed: int = 0):
     import torch
     from torch import nn
 
-    from freqprobe.interfaces import ModelAdapter
+    from freqprobe import ClassifierAdapter
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
@@ -174,7 +175,7 @@ def make_classifier(num_classes: int = 10, channels: int = 3, *, seed: int = 0):
         )
         nn.init.zeros_(module[-1].bias)  # no bias: the predictions depend on the image (not all one class)
     module.eval()
-    return ModelAdapter(module, mean=(0.5,) * channels, std=(0.25,) * channels, spec="freqprobe.testing:tiny-cnn",
+    return ClassifierAdapter(module, mean=(0.5,) * channels, std=(0.25,) * channels, spec="freqprobe.testing:tiny-cnn",
                         info={"num_classes": num_classes})
 
 
@@ -277,8 +278,7 @@ def check_decomposer(cls_or_instance, images=None, params: Iterable[Any] | None 
     """
     import torch
 
-    from freqprobe import registry
-    from freqprobe.interfaces import Decomposer
+    from freqprobe import Decomposer, registry
 
     if inspect.isclass(cls_or_instance):
         cls = cls_or_instance
@@ -527,8 +527,7 @@ def check_metric(cls, outputs, targets, *, mergeable: bool = True):
     """
     import pickle
 
-    from freqprobe.engine import make_metric
-    from freqprobe.interfaces import Metric
+    from freqprobe import Metric
 
     where = f"check_metric({getattr(cls, 'name', getattr(cls, '__qualname__', cls))!r})"
     if not (inspect.isclass(cls) and issubclass(cls, Metric)):
@@ -540,7 +539,9 @@ def check_metric(cls, outputs, targets, *, mergeable: bool = True):
     first, second = (outputs[:h], targets[:h]), (outputs[h:], targets[h:])
 
     def build():
-        return _call(where, "building it (cls(ctx) or cls()) and reset()", make_metric, cls, None)
+        m = _call(where, "building it (cls(ctx) or cls())", Metric.build, cls, None, None)
+        _call(where, "reset()", m.reset)
+        return m
 
     def results(m, what: str) -> dict:
         got = _call(where, f"compute() {what}", m.results)
@@ -618,3 +619,107 @@ def check_metric(cls, outputs, targets, *, mergeable: bool = True):
         raise AssertionError(f"{where}: updating after load_state(state) changed the state dict it was given "
                              "(copy what load_state takes: a checkpoint must stay as saved)")
     return want
+
+
+# -- evaluators --------------------------------------------------------------------------------
+
+
+def _images_source(images, labels):
+    """An in-memory data source of ``images`` and ``labels`` (what :func:`check_evaluator` evaluates on).
+
+    The class is defined here, not at module level: the kit's module imports nothing of freqprobe at pytest's start-up.
+    """
+    from freqprobe import Batch, DataSource
+
+    class ImagesSource(DataSource):
+        name = "freqprobe-testing-images"
+
+        def __init__(self) -> None:
+            super().__init__(None)
+            self.images, self.labels = images, labels
+            self.num_classes = int(labels.max()) + 1 if len(labels) else 1
+
+        def __len__(self) -> int:
+            return len(self.images)
+
+        def load(self, indices):
+            import torch
+
+            idx = torch.as_tensor(indices, dtype=torch.int64)
+            return Batch(self.images[idx], self.labels[idx], idx)
+
+    return ImagesSource()
+
+
+def check_evaluator(make, *, adapter=None, images=None, labels=None, sources=None, params=(4.0, 8.0), batch_size: int = 2,
+                    pm=None, tol: float = 0.0):
+    """Check a :class:`freqprobe.Evaluator` through the real evaluation loop: resume and merge are properties of the contract.
+
+    ``make(ctx, sources)`` returns a fresh evaluator for the run context ``ctx`` and its variant
+    sources (default: the original images and ``fft-radial`` parts at ``params`` of
+    :func:`make_images`, on :func:`make_classifier`, labelled with its own predictions, in
+    batches of ``batch_size``). Asserts, comparing ``rows()`` (values to ``tol``; 0: bit for bit)
+    and ``extras()`` with one pass over all the data:
+
+    * the batches split between two shards (every other batch, as torchrun does), each shard's
+      state merged into the other (the instance, and its pickled ``state_dict()``), give the same;
+    * ``state_dict()`` pickles, and ``load_state_dict()`` into a fresh instance gives the same;
+    * ``reset()`` restores a fresh instance's ``rows()``.
+
+    Returns the one-pass ``rows()``.
+    """
+    import pickle
+
+    import freqprobe
+    from freqprobe.engine import run_loop
+
+    where = "check_evaluator"
+    pm = pm if pm is not None else freqprobe.get_plugin_manager(autoload=False)
+    adapter = adapter if adapter is not None else make_classifier()
+    images = images if images is not None else make_images(n=6)
+    labels = labels if labels is not None else adapter.predict(images).argmax(-1)
+    dec = freqprobe.get_decomposer("fft-radial", pm)
+    rescale = freqprobe.get_class("rescale", "none", pm)()
+
+    def ctx(shard=None):
+        kw = {"shard": shard} if shard else {}
+        return freqprobe.RunContext.create(adapter, _images_source(images, labels), dec, params, rescale, device=images.device, pm=pm,
+                                           batch_size=batch_size, **kw)
+
+    def evaluate(c):
+        src = sources(c) if sources is not None else [freqprobe.DecomposerSource(dec, params)]
+        ev = _call(where, "make(ctx, sources)", make, c, src)
+        state = _call(where, "the evaluation loop", run_loop, c, src, evaluators=[ev], samples=False)
+        return state.evaluators[-1]
+
+    def report(ev, what):
+        return _call(where, f"rows() {what}", ev.rows), _call(where, f"extras() {what}", ev.extras)
+
+    def expect(got, want, what):
+        rows, extras = got
+        if len(rows) != len(want[0]) or not all(_rows_equal(a, b, tol) for a, b in zip(rows, want[0])):
+            raise AssertionError(f"{where}: {what}: rows() {rows!r} instead of {want[0]!r}")
+        if not _same(extras, want[1]):
+            raise AssertionError(f"{where}: {what}: extras() differ")
+
+    whole = evaluate(ctx())
+    want = report(whole, "after one pass")
+    a, b = evaluate(ctx((0, 2))), evaluate(ctx((1, 2)))
+    shipped = _call(where, "pickling state_dict()", lambda: pickle.loads(pickle.dumps(b.state_dict())))
+    _call(where, "merge(state_dict)", a.merge, shipped)
+    expect(report(a, "after merge"), want, "two shards merged are not one pass over all the data")
+    fresh = _call(where, "make(ctx, sources)", make, ctx(), [freqprobe.DecomposerSource(dec, params)] if sources is None
+                  else sources(ctx()))
+    _call(where, "reset()", fresh.reset)
+    empty = report(fresh, "of a fresh instance")
+    _call(where, "load_state_dict(state_dict())", fresh.load_state_dict, pickle.loads(pickle.dumps(whole.state_dict())))
+    expect(report(fresh, "after load_state_dict"), want, "load_state_dict(state_dict()) does not give the result back")
+    _call(where, "reset()", fresh.reset)
+    expect(report(fresh, "after reset()"), empty, "reset() did not restore a fresh instance")
+    return want[0]
+
+
+def _rows_equal(a, b, tol: float) -> bool:
+    if a.keys() != b.keys():
+        return False
+    return all(_close(a[k], b[k], tol) if isinstance(a[k], float) and isinstance(b[k], float) else _same(a[k], b[k]) for k in a)

@@ -8,14 +8,15 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserFacingError
 from ..hookspecs import hookimpl
 from ..interfaces import Batch, DataSource
+
+if TYPE_CHECKING:  # annotations only: numpy and torch are imported where they are used
+    import numpy as np
+    import torch
 
 log = logging.getLogger("freqprobe.datasets")
 
@@ -33,6 +34,8 @@ class ArrayDataSource(DataSource):
     y: np.ndarray
 
     def _set_arrays(self, x: Any, y: Any, what: str) -> None:
+        import numpy as np
+
         x = np.asarray(x)
         y = np.asarray(y).reshape(-1)
         if x.ndim == 3:
@@ -88,12 +91,18 @@ class ArrayDataSource(DataSource):
         return (c, h, w)
 
     def _to_tensor(self, xb: np.ndarray) -> torch.Tensor:
+        import numpy as np
+        import torch
+
         t = torch.from_numpy(np.ascontiguousarray(xb)).permute(0, 3, 1, 2)
         if xb.dtype == np.uint8:
             return t.to(torch.float32).div_(255.0).contiguous()
         return t.to(torch.float32).contiguous()
 
     def load(self, indices: np.ndarray) -> Batch:
+        import numpy as np
+        import torch
+
         idx = np.asarray(indices, dtype=np.int64)
         if len(idx) and idx[-1] - idx[0] == len(idx) - 1 and np.all(np.diff(idx) == 1):
             xb = self.x[idx[0] : idx[-1] + 1]  # a contiguous run: a slice, no gather
@@ -136,6 +145,8 @@ class _TorchvisionArraySource(ArrayDataSource):
 
     def __init__(self, argument=None, *, root=None, split="test", **options):
         super().__init__(argument, root=root, split=split)
+        import numpy as np
+        import torch
         import torchvision
 
         root = Path(root) if root else default_data_root()
@@ -181,6 +192,8 @@ def read_idx(path: Path) -> np.ndarray:
     """An IDX file (MNIST's format, gzipped or not) as a numpy array."""
     import gzip
 
+    import numpy as np
+
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
@@ -221,6 +234,8 @@ class _IdxSource(_TorchvisionArraySource):
             raise UserFacingError(f"{self.name} in {base} has only the {other} IDX files, no {split} split"
                                   + ("; split it with --holdout FRACTION (freqprobe train) or use --split test" if split == "train" else ""))
         else:
+            import numpy as np
+
             x, y = read_idx(files[0]), read_idx(files[1]).astype(np.int64)
             if len(x) != len(y):
                 raise UserFacingError(f"{files[0]} holds {len(x)} images but {files[1]} {len(y)} labels")
@@ -263,6 +278,8 @@ class NpzDataSource(ArrayDataSource):
         if not p.is_file():
             raise UserFacingError(f"npz file not found: {p}")
         import zipfile
+
+        import numpy as np
 
         if not zipfile.is_zipfile(p):
             raise UserFacingError(f"{p} is not an .npz file (not a zip archive of arrays); save one with numpy.savez(path, x=..., y=...)")
@@ -396,6 +413,7 @@ class ImageFolderDataSource(DataSource):
 
     def __init__(self, argument=None, *, root=None, split="test", image_size: int | None = None, class_map: Any = None, **options):
         super().__init__(argument, root=root, split=split)
+        import numpy as np
         import torchvision
         from torchvision import transforms as T
 
@@ -432,6 +450,8 @@ class ImageFolderDataSource(DataSource):
             self.fixed_num_classes = not (isinstance(class_map, Mapping) or str(class_map).lower().endswith(".json"))
 
     def _set_mapping(self, mapping: dict[str, int], names: list[str] | None, how: str) -> None:
+        import numpy as np
+
         self.class_to_idx = dict(mapping)
         lut = np.asarray([mapping[f] for f in self.folders], dtype=np.int64)
         self.targets = lut[self._folder_targets] if len(self._folder_targets) else self._folder_targets
@@ -480,6 +500,9 @@ class ImageFolderDataSource(DataSource):
         return img
 
     def load(self, indices: np.ndarray) -> Batch:
+        import numpy as np
+        import torch
+
         idx = np.asarray(indices, dtype=np.int64)
         items = [self._read(int(j)) for j in idx]
         shapes = {tuple(t.shape) for t in items}

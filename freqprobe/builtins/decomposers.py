@@ -8,14 +8,14 @@ import os
 import sys
 import warnings
 from fractions import Fraction
-from typing import Any, Iterable, Iterator, Mapping
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from ..errors import UserFacingError
 from ..hookspecs import hookimpl
 from ..interfaces import Decomposer
-from . import _radial_triton
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used, so importing this plugin stays cheap
+    import torch
 
 RULES = ("exclusive", "inclusive")
 log = logging.getLogger("freqprobe.decomposers")
@@ -34,6 +34,8 @@ def _caller_stacklevel() -> int:
 
 def _freqs(n: int) -> torch.Tensor:
     """Signed integer frequency of each unshifted FFT index (the offset from where fftshift puts 0), int64."""
+    import torch
+
     k = torch.arange(n, dtype=torch.int64)
     return torch.where(k < (n + 1) // 2, k, k - n)
 
@@ -108,6 +110,8 @@ class FFTRadialDecomposer(Decomposer):
 
     def mask(self, h: int, w: int, r: float, device: torch.device | str = "cpu", *, full: bool = False) -> torch.Tensor:
         """Low-pass mask (1 = kept) in unshifted layout: (h, w//2+1) for the real FFT, (h, w) with ``full``."""
+        import torch
+
         key = (h, w, float(r), self.rule, str(device), full)
         m = self._masks.get(key)
         if m is None:
@@ -204,6 +208,10 @@ class FFTRadialDecomposer(Decomposer):
     _triton_broken: str | None = None
 
     def _use_triton(self, x: torch.Tensor) -> bool:
+        import torch
+
+        from . import _radial_triton
+
         if self.TRITON == "off" or FFTRadialDecomposer._triton_broken or x.dtype != torch.float32 or x.numel() == 0:
             return False
         if max(x.shape[-2:]) > _radial_triton.MAX_SIDE:
@@ -213,6 +221,8 @@ class FFTRadialDecomposer(Decomposer):
         return _radial_triton.available()
 
     def _use_basis(self, x: torch.Tensor, params: list | None = None) -> bool:
+        import torch
+
         if x.dtype not in (torch.float32, torch.float64) or x.numel() == 0:
             return False
         if max(x.shape[-2:]) > self.MATMUL_MAX_SIDE:
@@ -241,6 +251,10 @@ class FFTRadialDecomposer(Decomposer):
         return max(1, min(total, budget // max(1, plane_bytes)))
 
     def _decompose_triton(self, x: torch.Tensor, params: list, out, per_param: bool) -> Iterator[tuple[Any, dict]]:
+        import torch
+
+        from . import _radial_triton
+
         h, w = x.shape[-2:]
         shape = (x.numel() // (h * w), h, w)
         xs = x.reshape(shape).contiguous()
@@ -269,6 +283,8 @@ class FFTRadialDecomposer(Decomposer):
     @staticmethod
     def _flat_out(t: torch.Tensor | None, like: torch.Tensor, shape: tuple) -> tuple[torch.Tensor, torch.Tensor]:
         """(user-visible tensor, contiguous (B, H, W) view to write into)."""
+        import torch
+
         if t is None:
             t = torch.empty_like(like, memory_format=torch.contiguous_format)
         if t.is_contiguous():
@@ -277,6 +293,8 @@ class FFTRadialDecomposer(Decomposer):
 
     def _basis(self, n: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Orthonormal real Fourier basis of length ``n`` (rows), ordered by |frequency|, and those |f| (int64)."""
+        import torch
+
         key = ("basis", n, dtype, str(device))
         hit = self._masks.get(key)
         if hit is None:
@@ -324,6 +342,8 @@ class FFTRadialDecomposer(Decomposer):
         return low, lo, high, hi
 
     def _decompose_basis(self, x: torch.Tensor, params: list, out) -> Iterator[tuple[Any, dict]]:
+        import torch
+
         # Radius-major, for one {"low", "high"} pair rewritten per radius: the spectrum of the
         # whole batch is computed once (for the largest r), then inverted radius by radius.
         plan = _BasisPlan(self, x, params)
@@ -337,6 +357,8 @@ class FFTRadialDecomposer(Decomposer):
             yield r, self._publish(low, lo, high, hi)
 
     def _decompose_basis_all(self, x: torch.Tensor, params: list, out) -> Iterator[tuple[Any, dict]]:
+        import torch
+
         # Chunk-major, for per-radius buffers (or none): every radius of a chunk is finished while
         # the chunk's spectrum is in cache, instead of writing the whole batch's spectrum to memory
         # and reading it back once per radius (measured ~30% faster on 10k CIFAR-sized images).
@@ -351,6 +373,8 @@ class FFTRadialDecomposer(Decomposer):
             yield r, self._publish(*t)
 
     def _decompose_fft(self, x: torch.Tensor, params: list, out) -> Iterator[tuple[Any, dict]]:
+        import torch
+
         h, w = x.shape[-2:]
         b = x.numel() // max(1, h * w)
         xs = x.reshape(b, h, w)
@@ -385,6 +409,8 @@ class _BasisPlan:
     """
 
     def __init__(self, dec: FFTRadialDecomposer, x: torch.Tensor, params: list) -> None:
+        import torch
+
         h, w = x.shape[-2:]
         dev, dt = x.device, x.dtype
         self.b = x.numel() // (h * w)
@@ -412,6 +438,8 @@ class _BasisPlan:
 
     def forward(self, s: int, e: int, spec: torch.Tensor) -> None:
         """spec (n, khm, kwm) = Qh x Qw^T for planes s:e."""
+        import torch
+
         n, h, w = e - s, self.shape[1], self.shape[2]
         t1 = self.t1[:n]
         torch.matmul(self.xs[s:e].reshape(n * h, w), self.qwt, out=t1.view(n * h, self.kwm))
@@ -419,6 +447,8 @@ class _BasisPlan:
 
     def inverse(self, i: int, spec: torch.Tensor, s: int, e: int, lo: torch.Tensor, hi: torch.Tensor) -> None:
         """lo[s:e] = low part for radius number i from the chunk's spectrum; hi[s:e] = x - lo."""
+        import torch
+
         m, kh, kw, qht, qw = self.inv[i]
         n, w = e - s, self.shape[2]
         y = self.ym[: n * kh * kw].view(n, kh, kw)
@@ -449,6 +479,8 @@ class SVDDecomposer(Decomposer):
 
     def decompose_all(self, x, params, *, out=None):
         """All ranks from one SVD per plane; ``out`` as for :meth:`Decomposer.decompose_all`."""
+        import torch
+
         params = list(params)
         per_param = out is not None and not ("dominant" in out and "trailing" in out)
         h, w = x.shape[-2:]
@@ -474,3 +506,9 @@ class SVDDecomposer(Decomposer):
 @hookimpl
 def register_decomposers():
     return [FFTRadialDecomposer, SVDDecomposer]
+
+
+@hookimpl
+def add_options(parser):
+    parser.add_option("--rule", type=("exclusive", "inclusive"), decomposer="fft-radial", key="rule", commands=("run", "decompose"),
+                      help="fft-radial boundary: distance < r (exclusive, default; the authors' code) or <= r (the paper's text).")

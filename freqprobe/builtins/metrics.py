@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from ..hookspecs import hookimpl
-from ..interfaces import Metric
+from ..evaluators import Metric
+
+if TYPE_CHECKING:  # annotations only: the metrics work on the tensors they are given, without importing torch
+    import torch
 
 
 class AccuracyMetric(Metric):

@@ -12,14 +12,15 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import urlparse
-
-import torch
 
 from ..errors import UnknownNameError, UserFacingError
 from ..hookspecs import hookimpl
 from ..interfaces import BuiltModel, ModelSource
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used, so importing this plugin stays cheap
+    import torch
 
 log = logging.getLogger("freqprobe.models")
 
@@ -52,6 +53,8 @@ def _hub_offline_if_unreachable():
 
 def _fail_fast_if_unreachable(url: str, spec: str) -> None:
     """torch.hub retries nothing but prints a download banner first; fail before it when the file is not cached and the host is unreachable."""
+    import torch
+
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
     if cached.is_file():
         return
@@ -204,6 +207,8 @@ class TorchScriptModelSource(ModelSource):
     name = "torchscript"
 
     def build(self, target, *, pretrained=False, num_classes=None, model_args: Mapping[str, Any] = {}):
+        import torch
+
         p = Path(target)
         if not p.is_file():
             raise UserFacingError(f"TorchScript file not found: {p}")
@@ -246,18 +251,37 @@ def _describe_exc(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {_first_line(exc)}"
 
 
-class CallableModule(torch.nn.Module):
-    """A plain callable (no parameters) as a module, so the core can move, evaluate and describe it like any model."""
+def _callable_module_class() -> type:
+    """``CallableModule``: a plain callable (no parameters) as a module, so the core can move, evaluate and
+    describe it like any model. A ``torch.nn.Module`` subclass, so it is defined on first use (importing
+    this plugin does not import torch); it is ``freqprobe.builtins.models.CallableModule`` all the same."""
+    cls = globals().get("CallableModule")
+    if cls is not None:
+        return cls
+    import torch
 
-    def __init__(self, fn: Any) -> None:
-        super().__init__()
-        self.fn = fn
+    class CallableModule(torch.nn.Module):
+        """A plain callable (no parameters) as a module, so the core can move, evaluate and describe it like any model."""
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.fn(*args, **kwargs)
+        def __init__(self, fn: Any) -> None:
+            super().__init__()
+            self.fn = fn
 
-    def extra_repr(self) -> str:
-        return repr(self.fn)
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            return self.fn(*args, **kwargs)
+
+        def extra_repr(self) -> str:
+            return repr(self.fn)
+
+    CallableModule.__qualname__ = "CallableModule"  # importable (and picklable) by its module-level name
+    globals()["CallableModule"] = CallableModule
+    return CallableModule
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CallableModule":
+        return _callable_module_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class PythonModelSource(ModelSource):
@@ -266,6 +290,8 @@ class PythonModelSource(ModelSource):
     name = "python"
 
     def build(self, target, *, pretrained=False, num_classes=None, model_args: Mapping[str, Any] = {}):
+        import torch
+
         where, sep, attr = target.rpartition(":")
         if not sep or not where or not attr:
             raise UserFacingError(f"malformed model spec {target!r}: use path/to/file.py:callable or package.module:callable")
@@ -296,7 +322,7 @@ class PythonModelSource(ModelSource):
             if not callable(model):
                 raise UserFacingError(f"{target} returned {type(model).__name__}, neither a torch.nn.Module nor a callable")
             # a plain callable (e.g. an onnxruntime session wrapped in a function): the user's own thing, weights included
-            return BuiltModel(CallableModule(model), has_weights=True, info={"callable": target, "plain_callable": True})
+            return BuiltModel(_callable_module_class()(model), has_weights=True, info={"callable": target, "plain_callable": True})
         cfg = module_data_config(model)
         return BuiltModel(model, mean=cfg["mean"], std=cfg["std"], input_size=cfg["input_size"],
                           info={"callable": target, "fixed_input_size": has_fixed_input_size(model)})
@@ -309,6 +335,6 @@ def register_model_sources():
 
 @hookimpl
 def register_adapters():
-    from ..interfaces import ModelAdapter
+    from ..interfaces import ClassifierAdapter
 
-    return [ModelAdapter]
+    return [ClassifierAdapter]

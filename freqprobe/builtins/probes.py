@@ -2,36 +2,61 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..engine import DecomposerSource, OriginalSource
+from ..errors import UserFacingError
+from ..evaluators import EvalStep, Evaluator
 from ..hookspecs import hookimpl
-from ..interfaces import Probe, ProbeResult, RunContext, Variant
+from ..interfaces import ProbeResult, Variant
+from ..probing import Probe, RunContext
+from ..sources import DecomposerSource, OriginalSource
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
-class Figure2Gallery:
+def _first_by_index(size: int):
+    """The merge of two galleries (torchrun): per parameter the first ``size`` entries in data order, as one process keeps."""
+
+    def merge(mine: list, theirs: list) -> list:
+        return [sorted(list(a) + list(b), key=lambda e: e["index"])[:size] for a, b in zip(mine, theirs)]
+
+    return merge
+
+
+class Figure2Gallery(Evaluator):
     """The paper's Figure 2: samples right on the original and the residual (high) part, wrong on the smooth (low) part.
 
     Keeps the first ``size`` such samples per parameter, in data order. Reads predictions only
     until every parameter's gallery is full (one host synchronisation per batch until then).
+    Writes ``figure2.csv`` and ``figure2_<param><value>.png`` per parameter.
     """
 
-    def __init__(self, source: DecomposerSource, base: Variant, size: int) -> None:
+    name = "figure2-gallery"
+
+    def __init__(self, source: DecomposerSource, base: Variant, size: int, ctx: Any = None) -> None:
+        super().__init__(ctx)
         self.source, self.base, self.size = source, base, int(size)
         comps = source.decomposer.components
         self.low, self.high = comps[0], comps[1]
-        self.gallery: dict[Any, list] = {p: [] for p in source.params}
+        self.params = list(source.params)
+        # one list of entries per parameter (in the order of ``params``)
+        self.add_state("entries", [[] for _ in self.params], reduce=_first_by_index(self.size))
+
+    @property
+    def gallery(self) -> dict[Any, list]:
+        return dict(zip(self.params, self.entries))
 
     def _full(self) -> bool:
-        return all(len(g) >= self.size for g in self.gallery.values())
+        return all(len(g) >= self.size for g in self.entries)
 
-    def on_batch(self, batch, images, values, targets) -> None:
+    def process(self, step: EvalStep) -> None:
         if self.size <= 0 or self._full():
             return
-        y = batch.targets
-        p0 = values[self.base]["pred"].cpu()
-        c0 = values[self.base]["confidence"].cpu()
-        for p, entries in self.gallery.items():
+        y = step.batch.targets
+        values, images = step.values, step.images
+        p0, c0 = values[self.base]["pred"].cpu(), values[self.base]["confidence"].cpu()
+        for p, entries in zip(self.params, self.entries):
             if len(entries) >= self.size:
                 continue
             vl = self.source.variant_for(self.base, self.low, p)
@@ -41,32 +66,36 @@ class Figure2Gallery:
             sel = ((p0 == y) & (ph == y) & (pl != y)).nonzero().flatten()
             for j in sel[: self.size - len(entries)].tolist():
                 entries.append({
-                    "index": int(batch.indices[j]),
+                    "index": int(step.batch.indices[j]),
                     "label": int(y[j]),
-                    "images": {
-                        "original": images[self.base][j].detach().float().cpu().clone(),
-                        self.low: images[vl][j].detach().float().cpu().clone(),
-                        self.high: images[vh][j].detach().float().cpu().clone(),
-                    },
+                    "images": {"original": _keep(images[self.base][j]), self.low: _keep(images[vl][j]),
+                               self.high: _keep(images[vh][j])},
                     "pred": {"original": int(p0[j]), self.low: int(pl[j]), self.high: int(ph[j])},
                     "confidence": {"original": float(c0[j]), self.low: float(cl[j]), self.high: float(ch[j])},
                 })
 
-    def finish(self) -> dict:
+    def extras(self) -> dict[str, Any]:
         return {"gallery": self.gallery}
 
-    def state_dict(self) -> dict:
-        """What a checkpoint keeps (a resumed run continues the gallery where it stopped)."""
-        return {"params": list(self.gallery), "entries": [self.gallery[p] for p in self.gallery]}
+    def write(self, out_dir: "Path") -> list[str]:
+        from .report import plot_gallery, write_gallery_csv
 
-    def load_state_dict(self, state: dict) -> None:
-        self.gallery = {p: list(e) for p, e in zip(state["params"], state["entries"])}
+        gallery = self.gallery
+        if not gallery:
+            return []
+        dec = self.source.decomposer
+        names = list(self.ctx.data.class_names) if self.ctx is not None and self.ctx.data.class_names else None
+        write_gallery_csv(gallery, tuple(dec.components), out_dir / "figure2.csv")
+        written = ["figure2.csv"]
+        for p, entries in gallery.items():
+            if entries:
+                name = plot_gallery(entries, p, tuple(dec.components), dec.param_name, names, out_dir)
+                written.append(name)
+        return written
 
-    def merge_state(self, state: dict) -> None:
-        """Another process's gallery (torchrun): the first ``size`` entries per parameter in data order, as one process keeps."""
-        for p, entries in zip(state["params"], state["entries"]):
-            both = sorted(self.gallery.get(p, []) + list(entries), key=lambda e: e["index"])
-            self.gallery[p] = both[: self.size]
+
+def _keep(img: Any) -> Any:
+    return img.detach().float().cpu().clone()
 
 
 class LfcHfcProbe(Probe):
@@ -80,8 +109,6 @@ class LfcHfcProbe(Probe):
     def check_options(cls, given):
         opts = super().check_options(given)
         if opts["gallery_size"] < 0:
-            from ..errors import UserFacingError
-
             raise UserFacingError(f"--gallery-size (gallery_size) must be 0 or more, got {opts['gallery_size']}")
         return opts
 
@@ -89,13 +116,12 @@ class LfcHfcProbe(Probe):
         self._source = DecomposerSource(ctx.decomposer, ctx.params, OriginalSource())
         return [self._source]
 
-    def observers(self, ctx: RunContext) -> list:
+    def evaluators(self, ctx: RunContext) -> list:
         base = self._source.base.variants()[0]
-        return [Figure2Gallery(self._source, base, self.opts["gallery_size"])]
+        return [Figure2Gallery(self._source, base, self.opts["gallery_size"], ctx)]
 
-    def run(self, ctx: RunContext) -> ProbeResult:
-        """The default evaluation, then the HFC-reliance score per transform and accuracy metric (docs/results.md)."""
-        result = super().run(ctx)
+    def derive(self, result: ProbeResult, ctx: RunContext) -> None:
+        """The HFC-reliance score per transform and accuracy metric (docs/results.md), as summary rows and extras."""
         from ..scores import hfc_reliance, score_rows
 
         names = {r["metric"] for r in result.summary}
@@ -104,7 +130,6 @@ class LfcHfcProbe(Probe):
         scores = hfc_reliance(result.summary, metric=scored, component=comps[0]) if scored else []
         result.summary.extend(score_rows(scores, probe=result.probe))
         result.extras["hfc_reliance"] = scores
-        return result
 
 
 #: metrics the HFC-reliance score is computed for: fractions in [0, 1] where higher is better
@@ -114,6 +139,12 @@ SCORED_METRICS = ("accuracy", "top5-accuracy")
 @hookimpl
 def register_probes():
     return [LfcHfcProbe]
+
+
+@hookimpl
+def add_options(parser):
+    parser.add_option("--gallery-size", type=int, probe="lfc-hfc", key="gallery_size",
+                      help="Figure-2 examples kept per parameter (lfc-hfc's gallery_size, default 8; as --probe-opt gallery_size=N).")
 
 
 @hookimpl

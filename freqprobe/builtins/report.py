@@ -1,17 +1,21 @@
-"""Built-in result writers (a ``report_result`` hook): CSVs, the accuracy plot and the Figure-2 gallery."""
+"""Built-in result writers (a ``report_result`` hook: the CSVs, the accuracy plot), the Figure-2 gallery's files,
+and the ``freqprobe report`` section of probe-run folders (a ``report_folder`` hook)."""
 
 from __future__ import annotations
 
 import csv
 import logging
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .. import tables
 from ..hookspecs import hookimpl
+from ..report import is_probe_run
 from ..scores import VARIANT as SCORE_VARIANT
 from ..tables import fmt_param
+
+if TYPE_CHECKING:  # annotations only: numpy (and matplotlib) are imported where they are used
+    import numpy as np
 
 log = logging.getLogger("freqprobe.report")
 
@@ -73,11 +77,9 @@ def _show(img) -> np.ndarray:
     return a
 
 
-def plot_gallery(result, param, entries, path: Path) -> None:
-    """Figure 2 of the paper: right on original and high part, wrong on the low part."""
+def plot_gallery(entries, param, comps, param_name: str, names, out_dir: Path) -> str:
+    """Figure 2 of the paper for one parameter: right on original and high part, wrong on the low part; the file's name."""
     plt = _plt()
-    names = result.extras.get("class_names")
-    comps = result.components
     cols = ["original", comps[0], comps[1]]
     fig, axes = plt.subplots(len(entries), 3, figsize=(6.6, 2.3 * len(entries)), squeeze=False)
     for row, e in zip(axes, entries):
@@ -98,19 +100,21 @@ def plot_gallery(result, param, entries, path: Path) -> None:
             ax.axis("off")
         truth = names[e["label"]] if names and e["label"] < len(names) else str(e["label"])
         row[0].text(-0.1, 0.5, f"#{e['index']}\n{truth}", transform=row[0].transAxes, ha="right", va="center", fontsize=8)
-    fig.suptitle(f"right on original and {comps[1]}, wrong on {comps[0]} ({result.param_name}={fmt_param(param)})", fontsize=9)
+    fig.suptitle(f"right on original and {comps[1]}, wrong on {comps[0]} ({param_name}={fmt_param(param)})", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    name = f"figure2_{param_name}{fmt_param(param)}.png"
+    fig.savefig(out_dir / name, dpi=110)
     plt.close(fig)
+    return name
 
 
-def write_gallery_csv(result, path: Path) -> None:
-    comps = result.components
+def write_gallery_csv(gallery, comps, path: Path) -> None:
+    """``figure2.csv``: per parameter, the gallery's samples with their predictions and confidences."""
     cols = ["param", "index", "label"] + [f"{k}_{c}" for c in ("original",) + tuple(comps) for k in ("pred", "confidence")]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
-        for p, entries in result.extras.get("gallery", {}).items():
+        for p, entries in gallery.items():
             for e in entries:
                 vals = []
                 for c in ("original",) + tuple(comps):
@@ -120,6 +124,7 @@ def write_gallery_csv(result, path: Path) -> None:
 
 @hookimpl
 def report_result(result, context):
+    """``summary.csv``, ``samples.csv`` (unless streamed already) and ``accuracy.png``."""
     out = getattr(context, "out_dir", None)
     if out is None:
         return
@@ -129,9 +134,11 @@ def report_result(result, context):
         write_samples(result, out / "samples.csv")  # a run into a folder has streamed it already
     if result.components and any(r["variant"] not in ("original", SCORE_VARIANT) for r in result.summary):
         plot_accuracy(result, out / "accuracy.png")
-    gallery = result.extras.get("gallery") or {}
-    if gallery:
-        write_gallery_csv(result, out / "figure2.csv")
-        for p, entries in gallery.items():
-            if entries:
-                plot_gallery(result, p, entries, out / f"figure2_{result.param_name}{fmt_param(p)}.png")
+
+
+@hookimpl(trylast=True)
+def report_folder(folder, report):
+    """A probe run's folder (``manifest.json`` + ``summary.csv``): its tables, scores, plots and manifest."""
+    if not is_probe_run(folder):
+        return None
+    return report.probe_section(folder, report.level)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from ..hookspecs import hookimpl
 from ..interfaces import RescalePolicy
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used, so importing this plugin stays cheap
+    import torch
 
 
 class NoRescale(RescalePolicy):
@@ -32,6 +35,8 @@ class MinMaxRescale(RescalePolicy):
     name = "minmax"
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
         flat = x.flatten(1)
         lo = flat.amin(1).view(-1, 1, 1, 1)
         span = (flat.amax(1).view(-1, 1, 1, 1) - lo)
@@ -45,6 +50,8 @@ class PaperRescale(RescalePolicy):
     applies_to_original = True
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
         mx = x.flatten(1).amax(1).view(-1, 1, 1, 1)
         return torch.where(mx > 0, x / mx.clamp_min(torch.finfo(x.dtype).tiny), x)
 
