@@ -14,8 +14,10 @@ import freqprobe
 import reference
 from freqprobe import Metric, ModelAdapter, Probe, Variant, VariantSource, hookimpl
 from freqprobe.engine import DecomposerSource, OriginalSource, evaluate, run_loop, summarize
+from freqprobe.interfaces import ClassifierAdapter
 from freqprobe.errors import PluginError, UserFacingError
-from freqprobe.interfaces import Batch, DataSource, RunContext, batch_indices
+from freqprobe.interfaces import Batch, DataSource, batch_indices
+from freqprobe.probing import RunContext
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
 
@@ -47,7 +49,7 @@ def context(pm, data_path, *, model=None, params=(2.0, 5.0), batch_size=8, metri
     data = freqprobe.open_data(f"npz:{data_path}", pm=pm)
     data.num_classes = 4
     adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model or tiny_net(), mean=MEAN, std=STD, spec="tiny")
-    return RunContext(adapter=adapter, data=data, decomposer=freqprobe.get_decomposer("fft-radial", pm), params=list(params),
+    return RunContext.create(adapter=adapter, data=data, decomposer=freqprobe.get_decomposer("fft-radial", pm), params=list(params),
                       rescale=freqprobe.collect("rescale", pm)["none"].cls(),
                       metrics=[freqprobe.get_class("metrics", m, pm) for m in metrics],
                       device=torch.device("cpu"), batch_size=batch_size, pm=pm, **kw)
@@ -185,7 +187,7 @@ def test_batching_and_memory_format_do_not_change_results(pm, npz_data, setting)
 def test_adapter_that_cannot_stack_variants_gets_one_forward_per_variant(pm, npz_data):
     calls = []
 
-    class OneAtATime(ModelAdapter):
+    class OneAtATime(ClassifierAdapter):
         stackable = False
 
         def predict(self, images01):
@@ -219,7 +221,7 @@ class SizesData(DataSource):
         return Batch([self.imgs[i] for i in indices], self.labels[torch.from_numpy(indices)], torch.from_numpy(indices))
 
 
-class ListAdapter(ModelAdapter):
+class ListAdapter(ClassifierAdapter):
     """A classifier over a list of differently sized images (global pooling)."""
 
     stackable = False
@@ -232,7 +234,7 @@ class ListAdapter(ModelAdapter):
 def test_lists_of_differently_sized_images(pm):
     net = tiny_net(1)
     data = SizesData()
-    ctx = RunContext(adapter=ListAdapter(net, mean=MEAN, std=STD, spec="list"), data=data,
+    ctx = RunContext.create(adapter=ListAdapter(net, mean=MEAN, std=STD, spec="list"), data=data,
                      decomposer=freqprobe.get_decomposer("fft-radial", pm), params=[3.0], rescale=freqprobe.collect("rescale", pm)["none"].cls(),
                      metrics=[freqprobe.get_class("metrics", "accuracy", pm)], device=torch.device("cpu"), batch_size=3, pm=pm)
     result = evaluate(ctx, [DecomposerSource(ctx.decomposer, [3.0])], probe="t")

@@ -437,9 +437,20 @@ def _examples():
 def test_docs_show_the_tested_examples():
     text, _ = _examples()
     docs = (REPO / "docs" / "plugins.md").read_text()
-    for part in ("metric", "probe"):
+    for part, page in (("metric", docs), ("probe", docs), ("error-rate", (REPO / "docs" / "engine.md").read_text())):
         code = re.search(rf"# --8<-- \[start:{part}\]\n(.*?)# --8<-- \[end:{part}\]\n", text, re.S).group(1)
-        assert f"```python\n{code}```" in docs, f"docs/plugins.md does not show examples/plugin_examples.py's {part} block verbatim"
+        assert f"```python\n{code}```" in page, f"the docs do not show examples/plugin_examples.py's {part} block verbatim"
+
+
+def test_the_docs_metrics_pass_the_conformance_kit():
+    from freqprobe.testing import check_metric
+
+    _, mod = _examples()
+    g = torch.Generator().manual_seed(1)
+    logits, labels = torch.randn(40, 5, generator=g), torch.randint(0, 5, (40,), generator=g)
+    got = check_metric(mod.ErrorRate, logits, labels)
+    assert got["error-rate"] == pytest.approx(float((logits.argmax(-1) != labels).float().mean()))
+    check_metric(mod.ExpectedCalibrationError, logits, labels)
 
 
 def test_worked_ece_metric():

@@ -1,0 +1,236 @@
+"""The plugin boundary, checked over the sources rather than by review.
+
+- the first-party plugins import from freqprobe only what the public API exports (``freqprobe.__all__``
+  and ``freqprobe.plugin.__all__``), never an underscore name, never a private attribute of a core object;
+- the core names none of them (their packages, distributions, files or switches);
+- no import circle among the modules of ``freqprobe/`` and ``plugins/`` (imports inside functions count);
+- no function of ``freqprobe/`` is longer than 80 lines;
+- every hookspec is typed, the package ships ``py.typed``, and ruff passes (configured in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import freqprobe
+import freqprobe.plugin
+
+REPO = Path(__file__).resolve().parents[1]
+CORE = REPO / "freqprobe"
+PLUGIN_PACKAGES = sorted(REPO.glob("plugins/freqprobe-*/freqprobe_*"))
+FIRST_PARTY = ("attacks", "smoothing", "coco", "train")
+
+
+def _py(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _module_name(path: Path) -> str:
+    base = REPO
+    for pkg in PLUGIN_PACKAGES:
+        if path.is_relative_to(pkg):
+            base = pkg.parent
+    parts = list(path.relative_to(base).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _type_checking_blocks(tree: ast.AST) -> set[int]:
+    """ids of the nodes under ``if TYPE_CHECKING:`` (imports there never run)."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for sub in node.body:
+                skip |= {id(n) for n in ast.walk(sub)}
+    return skip
+
+
+def _imports(path: Path) -> list[tuple[str, list[str], int]]:
+    """``(module, names, line)`` of every import that runs (inside functions too), relative ones resolved."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = _type_checking_blocks(tree)
+    me = _module_name(path)
+    pkg = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    out = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            out += [(a.name, [], node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            if node.level:
+                base = pkg.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join([*base, mod] if mod else base)
+            out.append((mod, [a.name for a in node.names], node.lineno))
+    return out
+
+
+# ----------------------------------------------------------------------------- the public API
+def test_the_public_namespaces_export_no_underscore_names_and_all_resolve():
+    for ns in (freqprobe, freqprobe.plugin):
+        assert ns.__all__ and not [n for n in ns.__all__ if n.startswith("_") and n != "__version__"]
+        for name in ns.__all__:
+            assert getattr(ns, name) is not None, f"{ns.__name__}.{name}"
+
+
+def _core_private_attributes() -> set[str]:
+    """``_name`` attributes the core sets on its objects (``self._norm_cache = ...``)."""
+    names = set()
+    for path in _py(CORE):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and node.attr.startswith("_") \
+                    and not node.attr.startswith("__"):
+                names.add(node.attr)
+    return names
+
+
+@pytest.mark.parametrize("package", PLUGIN_PACKAGES, ids=lambda p: p.name)
+def test_first_party_plugins_use_only_the_public_api(package):
+    public = {"freqprobe": set(freqprobe.__all__), "freqprobe.plugin": set(freqprobe.plugin.__all__)}
+    private = _core_private_attributes()
+    bad = []
+    for path in _py(package):
+        rel = path.relative_to(REPO)
+        text = path.read_text(encoding="utf-8")
+        for mod, names, line in _imports(path):
+            if mod != "freqprobe" and not mod.startswith("freqprobe."):
+                continue
+            if mod not in public:
+                bad.append(f"{rel}:{line}: imports {mod}")
+            elif not names and mod != "freqprobe":
+                bad.append(f"{rel}:{line}: import {mod}")
+            else:
+                bad += [f"{rel}:{line}: {mod}.{n} is not public" for n in names if n not in public[mod]]
+        tree = ast.parse(text)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "freqprobe" \
+                    and node.attr not in public["freqprobe"]:
+                bad.append(f"{rel}:{node.lineno}: freqprobe.{node.attr} is not public")
+            if isinstance(node, ast.Attribute) and node.attr in private and not (
+                    isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                bad.append(f"{rel}:{node.lineno}: touches the core's private attribute .{node.attr}")
+        for m in re.finditer(r"(import_module|__import__|getattr)\(\s*(freqprobe\b|[\"']freqprobe\b)", text):
+            bad.append(f"{rel}: reaches freqprobe through {m.group(1)}()")
+    assert not bad, "non-public uses of freqprobe:\n" + "\n".join(bad)
+
+
+# ----------------------------------------------------------------------------- the core knows no plugin
+FORBIDDEN = ["table2", "grid.csv", "curves.csv", "curves.png", "comparison.png", "takes_attacks", "corollary1",
+             *(f"freqprobe-{p}" for p in FIRST_PARTY), *(f"freqprobe_{p}" for p in FIRST_PARTY)]
+
+
+def test_the_core_names_no_first_party_plugin():
+    bad = []
+    for path in _py(CORE):
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            bad += [f"{path.relative_to(REPO)}:{i}: {word}" for word in FORBIDDEN if word in line]
+    assert not bad, "the core mentions a first-party plugin:\n" + "\n".join(bad)
+
+
+# ----------------------------------------------------------------------------- the import graph
+def _graph() -> dict[str, set[str]]:
+    paths = _py(CORE) + [p for pkg in PLUGIN_PACKAGES for p in _py(pkg)]
+    modules = {_module_name(p): p for p in paths}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for mod, path in modules.items():
+        for target, names, _ in _imports(path):
+            for cand in [f"{target}.{n}" for n in names] + [target]:
+                if cand in modules and cand != mod:
+                    graph[mod].add(cand)
+                    break
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circle():
+    graph = _graph()
+    assert "freqprobe.engine" in graph and "freqprobe_attacks.probe" in graph  # the graph covers both trees
+    assert "freqprobe.interfaces" in graph["freqprobe.registry"]  # and sees imports
+    assert not _cycles(graph), f"import circles: {_cycles(graph)}"
+
+
+def test_the_cycle_finder_finds_one():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# ----------------------------------------------------------------------------- size, types, lint
+def test_no_function_of_the_core_is_over_80_lines():
+    long = []
+    for path in _py(CORE):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > 80:
+                    long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}: {n} lines")
+    assert not long, "\n".join(long)
+
+
+def test_every_hookspec_is_typed():
+    import inspect
+
+    from freqprobe import hookspecs
+
+    specs = [f for name, f in vars(hookspecs).items() if callable(f) and hasattr(f, "freqprobe_spec")]
+    assert len(specs) >= 13
+    for f in specs:
+        sig = inspect.signature(f)
+        assert sig.return_annotation is not inspect.Signature.empty, f.__name__
+        assert all(p.annotation is not inspect.Parameter.empty for p in sig.parameters.values()), f.__name__
+
+
+def test_the_package_is_typed():
+    assert (CORE / "py.typed").is_file()
+    import tomllib
+
+    cfg = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "py.typed" in cfg["tool"]["setuptools"]["package-data"]["freqprobe"]
+
+
+def test_ruff_passes():
+    pytest.importorskip("ruff", reason="ruff is in the test extra: pip install -e '.[test]'")
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
