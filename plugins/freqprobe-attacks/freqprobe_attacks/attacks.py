@@ -35,8 +35,7 @@ from typing import Any, ClassVar, Iterator, Mapping
 import torch
 import torch.nn.functional as F
 
-from freqprobe import UserFacingError
-from freqprobe.interfaces import Attack, ModelAdapter
+from freqprobe import Attack, ModelAdapter, UserFacingError
 
 __all__ = ["ATTACKS", "FGSM", "PGD", "folded_module"]
 

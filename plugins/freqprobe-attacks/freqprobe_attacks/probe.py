@@ -1,16 +1,16 @@
 """The ``robustness`` probe: clean (Eq. 1) and robust (Eq. 2) accuracy per attack and ε, the
 frequency view of an attack, and Corollary 1 witnesses — all as declarations on the one
-evaluation loop (:mod:`freqprobe.engine`).
+evaluation loop (``freqprobe.evaluate``).
 
 Variants, for attacks A and budgets ε (each adversarial variant has ``attack`` and ``eps``
 columns of its own):
 
 * ``original``; with ``frequency`` on, its ``low``/``high`` parts at every radius;
 * ``adversarial`` per attack and ε (:class:`AttackSource`); with ``frequency`` on, the ``low``/
-  ``high`` parts of the adversarial images (a :class:`~freqprobe.engine.DecomposerSource` over
+  ``high`` parts of the adversarial images (a :class:`~freqprobe.DecomposerSource` over
   the attack source: composition, not a second loop).
 
-Observers add the two things no neighbour offers:
+Evaluators add the two things no neighbour offers:
 
 * :class:`PerturbationSpectrum` — per attack, ε and radius r, the share of the perturbation's
   energy ‖δ_low(r)‖² / ‖δ‖² with δ = x_adv − x summed over pixels, channels and samples, from the
@@ -18,22 +18,32 @@ Observers add the two things no neighbour offers:
 * :class:`Corollary1Witnesses` — samples right on x and wrong on x_l(r), with d(x, x_l) in L∞ and
   L2: the paper's Corollary 1 says such a model is not robust at any ε ≥ d(x, x_l) for that
   sample (x_l itself is the adversarial example). Metrics ``corollary1-witnesses`` (fraction of
-  samples) and ``corollary1-within-eps`` (fraction with d∞ ≤ ε, per ε of the run).
+  samples) and ``corollary1-within-eps`` (fraction with d∞ ≤ ε, per ε of the run), and the file
+  ``corollary1.csv``.
+
+``--attack`` and ``--eps`` are the plugin's options (:mod:`freqprobe_attacks.spec`), read from
+the run's configuration; without them Table 2's attacks (fgsm, pgd) and budgets (0.03, 0.06, 0.09).
+Both evaluators keep declared state, so a run resumes and merges across torchrun processes; float
+sums are kept per batch and added up in batch order, so they come out bit for bit the same.
 """
 
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
-from freqprobe import Probe, RunContext, UserFacingError, Variant, VariantSource
-from freqprobe.engine import DecomposerSource, OriginalSource
+from freqprobe import (DecomposerSource, Evaluator, EvalStep, OriginalSource, Probe, RunContext, UserFacingError, Variant,
+                       VariantSource)
 
-#: Table 2's budgets and attacks
-DEFAULT_EPS = (0.03, 0.06, 0.09)
-DEFAULT_ATTACKS = ("fgsm", "pgd")
+from .spec import DEFAULT_ATTACKS, DEFAULT_EPS, run_attacks, run_eps
+
+__all__ = ["DEFAULT_ATTACKS", "DEFAULT_EPS", "AttackSource", "Corollary1Witnesses", "PerturbationSpectrum", "RobustnessProbe"]
+
+#: the columns of ``corollary1.csv`` (one witness a row)
+COROLLARY1_COLUMNS = ["param", "index", "label", "pred_original", "pred_low", "linf", "l2"]
 
 
 class AttackSource(VariantSource):
@@ -41,7 +51,7 @@ class AttackSource(VariantSource):
 
     ``attacks`` are ``(Attack class, options)`` pairs. The attacks run batched on the run's
     device with gradients through the adapter's normalisation; random starts are seeded from the
-    run's seed, the attack, ε and the batch's first sample index, so a resumed run draws the same.
+    run's seed, the attack, ε and the batch's first sample index, so a resumed or sharded run draws the same.
     """
 
     def __init__(self, attacks: list, eps: list[float]) -> None:
@@ -63,10 +73,10 @@ class AttackSource(VariantSource):
             atk = self._cache[key] = cls(adapter, eps=eps, **opts)
         return atk
 
-    def produce(self, images, targets, ctx, out=None):
+    def generate(self, batch, ctx, out=None):
+        images, targets, idx = batch.images, batch.targets, batch.indices
         if not isinstance(images, torch.Tensor):
             raise UserFacingError("the robustness probe needs images of one size per batch (a classifier's data)")
-        idx = getattr(ctx, "current_indices", None)
         first = int(idx[0]) if idx is not None and len(idx) else 0
         i = 0
         for cls, opts, label in self.specs:
@@ -81,63 +91,80 @@ class AttackSource(VariantSource):
                 "options": {label: opts for _, opts, label in self.specs}, "eps": self.eps}
 
 
-class PerturbationSpectrum:
-    """Per attack, ε and radius: Σ‖low(δ)‖² / Σ‖δ‖² over the data set, δ = x_adv − x (metric ``perturbation-low-fraction``)."""
+def _position(ctx: Any) -> int:
+    """This process's rank among the shards of the data (0 in one process): the second key of a batch's entry."""
+    shard = ctx.shard if ctx is not None else None
+    return int(shard[0]) if shard else 0
 
-    def __init__(self, source: AttackSource, decomposer, params, original: Variant) -> None:
+
+class PerturbationSpectrum(Evaluator):
+    """Per attack, ε and radius: Σ‖low(δ)‖² / Σ‖δ‖² over the data set, δ = x_adv − x (metric ``perturbation-low-fraction``).
+
+    Keeps one float64 vector of sums per batch (``batches``: ``(batch number, rank, sums)``, the
+    sums ‖δ‖², then ‖low(δ)‖² per radius, for each adversarial variant) and adds them up in batch
+    order when it reports: the same float64 additions, in the same order, in one process or many.
+    """
+
+    name = "perturbation-spectrum"
+
+    def __init__(self, source: AttackSource, decomposer, params, original: Variant, ctx: Any = None) -> None:
+        super().__init__(ctx)
         self.source, self.decomposer, self.params, self.original = source, decomposer, list(params), original
-        self.low: dict = {}
-        self.total: dict = {}
-        self.n = 0
+        self.rank = _position(ctx)
+        self.add_state("batches", [], reduce="cat")
+        self.add_state("n", 0, reduce="sum")
 
-    def on_batch(self, batch, images, values, targets) -> None:
-        x = images[self.original]
+    def process(self, step: EvalStep) -> None:
+        x = step.images[self.original]
+        low = self.decomposer.components[0]
+        sums = []
         for v in self.source.variants():
-            delta = (images[v].float() - x.float()).contiguous()
-            key_total = v.key()
-            self.total[key_total] = self.total.get(key_total, 0.0) + delta.double().pow(2).sum()
-            for p, parts in self.decomposer.decompose_all(delta, self.params):
-                k = (v.key(), p)
-                self.low[k] = self.low.get(k, 0.0) + parts[self.decomposer.components[0]].double().pow(2).sum()
-        self.n += len(batch.indices)
+            delta = (step.images[v].float() - x.float()).contiguous()
+            sums.append(delta.double().pow(2).sum())
+            for _, parts in self.decomposer.decompose_all(delta, self.params):
+                sums.append(parts[low].double().pow(2).sum())
+        self.batches.append((int(step.number), self.rank, torch.stack(sums)))
+        self.n += len(step)
+
+    def _sums(self) -> list[list[float]]:
+        """Per variant: [Σ‖δ‖², Σ‖low(δ)‖² per radius], added up batch after batch in data order."""
+        width = 1 + len(self.params)
+        acc = [[0.0] * width for _ in self.source.variants()]
+        for _, _, got in sorted(self.batches, key=lambda e: (e[0], e[1])):
+            vals = got.tolist()
+            for i, row in enumerate(acc):
+                for j in range(width):
+                    row[j] = row[j] + vals[i * width + j]
+        return acc
 
     def rows(self) -> list[dict]:
         out = []
-        for v in self.source.variants():
-            total = float(self.total.get(v.key(), 0.0))
-            for p in self.params:
-                low = float(self.low.get((v.key(), p), 0.0))
+        for v, (total, *lows) in zip(self.source.variants(), self._sums()):
+            for p, low in zip(self.params, lows):
                 out.append({"variant": v.name, "param": p, **dict(v.extra), "metric": "perturbation-low-fraction",
                             "value": low / total if total > 0 else float("nan"), "n": self.n})
         return out
 
-    def finish(self) -> dict:
-        return {}
 
-    def state_dict(self) -> dict:
-        keys = [v.key() for v in self.source.variants()]
-        return {"n": self.n,
-                "total": [float(self.total.get(k, 0.0)) for k in keys],
-                "low": [[float(self.low.get((k, p), 0.0)) for p in self.params] for k in keys]}
+class Corollary1Witnesses(Evaluator):
+    """Samples right on the original and wrong on its low part at r, with d∞ and d2 = ‖x − x_l‖ (Corollary 1).
 
-    def load_state_dict(self, state: dict) -> None:
-        keys = [v.key() for v in self.source.variants()]
-        self.n = int(state["n"])
-        self.total = {k: torch.tensor(t, dtype=torch.float64) for k, t in zip(keys, state["total"])}
-        self.low = {(k, p): torch.tensor(l, dtype=torch.float64) for k, ls in zip(keys, state["low"]) for p, l in zip(self.params, ls)}
+    ``found``: one ``(param, index, label, pred_original, pred_low, linf, l2)`` per witness;
+    :meth:`write` puts them, sorted by radius and index, into ``corollary1.csv``.
+    """
 
+    name = "corollary1-witnesses"
 
-class Corollary1Witnesses:
-    """Samples right on the original and wrong on its low part at r, with d∞ and d2 = ‖x − x_l‖ (Corollary 1)."""
-
-    def __init__(self, clean: DecomposerSource, original: Variant, eps: list[float]) -> None:
+    def __init__(self, clean: DecomposerSource, original: Variant, eps: list[float], ctx: Any = None) -> None:
+        super().__init__(ctx)
         self.clean, self.original, self.eps = clean, original, list(eps)
         self.low = clean.decomposer.components[0]
-        self.rows: list = []  # (param, index, label, pred_original, pred_low, linf, l2)
-        self.n = 0
+        self.add_state("found", [], reduce="cat")
+        self.add_state("n", 0, reduce="sum")
 
-    def on_batch(self, batch, images, values, targets) -> None:
-        y = batch.targets
+    def process(self, step: EvalStep) -> None:
+        y = step.batch.targets
+        images, values = step.images, step.values
         p0 = values[self.original]["pred"].cpu()
         x = images[self.original]
         for p in self.clean.params:
@@ -148,13 +175,17 @@ class Corollary1Witnesses:
                 d = (x[sel.to(x.device)] - images[vl][sel.to(x.device)]).float().flatten(1)
                 linf, l2 = d.abs().amax(1).cpu(), d.norm(dim=1).cpu()
                 for j, a, b in zip(sel.tolist(), linf.tolist(), l2.tolist()):
-                    self.rows.append((float(p), int(batch.indices[j]), int(y[j]), int(p0[j]), int(pl[j]), a, b))
-        self.n += len(batch.indices)
+                    self.found.append((float(p), int(step.indices[j]), int(y[j]), int(p0[j]), int(pl[j]), a, b))
+        self.n += len(step)
 
-    def summary_rows(self) -> list[dict]:
+    def witnesses(self) -> list[tuple]:
+        """Every witness, sorted by radius and sample index."""
+        return sorted((tuple(r) for r in self.found), key=lambda r: (r[0], r[1]))
+
+    def rows(self) -> list[dict]:
         out = []
         for p in self.clean.params:
-            mine = [r for r in self.rows if r[0] == float(p)]
+            mine = [r for r in self.found if r[0] == float(p)]
             out.append({"variant": self.low, "param": p, "metric": "corollary1-witnesses",
                         "value": len(mine) / self.n if self.n else float("nan"), "n": self.n})
             for e in self.eps:
@@ -163,15 +194,27 @@ class Corollary1Witnesses:
                             "value": within / self.n if self.n else float("nan"), "n": self.n})
         return out
 
-    def finish(self) -> dict:
-        return {"corollary1": sorted(self.rows, key=lambda r: (r[0], r[1]))}
+    def extras(self) -> dict[str, Any]:
+        return {"corollary1": self.witnesses()}
 
-    def state_dict(self) -> dict:
-        return {"n": self.n, "rows": [list(r) for r in self.rows]}
+    def write(self, out_dir: Path) -> list[str]:
+        """``corollary1.csv``: every witness with d∞ and d2 (header only when there is none)."""
+        import csv
 
-    def load_state_dict(self, state: dict) -> None:
-        self.n = int(state["n"])
-        self.rows = [tuple(r) for r in state["rows"]]
+        with open(Path(out_dir) / "corollary1.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(COROLLARY1_COLUMNS)
+            for p, i, y, po, pl, linf, l2 in self.witnesses():
+                w.writerow([f"{p:g}", i, y, po, pl, f"{linf:.6f}", f"{l2:.6f}"])
+        return ["corollary1.csv"]
+
+
+class _Plan(NamedTuple):
+    """What one evaluation of the probe declares: its sources and evaluators (built together)."""
+
+    ctx: Any
+    sources: list
+    evaluators: list
 
 
 class RobustnessProbe(Probe):
@@ -179,47 +222,33 @@ class RobustnessProbe(Probe):
 
     name = "robustness"
     requires = {"task": "classification"}
-    takes_attacks = True
     #: frequency: also the low/high parts of clean and adversarial images, the perturbation's
     #: spectrum and the Corollary 1 witnesses (off: Table 2's clean and robust accuracy only)
     options = {"frequency": True}
 
-    def _attacks(self, ctx: RunContext) -> list:
-        if ctx.attacks:
-            return list(ctx.attacks)
-        from freqprobe import registry
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._plan: _Plan | None = None
 
-        return [(registry.get_class("attacks", n, ctx.pm), {}) for n in DEFAULT_ATTACKS]
-
-    def sources(self, ctx: RunContext) -> list:
-        eps = list(ctx.eps) or list(DEFAULT_EPS)
-        self._eps = eps
-        self._attack_source = AttackSource(self._attacks(ctx), eps)
+    def _planned(self, ctx: RunContext) -> _Plan:
+        """The sources and evaluators for ``ctx`` (built once per context: the evaluators refer to the sources)."""
+        if self._plan is not None and self._plan.ctx is ctx:
+            return self._plan
+        attacks = run_attacks(ctx.config, ctx.pm)
+        eps = run_eps(ctx.config)
+        attack_source = AttackSource(attacks, eps)
         if not self.opts["frequency"]:
-            self._clean = None
-            return [OriginalSource(), self._attack_source]
-        self._clean = DecomposerSource(ctx.decomposer, ctx.params, OriginalSource())
-        return [self._clean, DecomposerSource(ctx.decomposer, ctx.params, self._attack_source)]
+            self._plan = _Plan(ctx, [OriginalSource(), attack_source], [])
+            return self._plan
+        clean = DecomposerSource(ctx.decomposer, ctx.params, OriginalSource())
+        original = clean.base.variants()[0]
+        evaluators = [PerturbationSpectrum(attack_source, ctx.decomposer, ctx.params, original, ctx),
+                      Corollary1Witnesses(clean, original, eps, ctx)]
+        self._plan = _Plan(ctx, [clean, DecomposerSource(ctx.decomposer, ctx.params, attack_source)], evaluators)
+        return self._plan
 
-    def observers(self, ctx: RunContext) -> list:
-        if self._clean is None:
-            self._spectrum = self._witnesses = None
-            return []
-        original = self._clean.base.variants()[0]
-        self._spectrum = PerturbationSpectrum(self._attack_source, ctx.decomposer, ctx.params, original)
-        self._witnesses = Corollary1Witnesses(self._clean, original, self._eps)
-        return [self._spectrum, self._witnesses]
+    def sources(self, ctx: RunContext) -> list[VariantSource]:
+        return list(self._planned(ctx).sources)
 
-    def run(self, ctx: RunContext):
-        if self.model_sweep(ctx):  # pragma: no cover - this probe never sweeps
-            raise UserFacingError("the robustness probe evaluates the one model it is given")
-        result = ctx.evaluate(self.sources(ctx), probe=self.name, observers=self.observers(ctx))
-        if self._spectrum is not None:
-            base = {"probe": self.name, "transform": ctx.transform, "decomposer": ctx.decomposer.name}
-            extra = list(result.extras.get("extra_columns") or [])
-            rows = [{**base, **r} for r in self._spectrum.rows() + self._witnesses.summary_rows()]
-            for r in rows:
-                for c in extra:
-                    r.setdefault(c, None)
-            result.summary.extend(rows)
-        return result
+    def evaluators(self, ctx: RunContext) -> list[Evaluator]:
+        return list(self._planned(ctx).evaluators)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from freqprobe.plugin import ListedOption
+
 DEFAULT_RHO = "0,0.1,0.25,0.5,1.0"
 
 
@@ -57,10 +59,11 @@ def write_tables(out: Path, header: list[str], rows: list[list[str]], command: s
 @click.command("table2")
 @click.option("--model", "models", multiple=True, required=True, help="Model spec (repeatable; paired with --checkpoint in order).")
 @click.option("--checkpoint", "checkpoints", multiple=True, help="Weights for each --model, in the same order.")
-@click.option("--data", required=True, help="Data spec, as for `run`.")
+@click.option("--data", required=True, cls=ListedOption, help="Data spec, as for `run`: {datasets}.")
 @click.option("--data-root", type=click.Path(file_okay=False))
 @click.option("--rho", default=DEFAULT_RHO, show_default=True, help="Kernel-smoothing strengths (0: no smoothing).")
-@click.option("--attack", "attacks", multiple=True, metavar="NAME[:K=V,...]", help="Attacks (default fgsm and pgd).")
+@click.option("--attack", "attacks", multiple=True, metavar="NAME[:K=V,...]", cls=ListedOption,
+              help="Attacks (repeatable; default fgsm and pgd): {attacks}.")
 @click.option("--eps", default="0.03,0.06,0.09", show_default=True, help="Attack budgets in [0,1] pixel units.")
 @click.option("--mean", help="Normalisation mean for every model (default: what each model source knows).")
 @click.option("--std", help="Normalisation std for every model.")
@@ -77,40 +80,30 @@ def write_tables(out: Path, header: list[str], rows: list[list[str]], command: s
 @click.option("-q", "--quiet", is_flag=True)
 def table2_command(**kw) -> None:
     """The paper's Table 2: clean and robust accuracy for models × ρ (first-layer smoothing) × attacks × ε."""
-    from freqprobe import UserFacingError, registry
-    from freqprobe.runner import check_seed, parse_attacks, parse_eps
+    from freqprobe import UserFacingError, get_class
+    from freqprobe.plugin import check_seed, command_context
+
+    from .spec import parse_attacks, parse_eps
 
     models, ckpts = list(kw["models"]), list(kw["checkpoints"])
     if ckpts and len(ckpts) != len(models):
         raise UserFacingError(f"{len(models)} --model but {len(ckpts)} --checkpoint: give one checkpoint per model, in order")
-    try:
-        rhos = [float(r) for r in kw["rho"].split(",")]
-    except ValueError:
-        raise UserFacingError(f"--rho must be comma-separated numbers like {DEFAULT_RHO}, got {kw['rho']!r}") from None
-    if any(not (r >= 0 and r < float("inf")) for r in rhos) or len(set(rhos)) != len(rhos):
-        raise UserFacingError(f"--rho values must be distinct, finite and >= 0, got {kw['rho']!r}")
+    rhos = _parse_rhos(kw["rho"])
     check_seed(kw["seed"])
-    from freqprobe.journal import graceful_stop
-    from freqprobe.plugins import default_plugin_manager
-
-    pm = default_plugin_manager()
-    registry.get_class("transforms", "smooth", pm)  # the smoothing plugin must be there (one line if not)
+    app = command_context(quiet=kw["quiet"])
+    get_class("transforms", "smooth", app.pm)  # the smoothing plugin must be there (one line if not)
     attack_specs = list(kw["attacks"]) or ["fgsm", "pgd"]
-    attacks = parse_attacks(attack_specs, pm)
-    labels = [cls.label(opts) for cls, opts in attacks]
+    labels = [cls.label(opts) for cls, opts in parse_attacks(attack_specs, app.pm)]
     eps = parse_eps(kw["eps"])
     out = Path(kw["out"])
     if out.exists() and not out.is_dir():
         raise UserFacingError(f"--out {out} is an existing file; pass the path of a new folder")
     if out.is_dir() and any(out.iterdir()) and not kw["resume"]:
         raise UserFacingError(f"output folder {out} already exists and is not empty; pass another --out, or --resume to continue it")
-    say = (lambda m: None) if kw["quiet"] else (lambda m: click.echo(m, err=True))
-    from freqprobe.cli import command_line
-
-    command = command_line()
-    runs = []
-    with graceful_stop(say):
-        _run_rows(kw, models, ckpts, rhos, attack_specs, eps, out, runs, say, command, pm)
+    command = app.command_line
+    runs: list[dict] = []
+    with app.stop_on_signals():
+        _run_rows(kw, models, ckpts, rhos, attack_specs, eps, out, runs, app)
     header, rows = table_rows(runs, labels, eps)
     write_tables(out, header, rows, command)
     widths = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(header)]
@@ -120,10 +113,21 @@ def table2_command(**kw) -> None:
     click.echo(f"\nwrote {out / 'table2.csv'} and {out / 'table2.md'} ({len(rows)} rows; one run folder each)")
 
 
-def _run_rows(kw, models, ckpts, rhos, attack_specs, eps, out, runs, say, command, pm) -> None:
+def _parse_rhos(text: str) -> list[float]:
+    from freqprobe import UserFacingError
+
+    try:
+        rhos = [float(r) for r in text.split(",")]
+    except ValueError:
+        raise UserFacingError(f"--rho must be comma-separated numbers like {DEFAULT_RHO}, got {text!r}") from None
+    if any(not (r >= 0 and r < float("inf")) for r in rhos) or len(set(rhos)) != len(rhos):
+        raise UserFacingError(f"--rho values must be distinct, finite and >= 0, got {text!r}")
+    return rhos
+
+
+def _run_rows(kw, models, ckpts, rhos, attack_specs, eps, out, runs, app) -> None:
     import freqprobe
-    from freqprobe.cli import _progress_factory
-    from freqprobe.runner import parse_kv, slug
+    from freqprobe.plugin import parse_kv, slug
 
     for i, model in enumerate(models):
         ckpt = ckpts[i] if ckpts else None
@@ -132,14 +136,28 @@ def _run_rows(kw, models, ckpts, rhos, attack_specs, eps, out, runs, say, comman
             run_dir = out / name
             runs.append({"model": model, "checkpoint": ckpt, "rho": rho, "dir": run_dir})
             if kw["resume"] and (run_dir / "manifest.json").is_file():
-                say(f"[{name}] finished before: reading its summary")
+                app.say(f"[{name}] finished before: reading its summary")
                 continue
-            say(f"[{name}] {model} {ckpt or ''} rho={_fmt(rho)}")
+            app.say(f"[{name}] {model} {ckpt or ''} rho={_fmt(rho)}")
             freqprobe.run(
                 model, checkpoint=ckpt, data=kw["data"], data_root=kw["data_root"], probe="robustness",
                 probe_options={"frequency": kw["frequency"]}, transforms=[f"smooth:rho={rho}"], attacks=attack_specs,
                 eps=eps, mean=kw["mean"], std=kw["std"], model_args=parse_kv(kw["model_arg"], "--model-arg"),
                 trust_checkpoint=kw["trust_checkpoint"], limit=kw["limit"], batch_size=kw["batch_size"],
                 device=kw["device"], precision=kw["precision"], seed=kw["seed"], fit=False, out=run_dir,
-                resume=kw["resume"], command=command, pm=pm, announce=say, progress=_progress_factory(kw["quiet"]),
+                resume=kw["resume"], command=app.command_line, pm=app.pm, announce=app.say, progress=app.progress,
             )
+
+
+def report_section(folder: Path, report) -> str:
+    """The ``freqprobe report`` section of a Table-2 folder: its table (``table2.md``, else ``table2.csv``), then each row's run."""
+    h = f"h{report.level}"
+    parts = [f"<{h}>{report.escape(folder.name)} — Table 2</{h}>"]
+    md = folder / "table2.md"
+    if md.is_file():
+        parts.append(report.markdown(md.read_text(encoding="utf-8", errors="replace")))
+    else:
+        header, rows = report.read_csv(folder / "table2.csv")
+        parts.append(report.table(header, [[r.get(c, "") for c in header] for r in rows], left=3))
+    parts.append(report.subfolders(folder, report.level + 1))
+    return "".join(parts)

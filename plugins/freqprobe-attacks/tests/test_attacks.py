@@ -11,7 +11,7 @@ from torch import nn
 
 import freqprobe
 from freqprobe import UserFacingError
-from freqprobe.runner import parse_kv
+from freqprobe.plugin import parse_kv
 from freqprobe_attacks.attacks import ATTACKS, FGSM, PGD, folded_module
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
@@ -342,14 +342,23 @@ def test_pgd_options_parse():
 
 
 def test_options_through_the_command_line_parser(pm):
-    from freqprobe import runner
     from freqprobe_attacks import hooks
+    from freqprobe_attacks.spec import parse_attacks, parse_eps
 
     pm.register(hooks)
-    got = runner.parse_attacks(["pgd:steps=5,random_start=false,norm=l2", "fgsm"], pm)
+    got = parse_attacks(["pgd:steps=5,random_start=false,norm=l2", "fgsm"], pm)
     assert got == [(PGD, {"steps": 5, "alpha": None, "random_start": False, "norm": "l2"}), (FGSM, {})]
     with pytest.raises(UserFacingError, match="norm='l3'"):
-        runner.parse_attacks(["pgd:norm=l3"], pm)
+        parse_attacks(["pgd:norm=l3"], pm)
+    with pytest.raises(UserFacingError, match=r"^--attack fgsm is given twice; pass each attack once$"):
+        parse_attacks(["fgsm", "fgsm"], pm)
+    assert parse_eps("0.03,8/255") == [0.03, 8 / 255] and parse_eps([0.1, 0.2]) == [0.1, 0.2] and parse_eps(None) == []
+    for text, message in (("0.1,0.1", "--eps 0.1 is given twice; pass each budget once"),
+                          ("0,0.1", "--eps values must be positive and finite, got '0'"),
+                          ("a", "--eps must be comma-separated numbers like 0.03,0.06 or 8/255, got 'a'")):
+        with pytest.raises(UserFacingError) as err:
+            parse_eps(text)
+        assert str(err.value) == message
 
 
 # ------------------------------------------------------------------------------------------ real data

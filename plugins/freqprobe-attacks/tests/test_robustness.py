@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import freqprobe
-import freqprobe_attacks.hooks
-from freqprobe.journal import StopRequested, clear_stop, request_stop
+from freqprobe import StopRequested
+from freqprobe.journal import clear_stop, request_stop
 
 NET = (
     "import torch\nfrom torch import nn\n"
@@ -25,12 +25,9 @@ MEAN, STD = "0.4,0.5,0.6", "0.2,0.25,0.3"
 
 
 @pytest.fixture
-def apm(monkeypatch):
+def apm(first_party_pm):
     """The default plugin manager with the attacks plugin registered (autoload is off in tests)."""
-    pm = freqprobe.get_plugin_manager(autoload=False)
-    pm.register(freqprobe_attacks.hooks, "attacks")
-    monkeypatch.setattr(freqprobe.plugins, "_default", pm)
-    return pm
+    return first_party_pm("attacks")
 
 
 @pytest.fixture
@@ -173,11 +170,28 @@ def test_bad_attack_inputs_are_one_line(cli, apm, netfile, tiny_npz, tmp_path, e
     assert not out.exists()
 
 
-def test_attack_with_a_probe_that_takes_none(cli, apm, netfile, tiny_npz, tmp_path):
-    a = args(netfile, tiny_npz, tmp_path / "o", "--attack", "fgsm")
+@pytest.mark.parametrize("extra,flag", [(("--attack", "fgsm"), "--attack"), (("--eps", "0.03"), "--eps")])
+def test_attack_options_with_another_probe_are_one_line(cli, apm, netfile, tiny_npz, tmp_path, extra, flag):
+    a = args(netfile, tiny_npz, tmp_path / "o", *extra)
     a[a.index("robustness")] = "lfc-hfc"
     rc, _, err = cli(*a)
-    assert rc == 2 and "probe 'lfc-hfc' takes no attacks" in err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"{flag} is an option of probe 'robustness' (from plugin 'attacks')" in err and "probe 'lfc-hfc'" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_without_the_plugin_its_options_are_gone(cli, apm, netfile, tiny_npz, tmp_path):
+    """``-p no:attacks``: --attack/--eps are not in ``run --help``, and using one is one line naming the plugin."""
+    rc, out, err = cli("run", "--help")
+    assert rc == 0 and "--attack" in out and "--eps" in out and "fgsm" in out  # {attacks}: the registry's names
+    rc, _, err = cli("-p", "no:attacks", *args(netfile, tiny_npz, tmp_path / "o", "--attack", "fgsm"))
+    errors = [line for line in err.splitlines() if line.startswith("Error:")]  # after click's usage lines
+    assert rc == 2 and "Traceback" not in err and len(errors) == 1, err
+    assert "--attack is an option of the plugin 'attacks', which is switched off" in errors[0]
+    rc, out, err = cli("-p", "no:attacks", "run", "--help")
+    assert rc == 0, err
+    assert "--attack" not in out and "--eps" not in out
+    assert not (tmp_path / "o").exists()
 
 
 def test_pgd_random_start_is_seeded_and_resume_is_identical(apm, netfile, tiny_npz, tmp_path):
@@ -191,23 +205,23 @@ def test_pgd_random_start_is_seeded_and_resume_is_identical(apm, netfile, tiny_n
     conf = lambda res: res.samples.column("confidence", variant="adversarial")  # noqa: E731
     assert not np.array_equal(conf(ref), conf(other))
 
-    class StopSecond:
+    class StopSecond(freqprobe.Evaluator):
         calls = 0
 
-        def on_batch(self, *a):
+        def process(self, step):
             type(self).calls += 1
             if type(self).calls == 2:
                 request_stop(signal.SIGTERM)
 
     from freqprobe_attacks.probe import RobustnessProbe
 
-    orig = RobustnessProbe.observers
+    orig = RobustnessProbe.evaluators
     try:
-        RobustnessProbe.observers = lambda self, ctx: orig(self, ctx) + [StopSecond()]
+        RobustnessProbe.evaluators = lambda self, ctx: orig(self, ctx) + [StopSecond()]
         with pytest.raises(StopRequested, match="stopped after 16 of 24 samples"):
             freqprobe.run(f"{netfile}:net", out=tmp_path / "d", **kw)
     finally:
-        RobustnessProbe.observers = orig
+        RobustnessProbe.evaluators = orig
         clear_stop()
     freqprobe.run(f"{netfile}:net", out=tmp_path / "d", resume=True, **kw)
     for name in ("summary.csv", "samples.csv", "corollary1.csv"):
@@ -231,3 +245,50 @@ def test_real_resnet20_first100(cli, apm, shared_data, tmp_path):
     assert acc[("adversarial", "fgsm")] < 0.5 and acc[("adversarial", "pgd:steps=5")] <= acc[("adversarial", "fgsm")]
     man = json.loads((out / "manifest.json").read_text())
     assert man["variant_sources"][1]["attacks"] == ["fgsm", "pgd:steps=5"]
+
+
+def _same(a, b) -> bool:
+    """Equal values, NaN equal to NaN (bit for bit for floats)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return (a != a and b != b) or a == b
+    return a == b
+
+
+def test_evaluators_split_in_two_and_merged_equal_one_pass(apm, netfile, tiny_npz):
+    """The probe's evaluators on two halves of the batches (shards), merged through the evaluator contract, give
+    the summary rows and witnesses of one pass, bit for bit (float sums are added in batch order)."""
+    from freqprobe import RunContext
+    from freqprobe.engine import run_loop, summarize
+    from freqprobe_attacks.probe import RobustnessProbe
+
+    adapter = adapter_for(netfile)
+    data = freqprobe.open_data(f"npz:{tiny_npz}", pm=apm)
+    dec = freqprobe.get_decomposer("fft-radial", apm)
+    parts = dict(metrics=(freqprobe.get_class("metrics", "accuracy", apm),), device=torch.device("cpu"), pm=apm,
+                 batch_size=5, seed=3, attacks=["fgsm", "pgd:steps=2"], eps="0.03,0.1", allow_nonfinite=True)
+
+    def evaluate(shard):
+        ctx = RunContext.create(adapter, data, dec, (2, 4), freqprobe.get_class("rescale", "none", apm)(), shard=shard, **parts)
+        probe = RobustnessProbe()
+        sources = probe.sources(ctx)
+        return ctx, sources, run_loop(ctx, sources, evaluators=probe.evaluators(ctx), samples=False)
+
+    ctx, sources, whole = evaluate(None)
+    _, _, first = evaluate((0, 2))
+    _, _, second = evaluate((1, 2))
+    assert first.n == 14 and second.n == 10  # batches 0, 2, 4 (5+5+4 samples) and 1, 3 of five
+    first.merge(second)
+    one = summarize(ctx, whole, sources, probe="robustness")
+    merged = summarize(ctx, first, sources, probe="robustness")
+    assert len(one.summary) == len(merged.summary)
+    assert any(r["metric"] == "perturbation-low-fraction" for r in one.summary)
+    for a, b in zip(one.summary, merged.summary):
+        assert list(a) == list(b) and all(_same(a[k], b[k]) for k in a), (a, b)
+    assert one.extras["corollary1"] == merged.extras["corollary1"]
+    # the saved state of a half loads back and merges the same (how resume and torchrun move it)
+    _, _, again = evaluate((0, 2))
+    for ev, saved in zip(again.evaluators, [ev.state_dict() for ev in evaluate((0, 2))[2].evaluators]):
+        ev.load_state_dict(saved)
+    again.merge(evaluate((1, 2))[2])
+    assert [r["value"] for r in summarize(ctx, again, sources, probe="robustness").summary if r["metric"] != "accuracy"] == \
+           [r["value"] for r in one.summary if r["metric"] != "accuracy"]

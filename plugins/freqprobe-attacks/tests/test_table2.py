@@ -8,8 +8,6 @@ import shutil
 import pytest
 import torch
 
-import freqprobe
-import freqprobe_attacks.hooks
 import freqprobe_smoothing.hooks
 
 NET = (
@@ -77,6 +75,12 @@ def test_table2_rows_are_runs(cli, both, two_models, tiny_npz, tmp_path):
     # smoothing changes the model: the ρ=0.5 row differs from the ρ=0 row somewhere
     a, b = (read(out / d / "samples.csv") for d in ("01-net-rho0", "01-net-rho0.5"))
     assert [r["confidence"] for r in a] != [r["confidence"] for r in b]
+    # freqprobe report: the plugin's section (report_folder hook) with the table and each row's run
+    rc, _, err = cli("report", out, "--out", tmp_path / "report.html")
+    assert rc == 0, err
+    html = (tmp_path / "report.html").read_text()
+    assert "<h2>t2 — Table 2</h2>" in html and "<th" in html and "fgsm@0.03" in html
+    assert html.count('<section class="run sub">') == 4 and "01-net-rho0.5" in html
 
 
 def test_table2_resume_reuses_finished_rows(cli, both, two_models, tiny_npz, tmp_path):
@@ -108,11 +112,9 @@ def test_table2_bad_inputs(cli, both, two_models, tiny_npz, tmp_path, extra, nee
     assert needle in err and not out.exists()
 
 
-def test_table2_needs_pairs_and_the_smoothing_plugin(cli, two_models, tiny_npz, tmp_path, monkeypatch):
+def test_table2_needs_pairs_and_the_smoothing_plugin(cli, first_party_pm, two_models, tiny_npz, tmp_path):
     f, paths = two_models
-    pm = freqprobe.get_plugin_manager(autoload=False)
-    pm.register(freqprobe_attacks.hooks, "attacks")
-    monkeypatch.setattr(freqprobe.plugins, "_default", pm)
+    pm = first_party_pm("attacks")
     rc, _, err = cli(*cmd(f, paths, tiny_npz, tmp_path / "a"))
     assert rc == 2 and "Unknown transform 'smooth'" in err
     pm.register(freqprobe_smoothing.hooks, "smoothing")
