@@ -8,8 +8,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from freqprobe import ModelAdapter
-from freqprobe.errors import IncompatibleError, UserFacingError, exception_line
+from freqprobe import IncompatibleError, ModelAdapter, UserFacingError
+from freqprobe.plugin import exception_line
 
 OUTPUT_KEYS = ("boxes", "scores", "labels")
 
@@ -27,7 +27,9 @@ class DetectorAdapter(ModelAdapter):
     #: the per-image columns count detections at or above this score (the probe's ``score_threshold``)
     score_threshold: float = 0.5
     iou_threshold: float = 0.5
-    #: images per forward pass when the engine gives none (a detector at 800 px is memory hungry)
+    #: images per forward pass (the run's ``--forward-batch``, set by the coco-map probe); None: ``default_forward_batch``
+    forward_batch: int | None = None
+    #: images per forward pass when the run gives none (a detector at 800 px is memory hungry)
     default_forward_batch = 8
 
     def normalize(self, images01: Any) -> Any:
@@ -47,7 +49,7 @@ class DetectorAdapter(ModelAdapter):
         was_training = self.module.training
         self.module.eval()
         try:
-            fb = int(getattr(self, "forward_batch", None) or self.default_forward_batch)
+            fb = int(self.forward_batch or self.default_forward_batch)
             out: list = []
             for s in range(0, len(images), fb):
                 chunk = images[s:s + fb]
@@ -95,9 +97,6 @@ class DetectorAdapter(ModelAdapter):
         return {"n_det": torch.from_numpy(got["n_det"]), "tp": torch.from_numpy(got["tp"]), "fp": torch.from_numpy(got["fp"]),
                 "fn": torch.from_numpy(got["fn"]), "n_gt": torch.from_numpy(got["n_gt"]),
                 "recall_50": torch.from_numpy(got["recall"])}
-
-    def num_outputs(self, sample: Any) -> int:  # pragma: no cover - not a classifier
-        raise UserFacingError(f"{self.spec} is a detector: it has no class count")
 
     def check_data(self, data: Any, device: torch.device) -> None:
         """One forward of the data's first two images: the output contract, boxes in pixels, labels that are category ids."""

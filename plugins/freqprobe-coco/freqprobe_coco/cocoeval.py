@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from freqprobe.errors import UserFacingError
+from freqprobe import UserFacingError
 
 __all__ = ["METRIC_NAMES", "BACKENDS", "available_backends", "resolve_backend", "coco_stats"]
 

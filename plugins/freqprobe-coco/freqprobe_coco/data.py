@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from freqprobe import Batch, DataSource
-from freqprobe.errors import UserFacingError
+from freqprobe import Batch, DataSource, UserFacingError
 
 
 def load_coco(path: str | os.PathLike):
@@ -47,6 +46,7 @@ class CocoDataSource(DataSource):
 
     name = "coco"
     takes_argument = True
+    argument_metavar = "IMAGES:ANN.json"
     task = "detection"
     fixed_num_classes = True
     default_batch_size = 8

@@ -15,8 +15,7 @@ from typing import Any, Mapping
 
 import torch
 
-from freqprobe import BuiltModel, ModelSource
-from freqprobe.errors import UnknownNameError, UserFacingError
+from freqprobe import BuiltModel, ModelSource, UnknownNameError, UserFacingError
 
 #: COCO's 80 category ids in ascending order: detectron2's contiguous class i is the i-th
 COCO_CATEGORY_IDS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32,
@@ -71,6 +70,7 @@ class Detectron2ModelSource(ModelSource):
     """detectron2 model-zoo detectors (detectron2:COCO-Detection/retinanet_R_50_FPN_3x.yaml), when detectron2 is installed."""
 
     name = "detectron2"
+    usage = "detectron2:CONFIG"
     task = "detection"
 
     def build(self, target, *, pretrained=False, num_classes=None, model_args: Mapping[str, Any] = {}):

@@ -54,3 +54,18 @@ def report_result(result, context):
 def manifest_entries(context, result):
     got = result.extras.get("coco") if result is not None else None
     return {"coco": got} if got else None
+
+
+@hookimpl
+def report_folder(folder, report):
+    """``freqprobe report``: a coco-map run's folder (manifest.json of probe ``coco-map`` and summary.csv) is a probe
+    run's section with its Figure 8/9 panels (``panels/*.png``)."""
+    from freqprobe.plugin import is_probe_run
+
+    if not is_probe_run(folder):
+        return None
+    probe = report.read_manifest(folder).get("probe")
+    name = probe.get("name") if isinstance(probe, dict) else probe
+    if name != "coco-map":
+        return None
+    return report.probe_section(folder, report.level, patterns=["panels/*.png"])

@@ -80,6 +80,15 @@ def _iou(d: tuple[np.ndarray, ...], g: tuple[np.ndarray, ...], crowd: bool) -> n
         return np.where((iw > 0) & (ih > 0), inter / union, 0.0)
 
 
+def _threshold(dets: Sequence, gts: Sequence, iou_threshold: float) -> float:
+    """The IoU threshold as pycocotools applies it, after checking the arguments agree."""
+    if len(dets) != len(gts):
+        raise ValueError(f"dets has {len(dets)} images but gts has {len(gts)}")
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must lie in [0, 1], got {iou_threshold}")
+    return min(float(iou_threshold), _MAX_THRESHOLD)
+
+
 def match_images(
     dets: Sequence[Sequence[Any]],
     gts: Sequence[Sequence[Any]],
@@ -111,13 +120,8 @@ def match_images(
     False) and ``det_matched`` (bool, one per detection scoring ≥ ``score_threshold``, in descending score
     order): which objects were found and which detections found them.
     """
-    if len(dets) != len(gts):
-        raise ValueError(f"dets has {len(dets)} images but gts has {len(gts)}")
-    if not 0.0 <= iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold must lie in [0, 1], got {iou_threshold}")
-    thr = min(float(iou_threshold), _MAX_THRESHOLD)
+    thr = _threshold(dets, gts, iou_threshold)
     n_img = len(dets)
-
     d_count, d_boxes, (d_scores, d_labels) = _gather(dets, "dets")
     g_count, g_boxes, (g_labels, g_crowd) = _gather(gts, "gts")
     d_img = np.repeat(np.arange(n_img), d_count)
@@ -129,72 +133,80 @@ def match_images(
     n_gt = np.bincount(g_img[~g_crowd], minlength=n_img).astype(np.int64)
     tp = np.zeros(n_img, dtype=np.int64)
     ignored = np.zeros(n_img, dtype=np.int64)
-    gt_matched = [np.zeros(int(c), dtype=bool) for c in g_count] if return_matches else None
-    det_matched = [np.zeros(int(c), dtype=bool) for c in n_det] if return_matches else None
-    g_within = np.arange(len(g_img)) - np.repeat(np.concatenate(([0], np.cumsum(g_count)[:-1])), g_count) if len(g_count) else g_img
-
+    matched = ([np.zeros(int(c), dtype=bool) for c in g_count], [np.zeros(int(c), dtype=bool) for c in n_det]) \
+        if return_matches else None
     if n_img:
-        # Images in ascending order of non-crowd gt count, so a chunk pads its gt axis little.
-        img_order = np.argsort(n_gt, kind="stable")
-        pos = np.empty(n_img, dtype=np.int64)
-        pos[img_order] = np.arange(n_img)
-
-        # Detections grouped by image position, highest score first (stable, as pycocotools' mergesort).
-        o = np.lexsort((-d_scores, pos[d_img]))
-        d_pos, d_boxes, d_labels = pos[d_img][o], d_boxes[o], d_labels[o]
-        d_rank, d_per_pos = _rank_within(d_pos, n_img)
-        d_start = np.concatenate(([0], np.cumsum(d_per_pos)))
-
-        # Non-crowd gts in reverse image order, so that numpy's first argmax is pycocotools' last best gt.
-        nc = ~g_crowd
-        o = np.lexsort((-np.arange(int(nc.sum())), pos[g_img[nc]]))
-        n_pos, n_boxes, n_labels = pos[g_img[nc]][o], g_boxes[nc][o], g_labels[nc][o]
-        n_within = g_within[nc][o]
-        n_slot, n_per_pos = _rank_within(n_pos, n_img)
-        n_start = np.concatenate(([0], np.cumsum(n_per_pos)))
-
-        o = np.argsort(pos[g_img[g_crowd]], kind="stable")
-        c_pos, c_boxes, c_labels = pos[g_img[g_crowd]][o], g_boxes[g_crowd][o], g_labels[g_crowd][o]
-        c_slot, c_per_pos = _rank_within(c_pos, n_img)
-        c_start = np.concatenate(([0], np.cumsum(c_per_pos)))
-
-        d_corners = _xywh_corners(d_boxes)
-        n_corners = _xywh_corners(n_boxes)
-        c_corners = _xywh_corners(c_boxes)
-        d_max = max(int(d_per_pos.max(initial=0)), 1)
-        window = max(_MIN_CHUNK_IMAGES, _CHUNK_ELEMENTS // d_max)  # no chunk fitting the budget is longer
-        a = 0
-        while a < n_img:
-            # n_per_pos is ascending: take the most images whose (Dmax, B, Gmax) array fits the budget
-            g = np.maximum(n_per_pos[a:a + window], 1)
-            cost = np.arange(1, len(g) + 1) * g * d_max
-            b = min(a + max(_MIN_CHUNK_IMAGES, int(np.searchsorted(cost, _CHUNK_ELEMENTS, side="right"))), n_img)
-            t, ig, hits, taken = _match_chunk(
-                a, b, thr,
-                (d_pos, d_rank, d_labels, d_corners, d_start),
-                (n_pos, n_slot, n_labels, n_corners, n_start),
-                (c_pos, c_slot, c_labels, c_corners, c_start),
-            )
-            tp[img_order[a:b]] = t
-            ignored[img_order[a:b]] = ig
-            if return_matches:
-                for q in range(a, b):
-                    i = int(img_order[q])
-                    if hits is not None and d_per_pos[q]:
-                        det_matched[i] = hits[: d_per_pos[q], q - a].copy()
-                    s_, e_ = n_start[q], n_start[q + 1]
-                    if taken is not None and e_ > s_:
-                        gt_matched[i][n_within[s_:e_]] = taken[q - a, n_slot[s_:e_]]
-            a = b
+        _match_all(thr, n_gt, (d_img, d_boxes, d_scores, d_labels), (g_img, g_count, g_boxes, g_labels, g_crowd),
+                   (tp, ignored), matched)
 
     fn = n_gt - tp
     fp = n_det - tp - ignored
     with np.errstate(divide="ignore", invalid="ignore"):
         recall = np.where(n_gt > 0, tp / np.maximum(n_gt, 1), np.nan)
     out: dict[str, Any] = {"tp": tp, "fp": fp, "fn": fn, "n_gt": n_gt, "n_det": n_det, "recall": recall.astype(np.float64)}
-    if return_matches:
-        out["gt_matched"], out["det_matched"] = gt_matched, det_matched
+    if matched is not None:
+        out["gt_matched"], out["det_matched"] = matched
     return out
+
+
+def _group(order: np.ndarray, img_pos: np.ndarray, boxes: np.ndarray, labels: np.ndarray, n_img: int) -> tuple:
+    """Rows taken in ``order`` as a sorted group (positions, rank within the position, labels, corners, start of
+    each position), and the count per position."""
+    p = img_pos[order]
+    rank, per_pos = _rank_within(p, n_img)
+    start = np.concatenate(([0], np.cumsum(per_pos)))
+    return (p, rank, labels[order], _xywh_corners(boxes[order]), start), per_pos
+
+
+def _match_all(thr: float, n_gt: np.ndarray, det: tuple, gt: tuple, counts: tuple, matched: tuple | None) -> None:
+    """Match every image, chunk by chunk: writes the TP and crowd-ignored counts into ``counts`` (tp, ignored)
+    and, when given, the per-object and per-detection flags into ``matched`` (gt_matched, det_matched)."""
+    (d_img, d_boxes, d_scores, d_labels), (g_img, g_count, g_boxes, g_labels, g_crowd) = det, gt
+    n_img = len(n_gt)
+    # Images in ascending order of non-crowd gt count, so a chunk pads its gt axis little.
+    img_order = np.argsort(n_gt, kind="stable")
+    pos = np.empty(n_img, dtype=np.int64)
+    pos[img_order] = np.arange(n_img)
+    # Detections grouped by image position, highest score first (stable, as pycocotools' mergesort).
+    d_grp, d_per_pos = _group(np.lexsort((-d_scores, pos[d_img])), pos[d_img], d_boxes, d_labels, n_img)
+    # Non-crowd gts in reverse image order, so that numpy's first argmax is pycocotools' last best gt.
+    nc = ~g_crowd
+    g_within = np.arange(len(g_img)) - np.repeat(np.concatenate(([0], np.cumsum(g_count)[:-1])), g_count)
+    o = np.lexsort((-np.arange(int(nc.sum())), pos[g_img[nc]]))
+    n_grp, n_per_pos = _group(o, pos[g_img[nc]], g_boxes[nc], g_labels[nc], n_img)
+    n_within = g_within[nc][o]
+    c_pos = pos[g_img[g_crowd]]
+    c_grp, _ = _group(np.argsort(c_pos, kind="stable"), c_pos, g_boxes[g_crowd], g_labels[g_crowd], n_img)
+
+    d_max = max(int(d_per_pos.max(initial=0)), 1)
+    window = max(_MIN_CHUNK_IMAGES, _CHUNK_ELEMENTS // d_max)  # no chunk fitting the budget is longer
+    a = 0
+    while a < n_img:
+        # n_per_pos is ascending: take the most images whose (Dmax, B, Gmax) array fits the budget
+        g = np.maximum(n_per_pos[a:a + window], 1)
+        cost = np.arange(1, len(g) + 1) * g * d_max
+        b = min(a + max(_MIN_CHUNK_IMAGES, int(np.searchsorted(cost, _CHUNK_ELEMENTS, side="right"))), n_img)
+        t, ig, hits, taken = _match_chunk(a, b, thr, d_grp, n_grp, c_grp)
+        counts[0][img_order[a:b]] = t
+        counts[1][img_order[a:b]] = ig
+        if matched is not None:
+            _record(range(a, b), img_order, hits, taken, d_per_pos, n_grp, n_within, matched)
+        a = b
+
+
+def _record(positions: range, img_order: np.ndarray, hits, taken, d_per_pos: np.ndarray, n_grp: tuple,
+            n_within: np.ndarray, matched: tuple) -> None:
+    """A chunk's matches as per-image flags: which gts were found (given order), which detections found one."""
+    gt_matched, det_matched = matched
+    n_slot, n_start = n_grp[1], n_grp[4]
+    a = positions.start
+    for q in positions:
+        i = int(img_order[q])
+        if hits is not None and d_per_pos[q]:
+            det_matched[i] = hits[: d_per_pos[q], q - a].copy()
+        s_, e_ = n_start[q], n_start[q + 1]
+        if taken is not None and e_ > s_:
+            gt_matched[i][n_within[s_:e_]] = taken[q - a, n_slot[s_:e_]]
 
 
 _Group = tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, ...], np.ndarray]

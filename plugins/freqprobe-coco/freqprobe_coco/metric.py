@@ -7,8 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from freqprobe import Metric
-from freqprobe.errors import UserFacingError
+from freqprobe import Metric, UserFacingError
 
 from .cocoeval import coco_stats
 
@@ -39,35 +38,52 @@ class CocoMap(Metric):
 
     def __init__(self, ctx: Any = None, **options: Any) -> None:
         super().__init__(ctx, **options)
-        self.add_state("rows", [], reduce="cat")  # one float64 K×7 tensor per batch
+        # one float64 K×7 tensor of COCO results rows per batch, and the batch's image ids: lists that "cat"
+        # concatenates on merge (not "rows": that is the evaluator's summary-rows method)
+        self.add_state("detections", [], reduce="cat")
         self.add_state("image_ids", [], reduce="cat")
         self._cache: tuple | None = None
 
+    # the state changes only through update() and the contract (reset, load, merge): each drops the cached stats
+    def reset(self) -> None:
+        super().reset()
+        self._cache = None
+
+    def load_state_dict(self, state: Any) -> None:
+        super().load_state_dict(state)
+        self._cache = None
+
+    def merge(self, other: Any) -> None:
+        super().merge(other)
+        self._cache = None
+
     def update(self, outputs: Any, targets: Any) -> None:
-        self.rows.append(detection_rows(outputs, targets))
+        self.detections.append(detection_rows(outputs, targets))
         self.image_ids.extend(int(t["image_id"]) for t in targets)
         self._cache = None
 
     def results_array(self) -> np.ndarray:
         """All detections so far as COCO's loadRes array (K×7 float64), in data order (ascending image id, each
         image's detections as the detector gave them): the same whichever shards were merged in which order."""
-        rows = [r.numpy() if isinstance(r, torch.Tensor) else np.asarray(r) for r in self.rows]
+        rows = [r.numpy() if isinstance(r, torch.Tensor) else np.asarray(r) for r in self.detections]
         if not rows:
             return np.zeros((0, 7))
         out = np.concatenate(rows)
         return out[np.argsort(out[:, 0], kind="stable")]
 
+    def extras(self) -> dict[str, Any]:
+        """``{"detections": {variant: results_array()}}``: the engine merges every variant's into one dict, which
+        the plugin's writer turns into ``detections_<variant>.json`` and the Figure 8/9 lists."""
+        return {"detections": {self.variant: self.results_array()}}
+
     def compute(self) -> dict[str, float]:
-        key = (len(self.rows), len(self.image_ids))
-        if self._cache is not None and self._cache[0] == key:
-            return dict(self._cache[1])
+        if self._cache is not None:
+            return dict(self._cache)
         data = getattr(self.ctx, "data", None)
         gt = getattr(data, "coco", None)
         if gt is None:
             raise UserFacingError("metric 'coco-map' needs COCO ground truth: use --data coco:IMAGES_DIR:ANNOTATIONS.json")
         backend = (getattr(self.ctx, "options", None) or {}).get("backend", "auto")
         stats = coco_stats(gt, self.results_array(), sorted(set(self.image_ids)), backend=backend)
-        self._cache = (key, stats)
+        self._cache = stats
         return dict(stats)
-
-

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from freqprobe import Probe
-from freqprobe.engine import DecomposerSource, OriginalSource, run_loop, summarize
-from freqprobe.errors import UserFacingError
+from freqprobe import Probe, UserFacingError
 
 from .cocoeval import resolve_backend
 
@@ -21,6 +19,7 @@ class CocoMapProbe(Probe):
     options = {"score_threshold": 0.5, "iou_threshold": 0.5, "backend": "auto", "panels": 6}
     default_metrics = ("coco-map",)
     default_params = {"fft-radial": (128,)}
+    plot_metrics = ("AP", "AP50")
 
     @classmethod
     def check_options(cls, given):
@@ -34,33 +33,25 @@ class CocoMapProbe(Probe):
         return opts
 
     def sources(self, ctx) -> list:
+        """The original images and their parts; the detector adapter counts its per-image columns at the probe's
+        thresholds (public attributes of the plugin's own adapter class)."""
         adapter = ctx.adapter
         adapter.score_threshold = float(self.opts["score_threshold"])
         adapter.iou_threshold = float(self.opts["iou_threshold"])
         if ctx.forward_batch:
             adapter.forward_batch = int(ctx.forward_batch)
-        self._source = DecomposerSource(ctx.decomposer, ctx.params, OriginalSource())
-        return [self._source]
+        return super().sources(ctx)
 
-    def run(self, ctx):
-        sources = self.sources(ctx)
-        state = run_loop(ctx, sources, observers=self.observers(ctx))
-        result = summarize(ctx, state, sources, probe=self.name)
-        detections = {}
-        for v in state.variants:
-            for m in state.metrics[v]:
-                if hasattr(m, "results_array"):
-                    detections[v] = m.results_array()
-                    break
-        result.extras["detections"] = detections
-        result.extras["plot_metrics"] = ["AP", "AP50"]
+    def derive(self, result, ctx) -> None:
+        """``extras["coco"]``: the backend, the thresholds and the evaluated image ids (what the writers and the
+        manifest use); the detections per variant come from the ``coco-map`` metrics' extras."""
+        ids = result.samples.column("image_id") if result.samples is not None else []
         result.extras["coco"] = {
             "backend": resolve_backend(self.opts["backend"]),
             "score_threshold": float(self.opts["score_threshold"]),
             "iou_threshold": float(self.opts["iou_threshold"]),
-            "image_ids": sorted({int(i) for i in (result.samples.column("image_id") if result.samples is not None else [])}),
+            "image_ids": sorted({int(i) for i in ids}),
         }
-        return result
 
 
 def detections_by_image(rows: np.ndarray) -> dict[int, np.ndarray]:

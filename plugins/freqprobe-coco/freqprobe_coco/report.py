@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from freqprobe.tables import fmt_param
+from freqprobe.plugin import fmt_param
 
 
 def variant_stem(variant, param_name: str) -> str:
@@ -42,6 +42,7 @@ def comparison(image_ids, fa: dict, fb: dict) -> list[dict]:
 def write_coco_outputs(result, context) -> None:
     out = Path(context.out_dir)
     data = context.data
+    probed = "coco" in result.extras  # the coco-map probe's thresholds and image ids (the metric under another probe: none)
     info = result.extras.setdefault("coco", {})
     files = []
     for v, rows in result.extras["detections"].items():
@@ -49,7 +50,7 @@ def write_coco_outputs(result, context) -> None:
         write_detections(rows, out / name)
         files.append(name)
     info["detections_files"] = files
-    if not hasattr(data, "target") or not result.components:
+    if not probed or not hasattr(data, "target") or not result.components:
         return
     original = next((v for v in result.extras["detections"] if v.name == "original" and v.param is None and not v.extra), None)
     if original is None:

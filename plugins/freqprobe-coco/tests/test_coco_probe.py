@@ -232,29 +232,173 @@ def test_contract_warnings(cli, tmp_path, coco_mini):
     assert "look normalised" in err
 
 
+def coco_context(pm, model: str, data: str, **values):
+    """The checked :class:`RunContext` of a coco-map run (what ``freqprobe run`` builds before evaluating) and its probe."""
+    from freqprobe import Services
+    from freqprobe.runner import build_context, plan, run_config
+
+    config = run_config(pm, {"model": model, "probe": "coco-map", "data": data, "device": "cpu", **values})
+    p = plan(config, pm, check_out=False)
+    return build_context(p, pm, Services(pm=pm)), p.probe
+
+
 def test_metric_state_merges_across_shards(coco_mini, fastestdet, coco_pm):
-    """Two shards' states merge into the single-process result (what a torchrun rank 0 does)."""
-    import dataclasses
-
+    """Two shards' states merge into the single-process result (what a torchrun rank 0 does), in either order."""
     from freqprobe.engine import run_loop, summarize
-    from freqprobe.runner import RunSpec, build_context, plan
 
-    pm = coco_pm
-    spec = RunSpec(model=fastestdet, probe="coco-map", data=coco_mini["spec"], limit=20, batch_size=4, device="cpu",
-                   probe_options={"panels": 0}, out=None)
-    p = plan(spec, pm)
-    ctx = build_context(p, pm)
-    probe = p.probe
+    ctx, probe = coco_context(coco_pm, fastestdet, coco_mini["spec"], limit=20, batch_size=4, probe_options={"panels": 0})
     whole = probe.run(ctx)
-    states = []
-    for rank in range(2):
-        sub = dataclasses.replace(ctx, shard=(rank, 2))
-        states.append(run_loop(sub, probe.sources(sub)))
-    states[0].merge(states[1])
-    merged = summarize(ctx, states[0], probe.sources(ctx), probe="coco-map")
     key = lambda r: (r["variant"], r["param"], r["metric"])  # noqa: E731
-    assert sorted((key(r), r["value"]) for r in merged.summary) == sorted((key(r), r["value"]) for r in whole.summary)
-    np.testing.assert_array_equal(np.sort(merged.samples.column("image_id")), np.sort(whole.samples.column("image_id")))
+    for order in ((0, 1), (1, 0)):
+        states = []
+        for rank in order:
+            sub = ctx.replace(config=ctx.config.replace(shard=(rank, 2)))
+            states.append(run_loop(sub, probe.sources(sub), evaluators=probe.evaluators(sub)))
+        assert len(states[0].metrics) == 3 and all(m.name == "coco-map" for m in states[0].metrics)
+        states[0].merge(states[1])
+        assert states[0].n == 20
+        merged = summarize(ctx, states[0], probe.sources(ctx), probe="coco-map")
+        probe.derive(merged, ctx)
+        assert sorted((key(r), r["value"]) for r in merged.summary) == sorted((key(r), r["value"]) for r in whole.summary)
+        np.testing.assert_array_equal(np.sort(merged.samples.column("image_id")), np.sort(whole.samples.column("image_id")))
+        assert merged.extras["coco"] == whole.extras["coco"]
+        assert list(merged.extras["detections"]) == list(whole.extras["detections"]) == whole.variants
+        for v, rows in whole.extras["detections"].items():
+            assert len(rows), v
+            np.testing.assert_array_equal(merged.extras["detections"][v], rows)
+
+
+def _fake_detections(targets, rng) -> list[dict]:
+    """Per image: its objects' boxes, jittered, with random scores and some labels wrong, and a few spurious boxes."""
+    out = []
+    for t in targets:
+        b = t["boxes"].double()
+        k = len(b) + 2
+        boxes = torch.cat([b + torch.from_numpy(rng.normal(0, 4, b.shape)), torch.tensor([[0.0, 0, 50, 40], [10, 10, 90, 60]], dtype=torch.float64)])
+        labels = torch.cat([t["labels"], torch.tensor([1, 3])])
+        labels[torch.from_numpy(rng.random(k) < 0.2)] = 1
+        out.append({"boxes": boxes.float(), "scores": torch.from_numpy(rng.random(k)).float(), "labels": labels.long()})
+    return out
+
+
+def test_metric_state_split_in_two_and_merged_equals_one_pass(coco_mini):
+    """The coco-map metric through the evaluator contract: two halves merged (an instance, or its state_dict as the
+    journal and torchrun ship it, in either order) equal one pass: the same stats, detections and extras."""
+    import pickle
+    from types import SimpleNamespace
+
+    from freqprobe import Variant
+    from freqprobe_coco.data import CocoDataSource
+    from freqprobe_coco.metric import CocoMap
+
+    data = CocoDataSource(coco_mini["spec"].partition(":")[2])
+    ctx = SimpleNamespace(data=data, options={"backend": "pycocotools"}, device=torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    batches = [(_fake_detections(b.targets, rng), b.targets) for b in data.batches(3, limit=15)]
+    variant = Variant("low", 128.0)
+
+    def metric(part) -> CocoMap:
+        m = CocoMap(ctx)
+        m.variant = variant
+        m.reset()
+        for outputs, targets in part:
+            m.update(outputs, targets)
+        return m
+
+    whole = metric(batches)
+    want, want_rows = whole.results(), whole.results_array()
+    assert list(want) == NAMES and 0 < want["AP50"] < 1 and len(want_rows) > 15
+    assert list(whole.extras()) == ["detections"] and list(whole.extras()["detections"]) == [variant]
+    np.testing.assert_array_equal(whole.extras()["detections"][variant], want_rows)
+    first, second = batches[:2], batches[2:]
+    for how in ("instance", "state_dict", "reversed"):
+        a, b = (metric(second), metric(first)) if how == "reversed" else (metric(first), metric(second))
+        a.results()  # a cached result must not survive the merge
+        a.merge(pickle.loads(pickle.dumps(b.state_dict())) if how == "state_dict" else b)
+        assert a.results() == want, how
+        np.testing.assert_array_equal(a.results_array(), want_rows)
+        assert sorted(a.image_ids) == sorted(whole.image_ids)
+    resumed = CocoMap(ctx)  # the journal's round trip: state_dict -> load_state_dict, then the rest of the batches
+    resumed.variant = variant
+    resumed.reset()
+    resumed.results()
+    resumed.load_state_dict(pickle.loads(pickle.dumps(metric(first).state_dict())))
+    for outputs, targets in second:
+        resumed.update(outputs, targets)
+    assert resumed.results() == want
+    np.testing.assert_array_equal(resumed.results_array(), want_rows)
+    resumed.reset()
+    assert resumed.state_dict() == {"detections": [], "image_ids": []}
+
+
+def test_works_with_the_other_first_party_plugins_switched_off(tmp_path, coco_mini):
+    """Only coco of the first-party plugins (``-p no:`` for the others, autoload on as installed): a coco-map run
+    writes its files, and none of the other plugins' modules is imported."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "FREQPROBE_DISABLE_PLUGIN_AUTOLOAD"}
+    out = tmp_path / "only_coco"
+    args = ["-p", "no:attacks", "-p", "no:smoothing", "-p", "no:train", "run", "--model", f"{FIX / 'gt_detector.py'}:gt_detector",
+            "--model-arg", f"ann='{coco_mini['ann']}'", "--model-arg", f"images='{coco_mini['images']}'", "--model-arg", "limit=4",
+            "--probe", "coco-map", "--data", coco_mini["spec"], "--limit", "4", "--device", "cpu", "--out", str(out),
+            "--probe-opt", "panels=1", "-q"]
+    code = ("import sys; from freqprobe.cli import main; rc = main(sys.argv[1:]); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('freqprobe_attacks', 'freqprobe_smoothing', 'freqprobe_train'))); sys.exit(rc)")
+    p = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "[]", p.stdout
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["probe"]["provided_by"] == "coco" and man["coco"]["detections_files"]
+    assert summary_stats(out)[("original", "")]["AP"] == 1.0
+    for name in ("samples.csv", "detections_original.json", "detections_low_r128.json", "figure8_low_worse_r128.csv"):
+        assert (out / name).is_file(), name
+    assert sorted(q.name for q in (out / "panels").glob("*.png"))
+    # and in-process, with only the coco plugin registered: the same files
+    import freqprobe
+
+    pm = freqprobe.get_plugin_manager(autoload=False)
+    import freqprobe_coco.hooks
+
+    pm.register(freqprobe_coco.hooks, "coco")
+    assert {pm.get_name(q) for q in pm.get_plugins()} & {"attacks", "smoothing", "train"} == set()
+    freqprobe.run(f"{FIX / 'gt_detector.py'}:gt_detector", pm=pm, probe="coco-map", data=coco_mini["spec"], limit=4,
+                  device="cpu", out=tmp_path / "api", probe_options={"panels": 1},
+                  model_args={"ann": str(coco_mini["ann"]), "images": str(coco_mini["images"]), "limit": 4})
+    for name in ("summary.csv", "samples.csv", "detections_original.json", "detections_low_r128.json",
+                 "figure8_low_worse_r128.csv", "figure9_low_better_r128.csv"):
+        assert (tmp_path / "api" / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_report_shows_the_panels(cli, tmp_path, coco_mini):
+    """``freqprobe report`` on a coco-map run: the probe's section with the Figure 8/9 panels (the plugin's
+    ``report_folder``); the core alone shows the run without them."""
+    import freqprobe
+
+    out = tmp_path / "run"
+    rc, _, err = cli("run", "--model", f"{FIX / 'gt_detector.py'}:gt_detector", "--model-arg", f"ann='{coco_mini['ann']}'",
+                     "--model-arg", f"images='{coco_mini['images']}'", "--model-arg", "limit=8", "--probe", "coco-map",
+                     "--data", coco_mini["spec"], "--limit", "8", "--out", out, "--probe-opt", "panels=8", "-q")
+    assert rc == 0, err
+    panels = sorted((out / "panels").glob("*.png"))
+    assert len(panels) > 6  # more than the report keeps
+    rc, _, err = cli("report", out, "--out", tmp_path / "report.html")
+    assert rc == 0, err
+    page = (tmp_path / "report.html").read_text()
+    from freqprobe.plugin import Report
+
+    caption = "<figcaption class=meta>{}</figcaption>".format
+    natural = sorted((q.name for q in panels), key=lambda q: Report.natural(Path(q)))
+    at = [page.find(caption(name)) for name in natural]
+    assert all(i > 0 for i in at[:6]) and at[:6] == sorted(at[:6])  # the first six in natural order
+    assert all(i == -1 for i in at[6:])
+    assert "accuracy.png" in page and "AP50" in page
+    from freqprobe.report import build_report
+
+    core_only = build_report([out], pm=freqprobe.get_plugin_manager(autoload=False))
+    assert "accuracy.png" in core_only and not any(q.name in core_only for q in panels)
 
 
 def test_detectron2_source(cli, tmp_path, coco_mini):
@@ -274,7 +418,8 @@ def test_detectron2_source(cli, tmp_path, coco_mini):
 def test_stop_and_resume_gives_the_same_files(tmp_path, coco_mini, coco_pm, monkeypatch):
     """A coco-map run stopped mid-way (SIGINT at a batch boundary) resumes to the same summary, samples and detections."""
     import freqprobe
-    from freqprobe.journal import StopRequested, clear_stop
+    from freqprobe import StopRequested
+    from freqprobe.journal import clear_stop
 
     model = f"{FIX / 'gt_detector.py'}:gt_detector"
     kw = dict(probe="coco-map", data=coco_mini["spec"], limit=12, batch_size=4, device="cpu", probe_options={"panels": 0},

@@ -20,9 +20,8 @@ import pytest
 import torch
 
 import freqprobe
-from freqprobe import Batch, DataSource
+from freqprobe import Batch, DataSource, UserFacingError
 from freqprobe.builtins.decomposers import FFTRadialDecomposer
-from freqprobe.errors import UserFacingError
 from freqprobe.export import export_images, export_npz
 from freqprobe.journal import StopRequested, clear_stop, partial_dir, request_stop
 
@@ -56,24 +55,9 @@ def pil_image(path: Path) -> torch.Tensor:
 
 
 @pytest.fixture
-def coco_cli(monkeypatch):
-    """The CLI with the ``coco`` data source registered (autoload is off in tests), or None when it cannot be."""
-    try:
-        import freqprobe_coco.hooks as hooks
-    except ImportError:
-        return None
-    from freqprobe import registry
-
-    pm = freqprobe.get_plugin_manager(autoload=False)
-    if pm.get_plugin("coco") is None:
-        pm.register(hooks, "coco")
-    try:
-        if "coco" not in registry.collect("datasets", pm):
-            return None
-    except Exception:
-        return None
-    monkeypatch.setattr(freqprobe.plugins, "_default", pm)
-    return pm
+def coco_cli(coco_pm):
+    """The CLI with the ``coco`` data source registered (autoload is off in tests), or None when it is not."""
+    return coco_pm if "coco" in freqprobe.collect("datasets", coco_pm) else None
 
 
 @pytest.fixture
