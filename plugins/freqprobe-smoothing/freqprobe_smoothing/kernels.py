@@ -17,14 +17,14 @@ the weights (up to a factor 1 + 8ρ) does not count as a change.
 from __future__ import annotations
 
 import csv
-import json
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import click
 import numpy as np
 import torch
+
+from freqprobe.plugin import ListedOption
 
 CSV_COLUMNS = ("model", "checkpoint", "rho", "layer", "kernel", "n_kernels", "n_slices", "hf_energy_share", "total_variation")
 
@@ -109,7 +109,7 @@ def draw_grid(rows: Sequence[dict], path: Path, *, n_kernels: int, title: str) -
                 ax.imshow(_unit(k[0]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         axes[r][0].set_ylabel(row["label"], rotation=0, ha="right", va="center", fontsize=6)
     fig.suptitle(title, fontsize=7, y=1 + 0.05 / height, va="bottom")  # above the grid (bbox_inches="tight" keeps it)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
+    fig.savefig(path, dpi=130, bbox_inches="tight", format="png")
     plt.close(fig)
 
 
@@ -173,8 +173,8 @@ def table_text(rows: Sequence[dict]) -> str:
 
 
 @click.command("kernels")
-@click.option("--model", "models", required=True, multiple=True,
-              help="Model spec, as for `run` (timm:NAME, torchvision:NAME, file.py:callable...); once for all checkpoints, or once per --checkpoint in order.")
+@click.option("--model", "models", required=True, multiple=True, cls=ListedOption,
+              help="Model spec, as for `run` ({models}); once for all checkpoints, or once per --checkpoint in order.")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(dir_okay=False),
               help="Weights (repeatable): e.g. a natural and an adversarially trained model, drawn side by side.")
 @click.option("--pretrained", is_flag=True, help="Use the model source's pretrained weights (instead of --checkpoint).")
@@ -188,10 +188,37 @@ def table_text(rows: Sequence[dict]) -> str:
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and the final line.")
 def kernels_command(**kw: Any) -> None:
     """Figure 7: first-layer kernels before/after smoothing (kernels.png) and their high-frequency share (kernels.csv)."""
-    from freqprobe import UserFacingError, build_model
-    from freqprobe.journal import workspace
-    from freqprobe.plugins import default_plugin_manager
-    from freqprobe.runner import check_out_dir, parse_kv, versions
+    from freqprobe.plugin import check_out_dir, command_context, parse_kv
+
+    rhos, checkpoints = _check_options(kw)
+    out = Path(kw["out"])
+    check_out_dir(out)
+    model_args = parse_kv(kw["model_arg"], "--model-arg")
+    app = command_context(quiet=kw["quiet"])
+    specs = _model_specs(list(kw["models"]), checkpoints)
+    with app.warnings_as_lines():
+        adapters = [_build(app.pm, model, ckpt, kw, model_args) for model, ckpt in zip(specs, checkpoints or [None])]
+    labels = _labels(checkpoints) if checkpoints else ["pretrained" if kw["pretrained"] else "as built"]
+    rows = measure(adapters, labels, rhos, layer=kw["layer"], specs=specs)
+    for r in rows:
+        r["picture_label"] = f"{r['label']}  ρ={r['rho']:g}\nHF {r['hf_energy_share']:.3f}  TV {r['total_variation']:.3f}"
+    manifest = app.manifest(**_manifest_sections(rows, specs, model_args, checkpoints, adapters, rhos, kw))
+    with app.workspace(out, kind="kernels") as ws:
+        with ws.atomic("kernels.csv") as tmp:
+            write_csv(tmp, rows, [c for _ in rhos for c in (checkpoints or [""])])
+        with ws.atomic("kernels.png") as tmp:
+            draw_grid([{"label": r["picture_label"], "weight": r["weight"]} for r in rows], tmp,
+                      n_kernels=kw["n_kernels"], title=_title(rows, " | ".join(dict.fromkeys(kw["models"])), kw["n_kernels"]))
+        ws.write_json("manifest.json", manifest)
+        ws.commit()
+    if not kw["quiet"]:
+        click.echo(table_text(rows))
+    click.echo(f"{'' if kw['quiet'] else chr(10)}results in {out}/ (kernels.png, kernels.csv, manifest.json)")
+
+
+def _check_options(kw: dict[str, Any]) -> tuple[list[float], list[str]]:
+    """The ρ values and the checkpoints, every option checked before anything is loaded (one line each)."""
+    from freqprobe import UserFacingError
 
     rhos = parse_rhos(kw["rho"])
     if kw["n_kernels"] < 1:
@@ -204,69 +231,59 @@ def kernels_command(**kw: Any) -> None:
         raise UserFacingError("a --checkpoint is given twice; pass each file once")
     if kw["pretrained"] and checkpoints:
         raise UserFacingError("pass either --pretrained or --checkpoint, not both")
-    out = Path(kw["out"])
-    check_out_dir(out)
-    model_args = parse_kv(kw["model_arg"], "--model-arg")
-    pm = default_plugin_manager()
-    models = list(kw["models"])
+    return rhos, checkpoints
+
+
+def _model_specs(models: list[str], checkpoints: list[str]) -> list[str]:
+    """The model spec of each checkpoint: one --model for all, or one per --checkpoint."""
+    from freqprobe import UserFacingError
+
     if len(models) > 1 and len(models) != len(checkpoints):
         raise UserFacingError(f"--model is given {len(models)} times for {len(checkpoints)} --checkpoint; "
                               "pass one --model for all checkpoints, or one per --checkpoint in the same order")
-    specs = models * len(checkpoints or [None]) if len(models) == 1 else models
-    spec = " | ".join(dict.fromkeys(models))
+    return models * len(checkpoints or [None]) if len(models) == 1 else models
 
-    adapters = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = lambda m, c, f, l, file=None, line=None: click.echo(f"warning: {m}", err=True)
-        for model, ckpt in zip(specs, checkpoints or [None]):
-            adapters.append(build_model(model, checkpoint=ckpt, pretrained=kw["pretrained"], trust_checkpoint=kw["trust_checkpoint"],
-                                        strict=not kw["non_strict"], model_args=model_args, pm=pm))
-    labels = _labels(checkpoints) if checkpoints else ["pretrained" if kw["pretrained"] else "as built"]
-    rows = measure(adapters, labels, rhos, layer=layer, specs=specs)
 
-    first = rows[0]
+def _build(pm: Any, model: str, checkpoint: str | None, kw: dict[str, Any], model_args: dict[str, Any]) -> Any:
+    from freqprobe import build_model
+
+    return build_model(model, checkpoint=checkpoint, pretrained=kw["pretrained"], trust_checkpoint=kw["trust_checkpoint"],
+                       strict=not kw["non_strict"], model_args=model_args, pm=pm)
+
+
+def _title(rows: Sequence[dict], spec: str, n_kernels: int) -> str:
     shown = dict.fromkeys(f"{r['layer'] or '(model)'} ({r['kernel']}"
                           + ("" if r["in_channels"] in (1, 3) else f", input channel 0 of {r['in_channels']}") + ")" for r in rows)
-    title = (f"{spec}\nlayer {', '.join(shown)}, first {min(kw['n_kernels'], max(r['n_kernels'] for r in rows))} "
-             f"kernels, each scaled to [0, 1]; HF = hf_energy_share, TV = total_variation")
-    for r in rows:
-        r["picture_label"] = f"{r['label']}  ρ={r['rho']:g}\nHF {r['hf_energy_share']:.3f}  TV {r['total_variation']:.3f}"
-    manifest = {
-        "command": _command_line(),
-        "versions": versions(),
+    return (f"{spec}\nlayer {', '.join(shown)}, first {min(n_kernels, max(r['n_kernels'] for r in rows))} "
+            f"kernels, each scaled to [0, 1]; HF = hf_energy_share, TV = total_variation")
+
+
+def _manifest_sections(rows: Sequence[dict], specs: Sequence[str], model_args: dict, checkpoints: Sequence[str],
+                       adapters: Sequence[Any], rhos: Sequence[float], kw: dict[str, Any]) -> dict[str, Any]:
+    return {
         "model": specs[0] if len(set(specs)) == 1 else list(specs),
         "model_args": model_args,
-        "checkpoints": [{"path": str(Path(c).resolve()), "sha256": a.info.get("checkpoint_sha256")} for c, a in zip(checkpoints, adapters)],
+        "checkpoints": [{"path": str(Path(c).resolve()), "sha256": a.info.get("checkpoint_sha256")}
+                        for c, a in zip(checkpoints, adapters)],
         "pretrained": kw["pretrained"],
-        "layer": first["layer"] if len({r["layer"] for r in rows}) == 1 else [r["layer"] for r in rows[:len(adapters)]],
-        "rho": rhos,
+        "layer": rows[0]["layer"] if len({r["layer"] for r in rows}) == 1 else [r["layer"] for r in rows[:len(adapters)]],
+        "rho": list(rhos),
         "n_kernels_drawn": kw["n_kernels"],
         "definitions": {
             "hf_energy_share": "mean over non-zero [kh,kw] slices of 1 - |F(0,0)|^2 / sum |F(u,v)|^2 (F: the slice's 2-D DFT)",
             "total_variation": "mean over non-zero [kh,kw] slices of (sum |w[i,j+1]-w[i,j]| + sum |w[i+1,j]-w[i,j]|) / sum |w|",
         },
-        "rows": [{k: r[k] for k in ("label", "rho", "layer", "kernel", "n_kernels", "n_slices", "hf_energy_share", "total_variation")}
-                 for r in rows],
+        "rows": [{k: r[k] for k in ("label", "rho", "layer", "kernel", "n_kernels", "n_slices", "hf_energy_share",
+                                    "total_variation")} for r in rows],
         "outputs": ["kernels.csv", "kernels.png", "manifest.json"],
     }
-    with workspace(out, kind="kernels") as ws:
-        with open(ws.dir / "kernels.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(CSV_COLUMNS)
-            for r, ckpt in zip(rows, [c for _ in rhos for c in (checkpoints or [""])]):
-                w.writerow([r["model"], ckpt, f"{r['rho']:g}", r["layer"], r["kernel"], r["n_kernels"], r["n_slices"],
-                            _fmt(r["hf_energy_share"]), _fmt(r["total_variation"])])
-        draw_grid([{"label": r["picture_label"], "weight": r["weight"]} for r in rows], ws.dir / "kernels.png",
-                  n_kernels=kw["n_kernels"], title=title)
-        (ws.dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-        ws.commit()
-    if not kw["quiet"]:
-        click.echo(table_text(rows))
-    click.echo(f"{'' if kw['quiet'] else chr(10)}results in {out}/ (kernels.png, kernels.csv, manifest.json)")
 
 
-def _command_line() -> str:
-    from freqprobe.cli import command_line
-
-    return command_line()
+def write_csv(path: Path, rows: Sequence[dict], checkpoints: Sequence[str]) -> None:
+    """``kernels.csv``: one row per ρ and checkpoint (``checkpoints``: the checkpoint of each row, as given)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(CSV_COLUMNS)
+        for r, ckpt in zip(rows, checkpoints):
+            w.writerow([r["model"], ckpt, f"{r['rho']:g}", r["layer"], r["kernel"], r["n_kernels"], r["n_slices"],
+                        _fmt(r["hf_energy_share"]), _fmt(r["total_variation"])])

@@ -171,5 +171,4 @@ class SmoothTransform(Transform):
         if isinstance(new, ModelAdapter):
             record = {"layer": name, "rho": self.rho, "kernel": list(_size(conv))}
             new.info["smoothed"] = [*new.info.get("smoothed", []), record]
-            new._norm_cache = None
         return new

@@ -16,8 +16,6 @@ import pytest
 import torch
 from torch import nn
 
-import freqprobe
-import freqprobe_smoothing.hooks
 from freqprobe import ModelAdapter, UnknownNameError, UserFacingError
 from freqprobe_smoothing.kernels import hf_energy_shares, kernel_stats, total_variations
 from freqprobe_smoothing.smooth import SmoothTransform, first_conv, smooth_kernels
@@ -232,11 +230,9 @@ def test_bad_layers_are_one_line_errors():
 
 # ----------------------------------------------------------------------------- through the command line
 @pytest.fixture
-def use_pm(monkeypatch, pm):
-    """The default plugin manager the CLI uses, with this plugin registered (autoload is off in tests)."""
-    pm.register(freqprobe_smoothing.hooks, "smoothing")
-    monkeypatch.setattr(freqprobe.plugins, "_default", pm)
-    return pm
+def use_pm(first_party_pm):
+    """The default plugin manager the CLI uses, with this plugin registered and the other first-party ones off."""
+    return first_party_pm("smoothing")
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -333,6 +329,9 @@ def test_kernels_command_on_two_checkpoints(cli, use_pm, tiny_model_file, tmp_pa
     assert "natural.pt" in stdout and f"results in {out}/" in stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["layer"] == "0" and manifest["rho"] == [0, 0.5, 1] and len(manifest["checkpoints"]) == 2
+    assert manifest["command"].startswith("freqprobe kernels --model") and {"versions", "created"} <= set(manifest)
+    assert [r["label"] for r in manifest["rows"]] == ["natural.pt", "robust.pt"] * 3
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no unfinished state left
 
 
 def test_kernels_command_refuses_bad_input_in_one_line(cli, use_pm, tiny_model_file, tmp_path):
@@ -387,3 +386,31 @@ def test_the_installed_entry_point_is_found():
     assert proc.returncode == 0, proc.stderr
     listed = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines() if len(line.split()) >= 2}
     assert listed.get("smooth") == "smoothing", proc.stdout
+
+
+# ----------------------------------------------------------------------------- the plugin on its own
+FIRST_PARTY = {"attacks", "smoothing", "coco", "train"}
+
+
+def test_hook_module_imports_without_torch():
+    """`freqprobe --help` loads every hook module: this one must not pull in torch (the implementation is loaded in the hooks)."""
+    code = "import sys, freqprobe_smoothing.hooks; assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:5]"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_smoothing_alone(cli, use_pm, tiny_npz, tiny_model_file, tmp_path):
+    """Only this plugin registered (attacks, coco and train switched off): its transform and its command work, and
+    what the other plugins add is absent."""
+    assert {name for name, _ in use_pm.list_name_plugin()} & FIRST_PARTY == {"smoothing"}
+    rc, out, err = cli("list", "transforms")
+    assert rc == 0 and "smooth" in out.split(), (out, err)
+    rc, _, err = cli("run", "--model", f"{tiny_model_file}:tinynet", "--data", f"npz:{tiny_npz}", "--no-fit", "--radii", "4",
+                     "--device", "cpu", "-q", "--transform", "smooth:rho=0.5", "--out", tmp_path / "s")
+    assert rc == 0, err
+    rc, out, err = cli("kernels", "--model", f"{tiny_model_file}:tinynet", "--rho", "0,1", "--out", tmp_path / "k", "-q")
+    assert rc == 0, err
+    assert out == f"results in {tmp_path / 'k'}/ (kernels.png, kernels.csv, manifest.json)\n" and err == ""
+    assert [r["checkpoint"] for r in read_csv(tmp_path / "k" / "kernels.csv")] == ["", ""]
+    rc, _, err = cli("train", "--model", "paper:lenet", "--out", tmp_path / "t")
+    assert rc == 2 and "No such command 'train'" in err, err

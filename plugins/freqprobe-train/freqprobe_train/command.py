@@ -10,9 +10,10 @@ from typing import Any
 
 import click
 
-from freqprobe.errors import UnknownNameError, UserFacingError
+from freqprobe import UnknownNameError, UserFacingError
+from freqprobe.plugin import ListedOption
 
-from .train import PRESETS, TrainSettings, train
+from .train import PRESETS, TrainSettings, check_settings, train
 
 #: the fields a --grid or a config file may set (the command-line names with - for _)
 FIELDS = {f.name for f in dataclasses.fields(TrainSettings)} - {"out"}
@@ -23,12 +24,11 @@ def _value(key: str, raw: Any) -> Any:
     if key == "radii":
         return tuple(float(v) for v in (raw.split(",") if isinstance(raw, str) else raw))
     if isinstance(raw, str):
-        from freqprobe.runner import parse_eps, parse_kv
+        from freqprobe.plugin import parse_kv, parse_numbers
 
         if key == "eps":
-            return parse_eps(raw)[0]
-        got = parse_kv([f"v={raw}"], f"value of {key}")["v"]
-        return got
+            return parse_numbers(raw, "--eps")[0]
+        return parse_kv([f"v={raw}"], f"value of {key}")["v"]
     return raw
 
 
@@ -83,8 +83,10 @@ def load_config(path: str) -> tuple[dict, dict]:
 
 
 @click.command("train")
-@click.option("--model", help="Model to train from fresh weights: paper:lenet|alexnet|vgg11|vgg16|resnet18|resnet20, timm:NAME, torchvision:NAME, file.py:callable.")
-@click.option("--data", help="Training data: its train split (cifar10, mnist, synth10, imagefolder: with train/); data with one split (npz:) with --holdout or --test-data.")
+@click.option("--model", cls=ListedOption, help="Model to train from fresh weights: {models} (paper: lenet, alexnet, vgg11, vgg16, "
+              "resnet18, resnet20).")
+@click.option("--data", cls=ListedOption, help="Training data: its train split ({datasets}; imagefolder: with train/); data "
+              "with one split (npz:) with --holdout or --test-data.")
 @click.option("--data-root", type=click.Path(file_okay=False))
 @click.option("--test-data", help="Test data (default: the data's test split).")
 @click.option("--holdout", type=float, help="Split the data's one split: this fraction (seeded by --seed) is the test set.")
@@ -100,11 +102,13 @@ def load_config(path: str) -> tuple[dict, dict]:
 @click.option("--dropout", type=float, help="Dropout p on fully connected layers (paper: 0.5).")
 @click.option("--mixup", type=float, help="Mixup alpha (paper: 0.5).")
 @click.option("--bn/--no-bn", default=None, help="BatchNorm in the paper's architectures (default off).")
-@click.option("--adversarial", metavar="ATTACK[:K=V]", help="Adversarial training with an attack of the attacks plugin, e.g. pgd or pgd:steps=7.")
+@click.option("--adversarial", metavar="ATTACK[:K=V]", cls=ListedOption,
+              help="Adversarial training with a registered attack ({attacks}), e.g. pgd or pgd:steps=7.")
 @click.option("--eps", help="Adversarial training budget (default 8/255).")
 @click.option("--labels", help="natural (default) or shuffled (M_shuffle: labels permuted across samples with --seed).")
 @click.option("--train-on", metavar="low:R|high:R", help="Train on the low or high part at radius R instead of the originals (Table 1).")
-@click.option("--rescale", help="How a component is fed when training on it (default minmax: the standard pixel scale).")
+@click.option("--rescale", cls=ListedOption, help="How a component is fed when training on it ({rescale}; default minmax: the "
+              "standard pixel scale).")
 @click.option("--radii", help="Tracked radii (default 4,8,12,16).")
 @click.option("--track-samples", type=int, help="Images tracked per split (default: 2.5 % of the training set, 100-1000; 0: all).")
 @click.option("--track-batch-size", type=int, help="Batch size of the tracking evaluation (default 500).")
@@ -120,18 +124,43 @@ def load_config(path: str) -> tuple[dict, dict]:
 @click.pass_context
 def train_command(ctx: click.Context, **kw: Any) -> None:
     """Train with the paper's set-ups and track accuracy on low/high-frequency images after every epoch (§4-5)."""
-    from freqprobe.cli import _pm, _progress_factory, command_line
-    from freqprobe.journal import graceful_stop
-    from freqprobe.runner import parse_kv
+    from freqprobe.plugin import command_context, torchrun_env
+
+    base, grid = _settings_given(ctx, kw)
+    settings, names = _runs(base, grid)
+    app = command_context(quiet=kw["quiet"])
+    for s in settings:  # every setting of a grid, before the first one trains
+        check_settings(s, app.pm)
+    out = Path(kw["out"])
+    main = (torchrun_env() or (0, 1, 0))[0] == 0  # under torchrun only rank 0 writes and reports
+    with app.stop_on_signals():
+        if len(settings) == 1 and not grid:
+            train(settings[0], out, pm=app.pm, resume=kw["resume"], say=app.say, progress=app.progress,
+                  command=app.command_line)
+            if main:
+                click.echo(f"results in {out}/ (curves.csv, curves.png, model.pt, checkpoints/, manifest.json)")
+            return
+        if not _train_grid(app, settings, names, out, resume=kw["resume"], main=main, base=base, grid=grid):
+            return
+    click.echo(f"results in {out}/ (one folder per setting, grid.csv, comparison.png)")
+
+
+#: the options a command line sets as they are (the others are converted or merged below)
+PLAIN_OPTIONS = ("model", "data", "data_root", "test_data", "holdout", "limit", "test_limit", "epochs", "optimizer", "lr",
+                 "batch_size", "init", "seed", "preset", "dropout", "mixup", "bn", "adversarial", "labels", "train_on",
+                 "rescale", "track_samples", "track_batch_size", "mean", "std", "device")
+
+
+def _settings_given(ctx: click.Context, kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list]]:
+    """The base settings (``--config`` overridden by the command line) and the grid."""
+    from freqprobe.plugin import parse_kv
 
     base: dict[str, Any] = {}
     grid: dict[str, list] = {}
     if kw["config"]:
         base, grid = load_config(kw["config"])
     src = click.core.ParameterSource.COMMANDLINE
-    for key in ("model", "data", "data_root", "test_data", "holdout", "limit", "test_limit", "epochs", "optimizer", "lr",
-                "batch_size", "init", "seed", "preset", "dropout", "mixup", "bn", "adversarial", "labels", "train_on",
-                "rescale", "track_samples", "track_batch_size", "mean", "std", "device"):
+    for key in PLAIN_OPTIONS:
         if ctx.get_parameter_source(key) == src and kw[key] is not None:
             base[key] = kw[key]
     if kw["eps"] is not None:
@@ -144,67 +173,69 @@ def train_command(ctx: click.Context, **kw: Any) -> None:
     for need in ("model", "data"):
         if not base.get(need):
             raise UserFacingError(f"freqprobe train needs --{need} (or '{need}' in --config)")
-    pm = _pm()
-    say = (lambda m: None) if kw["quiet"] else (lambda m: click.echo(m, err=True))
-    progress = _progress_factory(kw["quiet"])
-    out = Path(kw["out"])
+    return base, grid
+
+
+def _runs(base: dict[str, Any], grid: dict[str, list]) -> tuple[list[TrainSettings], list[str]]:
+    """One :class:`TrainSettings` per grid combination (one without a grid) and their names, which must differ."""
     combos = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
     settings = [TrainSettings(**{**base, **combo}).applied() for combo in combos]
     names = [s.name() for s in settings]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise UserFacingError(f"two grid settings are the same run ({dup}); drop the duplicate value")
-    cmd = command_line()
-    from freqprobe import distributed
+    return settings, names
 
-    main = (distributed.from_env() or (0, 1, 0))[0] == 0  # under torchrun only rank 0 writes and reports
-    with graceful_stop(lambda m: click.echo(m, err=True)):
-        if len(settings) == 1 and not grid:
-            train(settings[0], out, pm=pm, resume=kw["resume"], say=say, progress=progress, command=cmd)
-            if main:
-                click.echo(f"results in {out}/ (curves.csv, curves.png, model.pt, checkpoints/, manifest.json)")
-            return
-        from freqprobe.runner import check_out_dir
 
-        from .plots import plot_comparison
-        from .tracker import read_curves
+def _train_grid(app: Any, settings: list[TrainSettings], names: list[str], out: Path, *, resume: bool, main: bool,
+                base: dict[str, Any], grid: dict[str, list]) -> bool:
+    """Every setting of a grid into its sub-folder, then ``grid.csv``, ``comparison.png``, ``grid.json`` (rank 0: True)."""
+    from freqprobe.plugin import check_out_dir, write_json
 
-        if not kw["resume"]:
-            check_out_dir(out)
-        out.mkdir(parents=True, exist_ok=True)
-        runs = {}
-        for s, name in zip(settings, names):
-            sub = out / name
-            say(f"{name}:")
-            resume = kw["resume"] and (sub / "train_state.pt").is_file()
-            if resume:
-                import torch
+    from .plots import plot_comparison
+    from .tracker import read_curves
 
-                done = int(torch.load(sub / "train_state.pt", map_location="cpu", weights_only=True)["epoch"])
-                if done >= s.epochs:
-                    say(f"  {name}: {done} epochs done already")
-                    runs[name] = read_curves(sub / "curves.csv")
-                    continue
-            elif kw["resume"] and sub.exists():
-                import shutil
-
-                shutil.rmtree(sub)  # started but no epoch finished: start it again
-            train(s, sub, pm=pm, resume=resume, say=say, progress=progress, command=cmd)
-            if main:
+    if not resume:
+        check_out_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = {}
+    for s, name in zip(settings, names):
+        sub = out / name
+        app.say(f"{name}:")
+        again = resume and (sub / "train_state.pt").is_file()
+        if again:
+            done = _epochs_done(sub)
+            if done >= s.epochs:
+                app.say(f"  {name}: {done} epochs done already")
                 runs[name] = read_curves(sub / "curves.csv")
-        if not main:
-            return
-        _write_grid_csv(out / "grid.csv", runs)
-        plot_comparison(runs, out / "comparison.png", title=f"{base['model']} on {base['data']}")
-        (out / "grid.json").write_text(json.dumps({"runs": names, "grid": {k: [str(v) for v in vs] for k, vs in grid.items()},
-                                                   "command": cmd}, indent=2) + "\n")
-    click.echo(f"results in {out}/ (one folder per setting, grid.csv, comparison.png)")
+                continue
+        elif resume and sub.exists():
+            import shutil
+
+            shutil.rmtree(sub)  # started but no epoch finished: start it again
+        train(s, sub, pm=app.pm, resume=again, say=app.say, progress=app.progress, command=app.command_line)
+        if main:
+            runs[name] = read_curves(sub / "curves.csv")
+    if not main:
+        return False
+    _write_grid_csv(out / "grid.csv", runs)
+    plot_comparison(runs, out / "comparison.png", title=f"{base['model']} on {base['data']}")
+    write_json(out / "grid.json", {"runs": names, "grid": {k: [str(v) for v in vs] for k, vs in grid.items()},
+                                   "command": app.command_line})
+    return True
+
+
+def _epochs_done(run: Path) -> int:
+    """The epochs a run folder has finished (its ``train_state.pt``)."""
+    import torch
+
+    return int(torch.load(run / "train_state.pt", map_location="cpu", weights_only=True)["epoch"])
 
 
 def _write_grid_csv(path: Path, runs: dict) -> None:
     import csv
 
-    from freqprobe.tables import fmt_param
+    from freqprobe.plugin import fmt_param
 
     with open(path, "w", newline="") as f:
         w = csv.writer(f)

@@ -7,8 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from freqprobe import Batch, DataSource
-from freqprobe.errors import UserFacingError
+from freqprobe import Batch, DataSource, UserFacingError
 
 
 class SubsetSource(DataSource):

@@ -21,8 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 import freqprobe
-from freqprobe import DataSource, DecomposerSource, ModelAdapter, RunContext
-from freqprobe.errors import UserFacingError
+from freqprobe import ClassifierAdapter, DataSource, DecomposerSource, ModelAdapter, RunContext, UserFacingError, get_class
 
 from .data import fixed_sample
 
@@ -58,14 +57,15 @@ class FrequencyTracker:
         channels_last: bool | None = None,
         pm=None,
     ) -> None:
-        from freqprobe import registry
-        from freqprobe.runner import get_decomposer, resolve_device
+        from freqprobe.plugin import resolve_device
 
         self.pm = pm
         self.device = resolve_device(device) if not isinstance(device, torch.device) else device
-        self.decomposer = get_decomposer(decomposer, pm, **dict(decomposer_options or {}))
+        self.decomposer = freqprobe.get_decomposer(decomposer, pm, **dict(decomposer_options or {}))
         self.radii = self.decomposer.check_params(list(radii))
-        self.rescale = registry.get_class("rescale", rescale, pm)()
+        self.rescale = get_class("rescale", rescale, pm)()
+        #: the metric of every curve (the registered ``accuracy``)
+        self.metric = get_class("metrics", "accuracy", pm)
         self.batch_size = int(batch_size)
         #: the engine's memory format (None: its default); False keeps the parameters' layout (what DDP needs)
         self.channels_last = channels_last
@@ -86,13 +86,11 @@ class FrequencyTracker:
         if isinstance(model, ModelAdapter):
             return model
         if isinstance(model, torch.nn.Module):
-            return ModelAdapter(model, spec=type(model).__name__)
+            return ClassifierAdapter(model, spec=type(model).__name__)
         raise UserFacingError(f"the tracker needs a torch.nn.Module or a freqprobe ModelAdapter, got {type(model).__name__}")
 
     def track(self, model: Any, epoch: int) -> list[dict]:
         """Evaluate ``model`` (a module or adapter; its mode and memory format are restored) and keep the rows."""
-        from freqprobe.builtins.metrics import AccuracyMetric
-
         adapter = self._adapter(model)
         module = adapter.module
         was_training = module.training
@@ -100,9 +98,9 @@ class FrequencyTracker:
         rows = []
         try:
             for split, data in self.splits.items():
-                ctx = RunContext(adapter=adapter, data=data, decomposer=self.decomposer, params=list(self.radii),
-                                 rescale=self.rescale, metrics=[AccuracyMetric], device=self.device,
-                                 batch_size=self.batch_size, pm=self.pm, channels_last=self.channels_last)
+                ctx = RunContext.create(adapter, data, self.decomposer, self.radii, self.rescale, metrics=[self.metric],
+                                        device=self.device, pm=self.pm, batch_size=self.batch_size,
+                                        channels_last=self.channels_last)
                 res = ctx.evaluate([DecomposerSource(self.decomposer, self.radii)], probe="track", samples=False)
                 for r in res.summary:
                     rows.append({"epoch": int(epoch), "split": split, "variant": r["variant"], "param": r["param"],
@@ -147,7 +145,7 @@ def _restore_formats(module: torch.nn.Module, formats: list) -> None:
 
 def write_curves(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
     """The tidy ``curves.csv``: ``epoch,split,variant,param,metric,value,n`` (param empty where there is none)."""
-    from freqprobe.tables import fmt_param
+    from freqprobe.plugin import fmt_param
 
     with open(path, "w", newline="") as f:
         w = csv.writer(f)

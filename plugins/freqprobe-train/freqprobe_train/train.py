@@ -10,7 +10,6 @@ run resumes from its last finished epoch; ``--epochs`` larger than before trains
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
 import math
 import os
@@ -23,9 +22,8 @@ import numpy as np
 import torch
 
 import freqprobe
-from freqprobe.checkpoint import save_model
-from freqprobe.errors import UnknownNameError, UserFacingError
-from freqprobe.journal import StopRequested, check_stop
+from freqprobe import StopRequested, UnknownNameError, UserFacingError, get_class
+from freqprobe.plugin import check_stop, decompose_with, parse_component, save_model
 
 from .data import RelabelledSource, all_labels, first, holdout_split, shuffled_labels
 from .tracker import DEFAULT_RADII, FrequencyTracker, default_track_samples, read_curves, write_curves
@@ -156,14 +154,25 @@ def check_settings(s: TrainSettings, pm) -> None:
     if not (math.isfinite(s.eps) and s.eps > 0):
         raise UserFacingError(f"--eps must be a positive number, got {s.eps!r}")
     parse_train_on(s.train_on)
-    freqprobe.registry.get_class("rescale", s.rescale, pm)
+    get_class("rescale", s.rescale, pm)
     if s.adversarial:
-        from freqprobe.runner import parse_attacks
-
-        parse_attacks([s.adversarial], pm)
+        attack_class(s.adversarial, pm)
     if s.bn is not None and not s.model.startswith("paper:"):
         raise UserFacingError(f"--bn/--no-bn switches BatchNorm in the paper's architectures (paper:NAME), not in {s.model}; "
                               "pick a model with or without BatchNorm instead")
+
+
+def attack_class(spec: str, pm) -> tuple[type, dict[str, Any]]:
+    """``pgd:steps=7`` -> (the attack class some plugin registers, its checked options); an unknown one is one line."""
+    name, given = parse_component(spec, "--adversarial")
+    try:
+        cls = get_class("attacks", name, pm)
+    except UnknownNameError as exc:
+        if freqprobe.collect("attacks", pm):
+            raise
+        raise UserFacingError(f"{exc} --adversarial takes its attacks from a plugin, e.g. freqprobe-attacks, which is "
+                              "not installed or is switched off") from None
+    return cls, cls.check_options(given)
 
 
 def parse_train_on(text: str | None) -> tuple[str, float] | None:
@@ -183,7 +192,7 @@ def parse_train_on(text: str | None) -> tuple[str, float] | None:
 # ----------------------------------------------------------------------------- data and model
 def open_splits(s: TrainSettings, pm) -> tuple[Any, Any, dict]:
     """(train, test, description): the data's train/test splits, or a seeded --holdout split of its one split."""
-    from freqprobe.runner import open_data
+    from freqprobe import open_data
 
     base_test = open_data(s.data, root=s.data_root, split="test", seed=s.seed, pm=pm)
     if s.holdout is not None:
@@ -225,8 +234,7 @@ def build_model(s: TrainSettings, train, pm):
     if adapter.info.get("has_weights"):
         raise UserFacingError(f"{s.model} came with weights; freqprobe train starts from fresh weights (drop --pretrained)")
     if s.mean is None:  # the vanilla set-up: pixels in [0, 1], no normalisation (whatever timm's pretrained_cfg says)
-        adapter.mean = adapter.std = None
-        adapter._norm_cache = None
+        adapter.set_normalization(None, None)
     if s.init == "xavier":
         from .archs import xavier_init
 
@@ -241,6 +249,38 @@ def _mixup(x, y, alpha: float, gen: torch.Generator, rng: np.random.Generator):
     return lam * x + (1 - lam) * x[perm], y[perm], lam
 
 
+@dataclasses.dataclass
+class _Run:
+    """What one training run works with, from its set-up to its last epoch."""
+
+    s: TrainSettings
+    out: Path
+    name: str
+    device: torch.device
+    dist: Any  # the torchrun group (freqprobe.plugin.Dist) or None
+    train_data: Any
+    adapter: Any
+    opt: torch.optim.Optimizer
+    forward: Callable
+    tracker: FrequencyTracker
+    manifest: dict
+    comp_r: tuple[str, float] | None = None
+    rescale: Any = None
+    dec: Any = None
+    attack: Any = None
+    start_epoch: int = 0
+    rows: list = dataclasses.field(default_factory=list)
+    history: list = dataclasses.field(default_factory=list)
+
+    @property
+    def main(self) -> bool:
+        return self.dist is None or self.dist.is_main
+
+    @property
+    def world(self) -> int:
+        return self.dist.world if self.dist is not None else 1
+
+
 def train(
     s: TrainSettings,
     out: Path,
@@ -252,31 +292,57 @@ def train(
     command: str | None = None,
 ) -> dict:
     """Train one setting into ``out`` (see the module docstring); returns the manifest."""
-    from freqprobe.runner import check_out_dir, resolve_device
+    from freqprobe.plugin import check_out_dir, command_context
 
-    pm = pm or freqprobe.plugins.default_plugin_manager()
+    pm = pm or command_context().pm
     s = s.applied()
     check_settings(s, pm)
     out = Path(out)
-    state_file = out / "train_state.pt"
-    start_epoch = 0
-    from freqprobe import distributed
-
-    d, dev = distributed.setup(s.device)  # torchrun: DistributedDataParallel, each rank a slice of every batch
-    main = d is None or d.is_main
-    if d is not None:
-        import warnings
-
-        s = dataclasses.replace(s, device=dev)
-        # a size-1 dimension (a 1-channel first conv) has two valid strides: DDP's performance note, not a problem
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        if not main:
-            say, progress = (lambda m: None), None
+    d, s = _join_torchrun(s)  # torchrun: DistributedDataParallel, each rank a slice of every batch
+    if d is not None and not d.is_main:
+        say, progress = (lambda m: None), None
     if resume:
-        if not state_file.is_file():
+        if not (out / "train_state.pt").is_file():
             raise UserFacingError(f"nothing to resume in {out} (no train_state.pt); leave out --resume to start a run there")
-    elif main:
+    elif d is None or d.is_main:
         check_out_dir(out)
+    run = _set_up(s, out, pm, d, command=command)
+    if resume:
+        _restore(run)
+        say(f"resuming {out} after epoch {run.start_epoch} of {s.epochs}")
+    for epoch in range(run.start_epoch + 1, s.epochs + 1):
+        fit = _train_epoch(run, epoch, progress)
+        if run.main:  # rank 0 tracks and writes; the others wait for it
+            _finish_epoch(run, epoch, fit, say)
+        else:
+            run.adapter.module.eval()
+        if d is not None:
+            import torch.distributed as tdist
+
+            tdist.barrier(group=d.group)
+    if not run.main:
+        return {}
+    return json.loads((out / "manifest.json").read_text())
+
+
+def _join_torchrun(s: TrainSettings) -> tuple[Any, TrainSettings]:
+    """The torchrun group (None outside torchrun) and the settings with this rank's device."""
+    from freqprobe.plugin import join_torchrun
+
+    d, dev = join_torchrun(s.device)
+    if d is None:
+        return None, s
+    import warnings
+
+    # a size-1 dimension (a 1-channel first conv) has two valid strides: DDP's performance note, not a problem
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    return d, dataclasses.replace(s, device=dev)
+
+
+def _set_up(s: TrainSettings, out: Path, pm, d, *, command: str | None) -> _Run:
+    """Data, model, optimizer, tracker, attack and the manifest of a run (the weights as initialised)."""
+    from freqprobe.plugin import resolve_device
+
     device = resolve_device(s.device)
     train_data, test_data, data_desc = open_splits(s, pm)
     adapter, model_args = build_model(s, train_data, pm)
@@ -287,121 +353,137 @@ def train(
     if d is not None:
         ddp = torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
         forward = lambda x: ddp(adapter.normalize(x))  # noqa: E731
-    rows: list[dict] = []
-    history: list[dict] = []
-    if resume:
-        saved = torch.load(state_file, map_location="cpu", weights_only=True)
-        if saved["fingerprint"] != s.fingerprint():
-            diff = sorted(k for k in s.fingerprint() if saved["fingerprint"].get(k) != s.fingerprint().get(k))
-            raise UserFacingError(f"cannot resume {out}: it was trained with other settings ({', '.join(diff)} differ); "
-                                  "repeat the original options (only --epochs may grow), or train into a new --out")
-        start_epoch = int(saved["epoch"])
-        if s.epochs <= start_epoch:
-            raise UserFacingError(f"{out} has already been trained for {start_epoch} epochs; pass --epochs N with N > {start_epoch} "
-                                  "to train more")
-        module.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])  # every rank loads the same state
-        history = list(saved.get("history", []))
-        rows = [r for r in read_curves(out / "curves.csv") if r["epoch"] <= start_epoch]
-        say(f"resuming {out} after epoch {start_epoch} of {s.epochs}")
     comp_r = parse_train_on(s.train_on)
-    rescale = freqprobe.registry.get_class("rescale", s.rescale, pm)()
-    dec = freqprobe.get_decomposer("fft-radial", pm)
     track_n = s.track_samples if s.track_samples is not None else default_track_samples(len(train_data))
     tracker = FrequencyTracker({"train": train_data, "test": test_data}, radii=s.radii, rescale=s.rescale if comp_r else "none",
                                samples=track_n or None, seed=s.seed, device=device, batch_size=s.track_batch_size,
                                channels_last=False if d is not None else None, pm=pm)
-    attack = None
+    run = _Run(s=s, out=out, name=s.name(), device=device, dist=d, train_data=train_data, adapter=adapter, opt=opt,
+               forward=forward, tracker=tracker, manifest={}, comp_r=comp_r,
+               rescale=get_class("rescale", s.rescale, pm)(), dec=freqprobe.get_decomposer("fft-radial", pm))
     if s.adversarial:
-        from freqprobe.runner import parse_attacks
+        acls, aopts = attack_class(s.adversarial, pm)
+        run.attack = acls(adapter, eps=s.eps, seed=s.seed, **aopts)
+        run.attack.fold_batchnorm = False  # the weights change every step: differentiate the model itself
+    run.manifest = _manifest(run, pm, command=command, model_args=model_args, data_desc=data_desc, test_n=len(test_data),
+                             track_n=track_n)
+    return run
 
-        (acls, aopts), = parse_attacks([s.adversarial], pm)
-        attack = acls(adapter, eps=s.eps, seed=s.seed, **aopts)
-        attack.fold_batchnorm = False  # the weights change every step: differentiate the model itself
-    name = s.name()
-    manifest = {
-        "versions": freqprobe.runner.versions(), "command": command or " ".join(sys.argv),
-        "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "setting": name,
-        "settings": {**dataclasses.asdict(s), "radii": [float(r) for r in s.radii]}, "model_args": model_args,
-        "model": adapter.describe(), "data": data_desc, "train_n": len(train_data), "test_n": len(test_data),
-        "tracking": {**tracker.describe(), "samples_per_split": track_n or "all"}, "device": str(device),
-        "processes": d.world if d is not None else 1,
-    }
-    loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")  # divided by the whole batch's size (also under DDP)
-    for epoch in range(start_epoch + 1, s.epochs + 1):
-        t0 = time.perf_counter()
-        torch.manual_seed(s.seed * 1000 + epoch)  # dropout; resume reproduces the uninterrupted run
-        gen = torch.Generator().manual_seed(s.seed * 1000 + epoch)
-        rng = np.random.default_rng([s.seed, epoch])
+
+def _manifest(run: _Run, pm, *, command: str | None, model_args: dict, data_desc: dict, test_n: int, track_n: int) -> dict:
+    from freqprobe.plugin import CommandContext
+
+    s = run.s
+    return CommandContext(pm).manifest(
+        command=command or " ".join(sys.argv), setting=run.name, settings={**dataclasses.asdict(s), "radii": [float(r) for r in s.radii]}, model_args=model_args,
+        model=run.adapter.describe(), data=data_desc, train_n=len(run.train_data), test_n=test_n,
+        tracking={**run.tracker.describe(), "samples_per_split": track_n or "all"}, device=str(run.device),
+        processes=run.world)
+
+
+def _restore(run: _Run) -> None:
+    """A resumed run: the weights, optimizer, history and curves of its last finished epoch."""
+    s, out = run.s, run.out
+    saved = torch.load(out / "train_state.pt", map_location="cpu", weights_only=True)
+    if saved["fingerprint"] != s.fingerprint():
+        diff = sorted(k for k in s.fingerprint() if saved["fingerprint"].get(k) != s.fingerprint().get(k))
+        raise UserFacingError(f"cannot resume {out}: it was trained with other settings ({', '.join(diff)} differ); "
+                              "repeat the original options (only --epochs may grow), or train into a new --out")
+    run.start_epoch = int(saved["epoch"])
+    if s.epochs <= run.start_epoch:
+        raise UserFacingError(f"{out} has already been trained for {run.start_epoch} epochs; pass --epochs N with "
+                              f"N > {run.start_epoch} to train more")
+    run.adapter.module.load_state_dict(saved["model"])
+    run.opt.load_state_dict(saved["optimizer"])  # every rank loads the same state
+    run.history = list(saved.get("history", []))
+    run.rows = [r for r in read_curves(out / "curves.csv") if r["epoch"] <= run.start_epoch]
+
+
+def _train_epoch(run: _Run, epoch: int, progress) -> dict:
+    """One epoch of training; its loss, accuracy (on what the model was fed), sample count and seconds (all ranks')."""
+    s = run.s
+    t0 = time.perf_counter()
+    torch.manual_seed(s.seed * 1000 + epoch)  # dropout; resume reproduces the uninterrupted run
+    gen = torch.Generator().manual_seed(s.seed * 1000 + epoch)
+    rng = np.random.default_rng([s.seed, epoch])
+    run.adapter.module.train()
+    loss_sum, correct, total = 0.0, 0, 0
+    cb = progress(f"epoch {epoch}", len(run.train_data)) if progress else None
+    for b, (x, y, _) in enumerate(run.train_data.batches(s.batch_size, shuffle=True, seed=s.seed * 1000 + epoch)):
+        _check_stop(run.out, epoch)
+        loss, n_correct, n = _step(run, x, y, epoch, b, gen, rng)
+        loss_sum += loss
+        correct += n_correct
+        total += n
+        if cb:
+            cb(n)
+    train_s = time.perf_counter() - t0
+    if run.dist is not None:
+        import torch.distributed as tdist
+
+        sums = torch.tensor([loss_sum, correct, total], dtype=torch.float64)
+        tdist.all_reduce(sums, group=run.dist.group)
+        loss_sum, correct, total = float(sums[0]), int(sums[1]), int(sums[2])
+    return {"loss": loss_sum / max(total, 1), "accuracy": correct / max(total, 1), "n": total, "train_s": train_s}
+
+
+def _check_stop(out: Path, epoch: int) -> None:
+    try:
+        check_stop(f"training (epoch {epoch})")
+    except StopRequested as exc:
+        kept = f"epochs 1-{epoch - 1} are kept in {out}" if epoch > 1 else f"no epoch had finished in {out}"
+        raise StopRequested(f"{exc}; {kept}; continue with the same command and --resume"
+                            if epoch > 1 else f"{exc}; {kept}: run it again", exc.signum) from None
+
+
+def _step(run: _Run, x, y, epoch: int, b: int, gen: torch.Generator, rng: np.random.Generator) -> tuple[float, int, int]:
+    """One optimizer step on batch ``b`` (this rank's slice under torchrun): its summed loss, correct count and size."""
+    s, d, module = run.s, run.dist, run.adapter.module
+    x, y = x.to(run.device), y.to(run.device)
+    if run.comp_r is not None:
+        x = run.rescale.apply(decompose_with(run.dec, x.contiguous(), run.comp_r[1])[run.comp_r[0]])
+    if run.attack is not None:
+        run.attack.seed = s.seed * 1_000_003 + epoch * 10_007 + b
+        module.eval()  # the attack sees the model as it predicts (BatchNorm running statistics untouched)
+        x = run.attack(x, y).detach()
         module.train()
-        loss_sum, correct, total = 0.0, 0, 0
-        cb = progress(f"epoch {epoch}", len(train_data)) if progress else None
-        for b, (x, y, idx) in enumerate(train_data.batches(s.batch_size, shuffle=True, seed=s.seed * 1000 + epoch)):
-            try:
-                check_stop(f"training (epoch {epoch})")
-            except StopRequested as exc:
-                kept = f"epochs 1-{epoch - 1} are kept in {out}" if epoch > 1 else f"no epoch had finished in {out}"
-                raise StopRequested(f"{exc}; {kept}; continue with the same command and --resume"
-                                    if epoch > 1 else f"{exc}; {kept}: run it again", exc.signum) from None
-            x, y = x.to(device), y.to(device)
-            if comp_r is not None:
-                x = rescale.apply(freqprobe.guard.decompose(dec, x.contiguous(), comp_r[1])[comp_r[0]])
-            if attack is not None:
-                attack.seed = s.seed * 1_000_003 + epoch * 10_007 + b
-                module.eval()  # the attack sees the model as it predicts (BatchNorm running statistics untouched)
-                x = attack(x, y).detach()
-                module.train()
-            y2, lam = None, 1.0
-            if s.mixup:
-                x, y2, lam = _mixup(x, y, s.mixup, gen, rng)
-            n_batch = len(y)
-            if d is not None:  # this rank's slice of the batch every rank loaded (the same batches as one process)
-                part = torch.tensor_split(torch.arange(n_batch, device=x.device), d.world)[d.rank]
-                x, y = x[part], y[part]
-                y2 = y2[part] if y2 is not None else None
-            opt.zero_grad(set_to_none=True)
-            logits = forward(x)
-            loss = loss_fn(logits, y) if y2 is None else lam * loss_fn(logits, y) + (1 - lam) * loss_fn(logits, y2)
-            # mean over the whole batch; DDP averages the ranks' gradients, so each rank scales by the world size
-            (loss * (d.world if d is not None else 1) / n_batch).backward()
-            opt.step()
-            loss_sum += float(loss.detach())
-            correct += int((logits.detach().argmax(1) == y).sum())
-            total += len(y)
-            if cb:
-                cb(len(y))
-        train_s = time.perf_counter() - t0
-        if d is not None:
-            import torch.distributed as tdist
+    y2, lam = None, 1.0
+    if s.mixup:
+        x, y2, lam = _mixup(x, y, s.mixup, gen, rng)
+    n_batch = len(y)
+    if d is not None:  # this rank's slice of the batch every rank loaded (the same batches as one process)
+        part = torch.tensor_split(torch.arange(n_batch, device=x.device), d.world)[d.rank]
+        x, y = x[part], y[part]
+        y2 = y2[part] if y2 is not None else None
+    run.opt.zero_grad(set_to_none=True)
+    logits = run.forward(x)
+    loss = _LOSS(logits, y) if y2 is None else lam * _LOSS(logits, y) + (1 - lam) * _LOSS(logits, y2)
+    # mean over the whole batch; DDP averages the ranks' gradients, so each rank scales by the world size
+    (loss * run.world / n_batch).backward()
+    run.opt.step()
+    return float(loss.detach()), int((logits.detach().argmax(1) == y).sum()), len(y)
 
-            sums = torch.tensor([loss_sum, correct, total], dtype=torch.float64)
-            tdist.all_reduce(sums, group=d.group)
-            loss_sum, correct, total = float(sums[0]), int(sums[1]), int(sums[2])
-            if not main:  # rank 0 tracks and writes; the others wait for it
-                module.eval()
-                tdist.barrier(group=d.group)
-                continue
-        t1 = time.perf_counter()
-        module.eval()
-        new = tracker.track(adapter, epoch)
-        track_s = time.perf_counter() - t1
-        rec = {"epoch": epoch, "loss": loss_sum / max(total, 1), "accuracy": correct / max(total, 1), "train_s": train_s,
-               "track_s": track_s}
-        history.append(rec)
-        rows += new
-        rows += [{"epoch": epoch, "split": "train", "variant": "fit", "param": None, "metric": m, "value": rec[k], "n": total}
-                 for m, k in (("loss", "loss"), ("accuracy", "accuracy"))]
-        _save_epoch(out, s, name, epoch, adapter, opt, rows, history, manifest)
-        test_acc = next((r["value"] for r in new if r["split"] == "test" and r["variant"] == "original"), float("nan"))
-        say(f"  epoch {epoch}/{s.epochs}: loss {rec['loss']:.4f}, train accuracy {rec['accuracy']:.4f} "
-            f"(on what it was fed), test {test_acc:.4f}; {train_s:.1f} s training + {track_s:.1f} s tracking")
-        if d is not None:
-            import torch.distributed as tdist
 
-            tdist.barrier(group=d.group)
-    if not main:
-        return {}
-    return json.loads((out / "manifest.json").read_text())
+#: summed, then divided by the whole batch's size (also under DDP)
+_LOSS = torch.nn.CrossEntropyLoss(reduction="sum")
+
+
+def _finish_epoch(run: _Run, epoch: int, fit: dict, say: Callable[[str], None]) -> None:
+    """Track the epoch's model, save everything of the epoch, and say how it went."""
+    s = run.s
+    t1 = time.perf_counter()
+    run.adapter.module.eval()
+    new = run.tracker.track(run.adapter, epoch)
+    track_s = time.perf_counter() - t1
+    rec = {"epoch": epoch, "loss": fit["loss"], "accuracy": fit["accuracy"], "train_s": fit["train_s"], "track_s": track_s}
+    run.history.append(rec)
+    run.rows += new
+    run.rows += [{"epoch": epoch, "split": "train", "variant": "fit", "param": None, "metric": m, "value": rec[k],
+                  "n": fit["n"]} for m, k in (("loss", "loss"), ("accuracy", "accuracy"))]
+    _save_epoch(run.out, s, run.name, epoch, run.adapter, run.opt, run.rows, run.history, run.manifest)
+    test_acc = next((r["value"] for r in new if r["split"] == "test" and r["variant"] == "original"), float("nan"))
+    say(f"  epoch {epoch}/{s.epochs}: loss {rec['loss']:.4f}, train accuracy {rec['accuracy']:.4f} "
+        f"(on what it was fed), test {test_acc:.4f}; {fit['train_s']:.1f} s training + {track_s:.1f} s tracking")
 
 
 def checkpoint_name(setting: str, epoch: int) -> str:

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import freqprobe
-from freqprobe.journal import StopRequested, clear_stop, request_stop
+from freqprobe import StopRequested
+from freqprobe.journal import clear_stop, request_stop  # test-only: a stop as a signal handler asks for it
 
 
 @pytest.fixture
@@ -320,3 +321,68 @@ def test_torchrun_ddp_trains_like_one_process(tmp_path, mnist):
     a = torch.load(tmp_path / "one" / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "two" / "model.pt", weights_only=True)["state_dict"]
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+# ----------------------------------------------------------------------------- the plugin on its own
+FIRST_PARTY = {"attacks", "smoothing", "coco", "train"}
+
+
+def test_hook_module_imports_without_torch():
+    """`freqprobe --help` loads every hook module: this one must not pull in torch (the implementation is loaded in the hooks)."""
+    import subprocess
+    import sys
+
+    code = "import sys, freqprobe_train.hooks; assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:5]"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_train_alone_trains_reports_and_refuses_an_attack_in_one_line(first_party_pm, capsys, tmp_path):
+    """Only this plugin registered (attacks, smoothing and coco switched off): training, a grid and their report
+    sections work; --adversarial (attacks come from the attacks plugin) is one line, exit 2, before anything is written."""
+    from freqprobe.cli import main
+
+    pm = first_party_pm("train")
+    assert {name for name, _ in pm.list_name_plugin()} & FIRST_PARTY == {"train"}
+
+    def cli(*args):
+        capsys.readouterr()
+        rc = main([str(a) for a in args])
+        got = capsys.readouterr()
+        return rc, got.out, got.err
+
+    base = ["train", "--model", "paper:lenet", "--data", "synth10", "--limit", "60", "--test-limit", "30", "--epochs", "1",
+            "--track-samples", "20", "--radii", "4,8", "-q"]
+    for extra in (["--adversarial", "pgd"], ["--preset", "adversarial"], ["--grid", "preset=vanilla,adversarial"],
+                  ["--adversarial", "pgd:steps=3"]):
+        rc, _, err = cli(*base, *extra, "--out", tmp_path / "adv")
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (extra, err)
+        assert err.startswith("Error: Unknown attack 'pgd'.") and "freqprobe-attacks" in err, err
+        assert not (tmp_path / "adv").exists()
+    rc, _, err = cli(*base, "--out", tmp_path / "run")
+    assert rc == 0, err
+    rc, _, err = cli(*base, "--grid", "preset=vanilla,mixup", "--out", tmp_path / "grid")
+    assert rc == 0, err
+    assert sorted(p.name for p in (tmp_path / "grid").iterdir()) == ["comparison.png", "grid.csv", "grid.json", "mixup0.5",
+                                                                      "vanilla"]
+    rc, _, err = cli("report", tmp_path / "run", tmp_path / "grid", "--out", tmp_path / "report.html")
+    assert rc == 0, err
+    page = (tmp_path / "report.html").read_text()
+    assert "<h2>run — setting vanilla · model paper:lenet" in page
+    assert "<h2>grid — training grid</h2>" in page
+    assert page.count('<section class="run sub"><h3>') == 2 and "<h3>mixup0.5 — setting mixup0.5 · model paper:lenet" in page
+    assert page.count("<figcaption class=meta>curves.png</figcaption>") == 3
+    assert page.count("<figcaption class=meta>comparison.png</figcaption>") == 1
+    assert "<p class=meta>accuracy at the last epoch</p>" in page and "<p class=meta>loss at the last epoch</p>" in page
+    assert '<th class=l>setting</th><th class=l>epoch</th><th class=l>split</th><th class=l>variant</th><th>—</th><th>4</th>' \
+           '<th>8</th>' in page
+
+
+def test_report_of_a_training_folder_needs_this_plugin(first_party_pm, cli, tmp_path):
+    """The core's report knows no training folder: with the plugin switched off it is refused in one line."""
+    rc, _, err = cli("train", "--model", "paper:lenet", "--data", "synth10", "--limit", "30", "--test-limit", "20",
+                     "--epochs", "1", "--track-samples", "10", "--radii", "8", "--out", tmp_path / "run", "-q")
+    assert rc == 0, err
+    first_party_pm("attacks", "smoothing", "coco")
+    rc, _, err = cli("report", tmp_path / "run", "--out", tmp_path / "r.html")
+    assert rc == 2 and "is not a freqprobe run folder" in err and len(err.strip().splitlines()) == 1, err
