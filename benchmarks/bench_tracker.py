@@ -16,7 +16,6 @@ Usage: .venv/bin/python benchmarks/bench_tracker.py [--model paper:resnet20] [--
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile

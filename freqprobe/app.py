@@ -85,8 +85,10 @@ class CommandContext:
 
     @contextlib.contextmanager
     def stop_on_signals(self) -> Iterator[None]:
-        """Inside: SIGINT/SIGTERM stop the work at its next batch boundary (a second one aborts at once)."""
-        with graceful_stop(self.say):
+        """Inside: SIGINT/SIGTERM stop the work at its next batch boundary (a second one aborts at once).
+
+        What the signal did is said on stderr even with ``-q``: it answers the user's own keystroke."""
+        with graceful_stop(lambda m: click.echo(m, err=True)):
             yield
 
     # -- writing results
@@ -99,11 +101,11 @@ class CommandContext:
         """
         return workspace(Path(out), kind=kind, resume=resume, flag=flag, announce=self.say)
 
-    def manifest(self, **sections: Any) -> dict[str, Any]:
-        """A manifest's head (versions, the command line, when) followed by ``sections``."""
+    def manifest(self, *, command: str | None = None, **sections: Any) -> dict[str, Any]:
+        """A manifest's head (versions, the command line — or ``command`` —, when) followed by ``sections``."""
         from .runner import versions
 
-        return {"versions": versions(), "command": self.command_line,
+        return {"versions": versions(), "command": command or self.command_line,
                 "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), **sections}
 
 

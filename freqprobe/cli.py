@@ -41,15 +41,24 @@ class _Lists(dict):
         entries = registry.collect(kind, self.pm) if kind in registry.KINDS else None
         if entries is None:
             return "{" + kind + "}"
-        names = [f"{n}:{e.cls.argument_metavar}" if getattr(e.cls, "takes_argument", False) else n for n, e in sorted(entries.items())]
+        names = [_usage(kind, n, e.cls) for n, e in sorted(entries.items())]
         self[kind] = ", ".join(names) or "(none installed)"
         return self[kind]
+
+
+def _usage(kind: str, name: str, cls: type) -> str:
+    """How a registered name is written on the command line: ``npz:PATH``, ``timm:NAME``, ``fft-radial``."""
+    if kind == "datasets" and getattr(cls, "takes_argument", False):
+        return f"{name}:{cls.argument_metavar}"
+    if kind == "models":
+        return getattr(cls, "usage", None) or f"{name}:NAME"
+    return name
 
 
 class ListedOption(click.Option):
     """A click option whose help may name registry lists: ``{models}``, ``{datasets}``, ``{decomposers}``, ``{probes}``,
     ``{metrics}``, ``{attacks}``, ``{transforms}``, ``{rescale}`` are filled in when the help is shown, from the plugin
-    manager of the running command (``@click.option("--attack", cls=ListedOption, help="...: {attacks}.")``)."""
+    manager of the running command (``@click.option("--model", cls=ListedOption, help="...: {models}.")``)."""
 
     _pm: Any = None
 
@@ -153,7 +162,7 @@ def _decompose_command(pm: Any) -> click.Command:
     params = [DeclaredOption(o, pm) for o in opts.values()] + [_quiet()]
     return click.Command("decompose", callback=callback, params=params, help=(
         "Export a decomposed data set: FILE.npz (x, y, low_r8, high_r8, ...) or a folder of PNGs per component.\n\n"
-        "Data whose images differ in size (coco:IMAGES:ANN.json) is exported to a folder: one float32 .npy\n"
+        "Data whose images differ in size (e.g. a detection data set) is exported to a folder: one float32 .npy\n"
         "per image and component (npy/low_r128/STEM.npy), PNGs for viewing (png-minmax/...) and original/STEM.png."))
 
 
@@ -376,7 +385,7 @@ def _format_rows(result, rows) -> str:
     params = list(dict.fromkeys(r["param"] for r in rows if r.get("param") is not None))
     pn = result.param_name or "param"
     lines = []
-    if len(metrics) > 4:  # many numbers per variant (coco-map's twelve): one row per variant, one column per metric
+    if len(metrics) > 4:  # many numbers per variant (a detection metric's twelve): one row per variant, one column per metric
         cells: dict = {}
         for r in rows:
             label = " ".join([r["variant"]] + ([f"{pn}={fmt_param(r['param'])}"] if r.get("param") is not None else [])

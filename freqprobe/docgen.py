@@ -196,8 +196,19 @@ def cli_reference(pm=None, *, third_party: bool = False) -> str:
     ``pm``: the plugin manager whose ``register_commands`` implementations add commands (default: the
     one the console uses). ``third_party``: also document commands of third-party plugins.
     """
-    group, origin = collect_commands(pm, third_party=third_party)
-    root = click.Context(group, info_name=PROG, **group.context_settings)
+    from .app import CommandContext
+    from .plugins import default_plugin_manager
+
+    pm = default_plugin_manager() if pm is None else pm
+    # the manager the commands and the help texts' registry lists come from (a plugin command's ListedOption finds it)
+    used = pm if third_party else _first_party_manager(pm)
+    group, origin = collect_commands(used, third_party=True)
+    root = click.Context(group, info_name=PROG, obj=CommandContext(used, []), **group.context_settings)
+    with root.scope(cleanup=False):
+        return _reference(group, origin, root, pm)
+
+
+def _reference(group: click.Group, origin: dict, root: click.Context, pm) -> str:
     names = sorted(n for n, cmd in group.commands.items() if not cmd.hidden)
 
     out = [HEADER, "", f"# `{PROG}` command reference", ""]

@@ -26,8 +26,7 @@ callable  ``fn(mine, theirs) -> merged``
 
 Floating-point sums depend on the order they are added in. A state that must come out bit for
 bit the same whatever the number of processes keeps one entry per batch (``reduce="cat"``,
-keyed by :attr:`EvalStep.number`) and adds them up in batch order when it reports (see the
-robustness probe's perturbation spectrum).
+keyed by :attr:`EvalStep.number`) and adds them up in batch order when it reports.
 """
 
 from __future__ import annotations
@@ -182,6 +181,9 @@ class Evaluator(ABC):
     def add_state(self, name: str, default: Any, reduce: str | Callable[[Any, Any], Any] = "sum") -> None:
         """Declare a state variable: :meth:`reset` restores ``default``; :meth:`merge` combines with ``reduce``
         (``sum``, ``mean``, ``cat``, ``max``, ``min`` or a function ``fn(mine, theirs)``)."""
+        if not name.isidentifier() or name.startswith("_") or name in ("ctx", "options") or hasattr(type(self), name):
+            raise ValueError(f"state name {name!r} of {type(self).__name__} would hide a member of the evaluator contract "
+                             "(or is not a plain identifier); choose another name")
         if isinstance(reduce, str) and reduce not in REDUCTIONS:
             raise ValueError(f"unknown reduce {reduce!r}; use one of {', '.join(REDUCTIONS)} or a function")
         if not isinstance(reduce, str) and not callable(reduce):

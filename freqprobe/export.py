@@ -10,7 +10,7 @@ Layout of the ``.npz``: ``x`` and every component (``low_r8``, ``high_r8``, ...)
 ``--data npz:`` reads, so an export can be probed again as it is.
 
 Data whose images differ in size (a source whose batches yield *lists* of C×H×W tensors, such as
-``coco:``) cannot share one array: :func:`export_images` writes a folder instead, one lossless
+a detection data set) cannot share one array: :func:`export_images` writes a folder instead, one lossless
 float32 ``.npy`` per image and component (``npy/low_r128/000000000139.npy``), PNGs for viewing under
 a named rescale (``png-minmax/high_r128/000000000139.png``) and the 8-bit source as PNG
 (``original/000000000139.png``); never JPEG, whose compression would remove the very
@@ -247,7 +247,7 @@ def export_images(
     """A folder for data whose images differ in size: each image decomposed on its own, at its own size.
 
     Layout (``KEY`` = component and parameter, ``low_r128``; ``STEM`` = the data's ``sample_name(i)``,
-    e.g. a COCO file stem, or the zero-padded index ``00042``):
+    e.g. an image file's stem, or the zero-padded index ``00042``):
 
     * ``npy/KEY/STEM.npy`` — float32 C×H×W, exactly the decomposer's output (no rescale: the high
       part keeps its negative pixels; low + high = the original to float32 rounding);

@@ -47,11 +47,11 @@ def register_model_sources() -> "type[ModelSource] | Sequence[type[ModelSource]]
 
 @hookspec
 def register_adapters() -> "type[ModelAdapter] | Sequence[type[ModelAdapter]] | None":
-    """Return :class:`freqprobe.ModelAdapter` subclasses, one per task (``classifier`` built in; ``detector`` from the COCO plugin).
+    """Return :class:`freqprobe.ModelAdapter` subclasses, one per task (``classifier`` built in; a plugin adds a detector's).
 
     A model is wrapped in the adapter of its task: the task its source reports
     (``BuiltModel.info["task"]``, e.g. torchvision's detection models), else the one the probe
-    and the data ask for (``coco-map`` on ``coco:`` data wraps ``file.py:callable`` as a detector).
+    and the data ask for (a detection probe on detection data wraps ``file.py:callable`` as a detector).
     """
 
 
@@ -67,7 +67,7 @@ def register_rescale_policies() -> "type[RescalePolicy] | Sequence[type[RescaleP
 
 @hookspec
 def register_metrics() -> "type[Metric] | Sequence[type[Metric]] | None":
-    """Return :class:`freqprobe.Metric` subclasses (``accuracy`` built in; ``coco-map`` from the detection plugin)."""
+    """Return :class:`freqprobe.Metric` subclasses (``accuracy`` and ``top5-accuracy`` built in)."""
 
 
 @hookspec
@@ -93,7 +93,7 @@ def add_options(parser: "OptionParser") -> None:
 
 @hookspec
 def register_commands(cli: "click.Group") -> None:
-    """Add click commands to the ``freqprobe`` group ``cli`` (e.g. a plugin's ``train``)."""
+    """Add click commands to the ``freqprobe`` group ``cli`` (a plugin's own command; the core's cannot be replaced)."""
 
 
 @hookspec(firstresult=True)

@@ -114,7 +114,7 @@ class ModelAdapter(ABC):
     """A model as freqprobe sees it: takes [0,1] images, normalises them itself, returns outputs.
 
     Abstract: each task has its adapter, registered through ``register_adapters`` —
-    :class:`ClassifierAdapter` (built in: N×C×H×W in, N×K logits out) and, from the COCO plugin,
+    :class:`ClassifierAdapter` (built in: N×C×H×W in, N×K logits out) and, from a plugin, e.g.
     a detector adapter. An adapter declares its ``task``, the per-sample columns it writes
     (:attr:`sample_columns`, :meth:`sample_values`) and how it refuses data it cannot take
     (:meth:`check_data`). ``ModelAdapter(module, ...)`` itself still builds a classifier adapter,
@@ -371,6 +371,8 @@ class ModelSource(ABC):
 
     name: ClassVar[str]
     task: ClassVar[str] = "classification"
+    #: how a spec of this source is written in help texts (None: ``NAME:TARGET``, e.g. ``timm:NAME``)
+    usage: ClassVar[str | None] = None
     #: the adapter class for every model of this source; None (or ModelAdapter): the adapter registered for the model's task
     adapter_class: ClassVar[type[ModelAdapter] | None] = None
 
@@ -426,7 +428,7 @@ class DataSource(ABC):
     name: ClassVar[str]
     #: whether the spec takes an argument after ``name:`` (``npz:PATH``)
     takes_argument: ClassVar[bool] = False
-    #: how help texts write that argument (``npz:PATH``, ``coco:IMAGES:ANN.json``)
+    #: how help texts write that argument (``npz:PATH``, ``NAME:IMAGES:ANN.json``)
     argument_metavar: ClassVar[str] = "PATH"
     #: the task of its targets: ``classification`` (int labels) or ``detection`` (per-image dicts)
     task: ClassVar[str] = "classification"
@@ -502,7 +504,7 @@ class RescalePolicy(ABC):
 
 
 def check_declared_options(kind: str, name: str, declared: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
-    """``declared`` defaults updated with ``given`` (``--attack pgd:steps=10``, ``--probe-opt``...).
+    """``declared`` defaults updated with ``given`` (the options of a ``NAME:K=V,...`` spec, ``--probe-opt``...).
 
     An unknown key answers "Did you mean ...?"; a value is converted to its default's type
     (``"10"`` -> 10; booleans only from booleans: ``random_start=false`` is parsed as one); a
@@ -538,11 +540,11 @@ class Attack(ABC):
     Works in [0, 1] pixel space: the adapter's :meth:`ModelAdapter.forward` normalises inside
     the differentiable call, so an attack never sees normalised pixels. ``eps`` is the budget in
     the attack's ``norm`` (``linf`` or ``l2``, in [0, 1] pixel units); ``seed`` makes random
-    starts deterministic. ``options`` declares what ``--attack NAME:K=V`` may set, with defaults.
+    starts deterministic. ``options`` declares what an attack spec ``NAME:K=V,...`` may set, with defaults.
     """
 
     name: ClassVar[str]
-    #: options ``--attack NAME:K=V,...`` may set, with their defaults (None: any value)
+    #: options a spec ``NAME:K=V,...`` may set, with their defaults (None: any value)
     options: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, adapter: ModelAdapter, *, eps: float, seed: int = 0, **options: Any) -> None:
@@ -592,7 +594,7 @@ class Transform(ABC):
         self.given = dict(options)
 
     def label(self) -> str:
-        """``smooth:rho=0.5``: the name and the options given (the ``transform`` column)."""
+        """``NAME:k=0.5``: the name and the options given (the ``transform`` column)."""
         if not self.given:
             return self.name
         return self.name + ":" + ",".join(f"{k}={_fmt_opt(self.opts[k])}" for k in sorted(self.given))

@@ -10,10 +10,9 @@ Plugins declare theirs through the ``add_options(parser)`` hook (the shape of py
 
     @hookimpl
     def add_options(parser):
-        parser.add_option("--attack", dest="attacks", multiple=True, metavar="NAME[:K=V,...]",
-                          help="Attack for --probe robustness (repeatable): {attacks}.", probe="robustness")
+        parser.add_option("--scale", type=float, probe="my-probe", help="Scale the images by this ({probes}).")
 
-An option's value reaches its consumer through the run's configuration (``ctx.config["attacks"]``)
+An option's value reaches its consumer through the run's configuration (``ctx.config["scale"]``)
 or, with ``key=``, as an option of the probe or decomposer it belongs to (``--rule`` sets the
 ``rule`` option of ``fft-radial``). The value lands in the run's manifest. An option that belongs
 to a probe or decomposer (``probe=``/``decomposer=``) is refused in one line with any other.
@@ -288,7 +287,7 @@ def parse_numbers(text: str | Sequence[float] | None, what: str, *, example: str
 def _core_run_options() -> list[Option]:
     p = OptionParser(CORE)
     add = p.add_option
-    add("--model", required=True, help="SOURCE:NAME with SOURCE one of {models}; or path/to/file.py:callable, package.module:callable.")
+    add("--model", required=True, help="Model: {models}.")
     add("--probe", default="lfc-hfc", show_default=True, help="Probe to run: {probes}.")
     add("--data", default="synth10", show_default=True, help="Data set: {datasets}.")
     add("--data-root", type="dir", help="Where torchvision data sets are (or get downloaded).")
@@ -320,7 +319,7 @@ def _core_run_options() -> list[Option]:
         help="Probe a model without weights as is, instead of fitting it first.")
     add("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
     add("--batch-size", type=int, help="Images read per batch (each batch is evaluated in every variant); default: the data's "
-        "(128; 8 for COCO data).")
+        "(128 unless it says otherwise, e.g. 8 for detection images).")
     add("--forward-batch", type=int, help="Images per forward pass; the variants of a batch are concatenated and cut into equal "
         "chunks of at most this (default: the batch size on CPU; on CUDA all variants of a batch at once, up to 256 MiB of images).")
     add("--precision", type=("fp32", "tf32", "bf16", "fp16"), default="fp32", show_default=True,
@@ -357,10 +356,10 @@ def _core_decompose_options() -> list[Option]:
     add("--rescale", help="Rescale policy for the components ({rescale}; npz default: none; PNG default: minmax). "
         "For images of different sizes it applies to the PNGs only (folder png-NAME); the .npy arrays are never rescaled.")
     add("--device", default="auto", show_default=True)
-    add("--batch-size", type=int, help="Images read per batch; default the data's own (8 for COCO data), else 256.")
+    add("--batch-size", type=int, help="Images read per batch; default the data's own (e.g. 8 for detection images), else 256.")
     add("--seed", type=int, default=0, show_default=True)
     add("--out", required=True, type="path", help="FILE.npz for arrays, or a folder for PNG images "
-        "(images of different sizes, e.g. COCO: a folder only, with npy/, png-RESCALE/ and original/).")
+        "(images of different sizes, e.g. detection data: a folder only, with npy/, png-RESCALE/ and original/).")
     add("--resume", flag=True, default=False, help="Continue the interrupted export to --out from its last finished batch (same options).")
     return p.options
 

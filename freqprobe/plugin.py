@@ -6,7 +6,8 @@ first-party plugins use nothing else, and a test keeps it so.
 
 - commands: :class:`CommandContext` / :func:`command_context` (plugin manager, ``say``,
   ``progress``, the command line, an output workspace with atomic writes, the manifest head,
-  signal handling), :class:`Workspace`, :func:`write_json`, :func:`check_stop`, :class:`ListedOption` (a click
+  signal handling), :class:`Workspace`, :func:`write_json`, :func:`check_stop` (and :func:`request_stop` /
+  :func:`clear_stop`: what the signal handlers do, for a plugin's tests), :class:`ListedOption` (a click
   option whose help lists the registry's names: ``help="...: {attacks}."``);
 - options: :class:`Option`, :class:`OptionParser` (what the ``add_options`` hook receives),
   :func:`parse_kv`, :func:`parse_component` (``NAME[:K=V,...]``), :func:`parse_numbers`;
@@ -35,6 +36,8 @@ _NAMES = {
     "write_json": ("app", "write_json"),
     "Workspace": ("journal", "Workspace"),
     "check_stop": ("journal", "check_stop"),
+    "request_stop": ("journal", "request_stop"),
+    "clear_stop": ("journal", "clear_stop"),
     "Option": ("options", "Option"),
     "OptionParser": ("options", "OptionParser"),
     "parse_kv": ("options", "parse_kv"),

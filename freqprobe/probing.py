@@ -168,7 +168,7 @@ class Probe(ABC):
     default_metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
     #: per decomposer name, the parameters used when the user gives none (else the decomposer's defaults)
     default_params: ClassVar[Mapping[str, tuple]] = {}
-    #: the metrics worth a panel of ``accuracy.png`` when there are many (coco-map: AP, AP50); empty: all
+    #: the metrics worth a panel of ``accuracy.png`` when there are many (e.g. a detection probe's AP, AP50); empty: all
     plot_metrics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **options: Any) -> None:

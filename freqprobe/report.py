@@ -149,7 +149,7 @@ def _summary_tables(header: list[str], rows: list[dict[str, str]]) -> str:
     lead = [c for c in ("transform",) if any(r.get(c) for r in rows)] + ["variant"] + extra
     metrics = list(dict.fromkeys(r.get("metric", "") for r in rows))
     parts = []
-    if len(metrics) > 4:  # many numbers per variant (coco-map's twelve): one row per variant and radius, metrics as columns
+    if len(metrics) > 4:  # many numbers per variant (a detection metric's twelve): one row per variant and radius, metrics as columns
         keys = list(dict.fromkeys(tuple(r.get(c, "") for c in lead) + (r.get("param", ""),) for r in rows))
         cell = {(tuple(r.get(c, "") for c in lead) + (r.get("param", ""),), r.get("metric", "")): r.get("value") for r in rows}
         body = [[*k[:-1], _fmt_param(k[-1])] + [_fmt(cell.get((k, m), "")) for m in metrics] for k in keys]

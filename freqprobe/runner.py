@@ -239,7 +239,7 @@ def build_model(
 
     Task: the model is wrapped in the adapter registered for its task (``register_adapters``):
     the task its source reports (torchvision's detection models are detectors), else ``task``
-    (what the probe and the data ask for: ``coco-map`` wraps ``file.py:callable`` as a
+    (what the probe and the data ask for: a detection probe wraps ``file.py:callable`` as a
     detector), else classification.
     """
     mean, std = parse_mean_std(mean, std)
@@ -527,7 +527,7 @@ def plan(config: RunConfig, pm, *, check_out: bool = True) -> Plan:
     dopts = {**dict(c.decomposer_options or {}), **c.routed("decomposer", c.decomposer)}
     dec = get_decomposer(c.decomposer, pm, **dopts)
     given = parse_params(c.params)
-    if given is None:  # the probe's default for this decomposer (coco-map: the paper's r = 128), else the decomposer's
+    if given is None:  # the probe's default for this decomposer (a detection probe's r = 128), else the decomposer's
         default = (getattr(probe_entry.cls, "default_params", None) or {}).get(dec.name)
         given = list(default) if default else None
     params = tuple(dec.check_params(given))

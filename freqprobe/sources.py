@@ -32,7 +32,7 @@ class DecomposerSource(VariantSource):
     """Each component of a decomposer at each parameter, of another source's images (default: the original).
 
     ``include_base`` also evaluates the base's own variants (the original images of ``lfc-hfc``,
-    the adversarial images themselves of a robustness probe).
+    the adversarial images themselves of an attack source).
     """
 
     def __init__(self, decomposer: Decomposer, params: Sequence[Any], base: VariantSource | None = None, *,

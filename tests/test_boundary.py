@@ -124,7 +124,8 @@ def test_first_party_plugins_use_only_the_public_api(package):
 
 
 # ----------------------------------------------------------------------------- the core knows no plugin
-FORBIDDEN = ["table2", "grid.csv", "curves.csv", "curves.png", "comparison.png", "takes_attacks", "corollary1",
+FORBIDDEN = ["table2", "grid.csv", "curves.csv", "curves.png", "comparison.png", "takes_attacks", "corollary1", "coco-map",
+             "robustness", "--attack", "kernels.csv", "smooth:", "freqprobe train",
              *(f"freqprobe-{p}" for p in FIRST_PARTY), *(f"freqprobe_{p}" for p in FIRST_PARTY)]
 
 

@@ -118,7 +118,8 @@ def test_a_plugin_cannot_replace_a_core_command(reference):
 
     pm = first_party_pm()
     pm.register(Replacer(), "replacer")
-    assert cli_reference(pm, third_party=True) == reference
+    with pytest.warns(freqprobe.PluginWarning, match="replaced the core command 'run'; the core command is kept"):
+        assert cli_reference(pm, third_party=True) == reference
     assert build_cli(pm).commands["run"] is not fake_run
 
 

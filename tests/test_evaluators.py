@@ -70,6 +70,23 @@ def test_a_reduce_that_does_not_exist_is_refused():
         Sums("product", 0)
 
 
+@pytest.mark.parametrize("name", ["rows", "extras", "merge", "variant", "ctx", "_hidden"])
+def test_a_state_cannot_hide_the_contract(name):
+    class Bad(freqprobe.Metric):
+        def __init__(self, ctx=None):
+            super().__init__(ctx)
+            self.add_state(name, [])
+
+        def update(self, outputs, targets):
+            pass
+
+        def compute(self):
+            return 0.0
+
+    with pytest.raises(ValueError, match=f"state name '{name}' of Bad would hide"):
+        Bad()
+
+
 def test_an_evaluator_without_declared_state_cannot_merge():
     class Plain(Evaluator):
         def __init__(self):

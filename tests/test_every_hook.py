@@ -555,7 +555,7 @@ class ToySource(freqprobe.ModelSource):
 
     name = "toy"
 
-    def build(self, target, *, pretrained=False, num_classes=None, model_args={}):
+    def build(self, target, *, pretrained=False, num_classes=None, model_args=None):
         if target != "cnn":
             raise UnknownNameError("toy model", target, ["cnn"])
         if pretrained:

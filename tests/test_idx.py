@@ -27,5 +27,5 @@ def test_mnist_idx_files_in_data_root(shared_data, pm):
     assert x.shape == (3, 1, 28, 28)
     np.testing.assert_array_equal(y.numpy(), labels[:3])
     np.testing.assert_array_equal((x[:, 0] * 255).round().numpy().astype(np.uint8), first)
-    with pytest.raises(UserFacingError, match="only the test .* no train split; split it with --holdout"):
+    with pytest.raises(UserFacingError, match="only the test .* no train split; use --split test"):
         freqprobe.open_data("mnist", root=root, split="train", pm=pm)

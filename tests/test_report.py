@@ -130,8 +130,10 @@ def test_out_in_a_missing_folder_is_one_line(cli, two_runs, tmp_path):
     assert rc == 2 and ".html" in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_table2_and_grid_folders(cli, two_runs, tmp_path):
-    """Folder kinds by their files: a table2 folder (its run folders inside) and a training grid."""
+def test_table2_and_grid_folders(cli, first_party_pm, two_runs, tmp_path):
+    """Folder kinds the plugins declare (``report_folder``): a table2 folder (its run folders inside) and a training grid.
+
+    The core knows only probe runs: without the plugins that wrote them these folders are refused in one line."""
     t2 = tmp_path / "t2"
     t2.mkdir()
     shutil.copytree(two_runs[0], t2 / "rho0")
@@ -145,6 +147,10 @@ def test_table2_and_grid_folders(cli, two_runs, tmp_path):
     (grid / "a" / "curves.csv").write_text(head + rows)
     (grid / "grid.csv").write_text("setting," + head + "".join(f"a,{r}\n" for r in rows.splitlines()))
     html_path = tmp_path / "r.html"
+    first_party_pm()
+    rc, _, err = cli("report", t2, "--out", html_path)
+    assert rc == 2 and "no installed report section recognises it" in err and len(err.strip().splitlines()) == 1
+    first_party_pm("attacks", "train")
     rc, _, err = cli("report", t2, grid, "--out", html_path)
     assert rc == 0, err
     text = html_path.read_text(encoding="utf-8")

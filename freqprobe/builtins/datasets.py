@@ -232,7 +232,7 @@ class _IdxSource(_TorchvisionArraySource):
         if files is None:
             other = "test (t10k-*)" if split == "train" else "train (train-*)"
             raise UserFacingError(f"{self.name} in {base} has only the {other} IDX files, no {split} split"
-                                  + ("; split it with --holdout FRACTION (freqprobe train) or use --split test" if split == "train" else ""))
+                                  + ("; use --split test (or a tool that holds out part of the test split)" if split == "train" else ""))
         else:
             import numpy as np
 

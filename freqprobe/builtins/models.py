@@ -205,6 +205,7 @@ class TorchScriptModelSource(ModelSource):
     """A TorchScript file used as the model itself (``torchscript:model.pt``); no mean/std unless given."""
 
     name = "torchscript"
+    usage = "torchscript:FILE"
 
     def build(self, target, *, pretrained=False, num_classes=None, model_args: Mapping[str, Any] = {}):
         import torch
@@ -288,6 +289,7 @@ class PythonModelSource(ModelSource):
     """Your own architecture: ``path/to/file.py:callable`` or ``package.module:callable`` (``--model-arg k=v`` passed on)."""
 
     name = "python"
+    usage = "path/to/file.py:callable, package.module:callable"
 
     def build(self, target, *, pretrained=False, num_classes=None, model_args: Mapping[str, Any] = {}):
         import torch

@@ -44,7 +44,7 @@ def plot_accuracy(result, path: Path) -> None:
     # score rows (hfc-reliance: one number, no parameter) are no point on a curve
     plain = [r for r in result.summary if all(r.get(c) is None for c in extra) and r["variant"] != SCORE_VARIANT]
     metric_names = sorted({r["metric"] for r in plain if r["variant"] in result.components})
-    if result.extras.get("plot_metrics"):  # a probe with many metrics names the ones worth a panel (coco-map: AP, AP50)
+    if result.extras.get("plot_metrics"):  # a probe with many metrics names the ones worth a panel (a detection probe: AP, AP50)
         metric_names = [m for m in result.extras["plot_metrics"] if m in metric_names]
     if not metric_names:
         return
