@@ -128,3 +128,48 @@ def first_party_pm(monkeypatch):
 def coco_pm(first_party_pm):
     """The default plugin manager with the COCO plugin registered."""
     return first_party_pm("coco")
+
+
+class FreqprobeProcesses:
+    """``python -m freqprobe ARGS`` as one process (``one``) or under ``torchrun --nproc_per_node 2`` (``two``: gloo on
+    the CPU), with the entry-point plugins loaded as installed and one thread per process."""
+
+    @staticmethod
+    def env() -> dict:
+        env = dict(os.environ)
+        env.pop("FREQPROBE_DISABLE_PLUGIN_AUTOLOAD", None)
+        env["OMP_NUM_THREADS"] = "1"
+        return env
+
+    @staticmethod
+    def _port() -> int:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    def one(self, args: list, cwd: Path):
+        import subprocess
+
+        return subprocess.run([sys.executable, "-m", "freqprobe", *map(str, args)], env=self.env(), cwd=cwd,
+                              capture_output=True, text=True, timeout=300)
+
+    def two(self, args: list, cwd: Path):
+        import subprocess
+
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(self._port()), "-m", "freqprobe", *map(str, args)]
+        return subprocess.run(cmd, env=self.env(), cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def freqprobe_processes() -> FreqprobeProcesses:
+    """Runs of the freqprobe command in one process or two (torchrun); skips when this torch has no torchrun."""
+    import importlib.util
+
+    import torch.distributed
+
+    if not torch.distributed.is_available() or importlib.util.find_spec("torch.distributed.run") is None:
+        pytest.skip("torch.distributed / torchrun is not available in this torch build")
+    return FreqprobeProcesses()

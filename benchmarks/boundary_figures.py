@@ -25,7 +25,9 @@ def module_name(path: Path, repo: Path, pkgs: list[Path]) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports(path: Path, me: str) -> list[tuple[str, list[str]]]:
+def imports(path: Path, me: str) -> list[tuple[str, list[str], int]]:
+    """``(module, names, line)`` of every import that runs (inside functions too; not under ``if TYPE_CHECKING:``),
+    relative ones resolved against ``me``, the importing module's name."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     skip = set()
     for node in ast.walk(tree):
@@ -37,17 +39,33 @@ def imports(path: Path, me: str) -> list[tuple[str, list[str]]]:
         if id(node) in skip:
             continue
         if isinstance(node, ast.Import):
-            out += [(a.name, []) for a in node.names]
+            out += [(a.name, [], node.lineno) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             mod = node.module or ""
             if node.level:
                 base = pkg.split(".")[: len(pkg.split(".")) - (node.level - 1)]
                 mod = ".".join([*base, mod] if mod else base)
-            out.append((mod, [a.name for a in node.names]))
+            out.append((mod, [a.name for a in node.names], node.lineno))
     return out
 
 
+def import_graph(repo: Path) -> dict[str, set[str]]:
+    """Module -> the modules of ``freqprobe/`` and ``plugins/`` it imports (inside functions too)."""
+    pkgs = sorted(repo.glob("plugins/freqprobe-*/freqprobe_*"))
+    paths = py(repo / "freqprobe") + [p for pkg in pkgs for p in py(pkg)]
+    mods = {module_name(p, repo, pkgs): p for p in paths}
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, p in mods.items():
+        for target, names, _ in imports(p, m):
+            for cand in [f"{target}.{n}" for n in names] + [target]:
+                if cand in mods and cand != m:
+                    graph[m].add(cand)
+                    break
+    return graph
+
+
 def sccs(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan): the import circles."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -104,22 +122,13 @@ def main(repo: Path) -> None:
                    for n in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
                    if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))))
     print(f"largest function in freqprobe/: {longest[0]} lines ({longest[1]})")
-    paths = py(core) + [p for pkg in pkgs for p in py(pkg)]
-    mods = {module_name(p, repo, pkgs): p for p in paths}
-    graph = {m: set() for m in mods}
-    for m, p in mods.items():
-        for target, names in imports(p, m):
-            for cand in [f"{target}.{n}" for n in names] + [target]:
-                if cand in mods and cand != m:
-                    graph[m].add(cand)
-                    break
-    circles = sccs(graph)
+    circles = sccs(import_graph(repo))
     print(f"import circles: {len(circles)}" + "".join(f"\n  {' <-> '.join(c)}" for c in circles))
     public = {"freqprobe": public_names(repo, "freqprobe"), "freqprobe.plugin": public_names(repo, "freqprobe.plugin")}
     bad: set[tuple[str, str]] = set()
     for pkg in pkgs:
         for p in py(pkg):
-            for mod, names in imports(p, module_name(p, repo, pkgs)):
+            for mod, names, _ in imports(p, module_name(p, repo, pkgs)):
                 if mod != "freqprobe" and not mod.startswith("freqprobe."):
                     continue
                 if mod == "freqprobe" and not names:  # ``import freqprobe``: its attributes are the public API

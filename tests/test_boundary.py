@@ -27,51 +27,22 @@ PLUGIN_PACKAGES = sorted(REPO.glob("plugins/freqprobe-*/freqprobe_*"))
 FIRST_PARTY = ("attacks", "smoothing", "coco", "train")
 
 
-def _py(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+def _figures():
+    """``benchmarks/boundary_figures.py``: the same source reading the closing figures come from."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("boundary_figures", REPO / "benchmarks" / "boundary_figures.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-def _module_name(path: Path) -> str:
-    base = REPO
-    for pkg in PLUGIN_PACKAGES:
-        if path.is_relative_to(pkg):
-            base = pkg.parent
-    parts = list(path.relative_to(base).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts = parts[:-1]
-    return ".".join(parts)
-
-
-def _type_checking_blocks(tree: ast.AST) -> set[int]:
-    """ids of the nodes under ``if TYPE_CHECKING:`` (imports there never run)."""
-    skip: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for sub in node.body:
-                skip |= {id(n) for n in ast.walk(sub)}
-    return skip
+FIG = _figures()
+_py = FIG.py
 
 
 def _imports(path: Path) -> list[tuple[str, list[str], int]]:
-    """``(module, names, line)`` of every import that runs (inside functions too), relative ones resolved."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    skip = _type_checking_blocks(tree)
-    me = _module_name(path)
-    pkg = me if path.name == "__init__.py" else me.rpartition(".")[0]
-    out = []
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
-        if isinstance(node, ast.Import):
-            out += [(a.name, [], node.lineno) for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            mod = node.module or ""
-            if node.level:
-                base = pkg.split(".")
-                base = base[: len(base) - (node.level - 1)]
-                mod = ".".join([*base, mod] if mod else base)
-            out.append((mod, [a.name for a in node.names], node.lineno))
-    return out
+    return FIG.imports(path, FIG.module_name(path, REPO, PLUGIN_PACKAGES))
 
 
 # ----------------------------------------------------------------------------- the public API
@@ -138,57 +109,11 @@ def test_the_core_names_no_first_party_plugin():
 
 
 # ----------------------------------------------------------------------------- the import graph
-def _graph() -> dict[str, set[str]]:
-    paths = _py(CORE) + [p for pkg in PLUGIN_PACKAGES for p in _py(pkg)]
-    modules = {_module_name(p): p for p in paths}
-    graph: dict[str, set[str]] = {m: set() for m in modules}
-    for mod, path in modules.items():
-        for target, names, _ in _imports(path):
-            for cand in [f"{target}.{n}" for n in names] + [target]:
-                if cand in modules and cand != mod:
-                    graph[mod].add(cand)
-                    break
-    return graph
-
-
-def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components with more than one module (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on: set[str] = set()
-    out: list[list[str]] = []
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on.add(v)
-        for w in graph[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                on.discard(w)
-                comp.append(w)
-                if w == v:
-                    break
-            if len(comp) > 1:
-                out.append(sorted(comp))
-
-    for v in sorted(graph):
-        if v not in index:
-            visit(v)
-    return out
+_cycles = FIG.sccs
 
 
 def test_no_import_circle():
-    graph = _graph()
+    graph = FIG.import_graph(REPO)
     assert "freqprobe.engine" in graph and "freqprobe_attacks.probe" in graph  # the graph covers both trees
     assert "freqprobe.interfaces" in graph["freqprobe.registry"]  # and sees imports
     assert not _cycles(graph), f"import circles: {_cycles(graph)}"

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,37 +11,13 @@ REPO = Path(__file__).resolve().parents[1]
 COCO_FIX = REPO / "plugins" / "freqprobe-coco" / "tests" / "fixtures"
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env.pop("FREQPROBE_DISABLE_PLUGIN_AUTOLOAD", None)  # the coco plugin through its entry point, as installed
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def one_process(args: list, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "freqprobe", *map(str, args)], env=_env(), cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
-
-
-def two_processes(args: list, cwd: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "freqprobe", *map(str, args)]
-    return subprocess.run(cmd, env=_env(), cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
 def same_files(a: Path, b: Path, names) -> None:
     for name in names:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
 @pytest.mark.parametrize("batch, limit", [(5, 24), (5, 3)])  # five batches over two ranks; one batch (rank 1 gets nothing)
-def test_lfc_hfc_two_processes_write_what_one_writes(tmp_path, tiny_npz, tiny_model_file, batch, limit):
+def test_lfc_hfc_two_processes_write_what_one_writes(freqprobe_processes, tmp_path, tiny_npz, tiny_model_file, batch, limit):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("tinynet_mod", tiny_model_file)
@@ -54,9 +26,9 @@ def test_lfc_hfc_two_processes_write_what_one_writes(tmp_path, tiny_npz, tiny_mo
     torch.save(mod.tinynet().state_dict(), tmp_path / "w.pt")
     args = ["run", "--model", f"{tiny_model_file}:tinynet", "--checkpoint", tmp_path / "w.pt", "--data", f"npz:{tiny_npz}",
             "--radii", "2,4,8", "--batch-size", batch, "--limit", limit, "--gallery-size", 3, "--device", "cpu", "-q"]
-    one = one_process([*args, "--out", tmp_path / "one"], tmp_path)
+    one = freqprobe_processes.one([*args, "--out", tmp_path / "one"], tmp_path)
     assert one.returncode == 0, one.stderr
-    two = two_processes([*args, "--out", tmp_path / "two"], tmp_path)
+    two = freqprobe_processes.two([*args, "--out", tmp_path / "two"], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     same_files(tmp_path / "one", tmp_path / "two", ["summary.csv", "samples.csv"])
     if (tmp_path / "one" / "figure2.csv").exists():
@@ -64,7 +36,7 @@ def test_lfc_hfc_two_processes_write_what_one_writes(tmp_path, tiny_npz, tiny_mo
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
 
 
-def test_coco_map_two_processes_write_what_one_writes(tmp_path, shared_data):
+def test_coco_map_two_processes_write_what_one_writes(freqprobe_processes, tmp_path, shared_data):
     pytest.importorskip("onnxruntime")
     d = shared_data / "coco_val2017_mini"
     if not (shared_data / "coco_detector_fastestdet" / "FastestDet.onnx").is_file():
@@ -72,15 +44,15 @@ def test_coco_map_two_processes_write_what_one_writes(tmp_path, shared_data):
     args = ["run", "--model", f"{COCO_FIX / 'fastestdet.py'}:fastestdet", "--probe", "coco-map",
             "--data", f"coco:{d / 'val2017'}:{d / 'instances_val2017_mini.json'}", "--limit", 6, "--batch-size", 2,
             "--probe-opt", "panels=0", "--device", "cpu", "-q"]
-    one = one_process([*args, "--out", tmp_path / "one"], tmp_path)
+    one = freqprobe_processes.one([*args, "--out", tmp_path / "one"], tmp_path)
     assert one.returncode == 0, one.stderr
-    two = two_processes([*args, "--out", tmp_path / "two"], tmp_path)
+    two = freqprobe_processes.two([*args, "--out", tmp_path / "two"], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     same_files(tmp_path / "one", tmp_path / "two", ["summary.csv", "samples.csv", "detections_original.json",
                                                     "detections_low_r128.json", "figure8_low_worse_r128.csv"])
 
 
-def test_resume_refused_under_torchrun(tmp_path, tiny_npz, tiny_model_file):
-    got = two_processes(["run", "--model", f"{tiny_model_file}:tinynet", "--data", f"npz:{tiny_npz}", "--no-fit",
+def test_resume_refused_under_torchrun(freqprobe_processes, tmp_path, tiny_npz, tiny_model_file):
+    got = freqprobe_processes.two(["run", "--model", f"{tiny_model_file}:tinynet", "--data", f"npz:{tiny_npz}", "--no-fit",
                          "--out", tmp_path / "r", "--resume", "-q"], tmp_path)
     assert got.returncode != 0 and "--resume is not available under torchrun" in got.stderr

@@ -3,14 +3,6 @@ process writes: the evaluators' per-batch float sums are merged and added up in 
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import socket
-import subprocess
-import sys
-
-import pytest
-
 NET = (
     "import torch\nfrom torch import nn\n"
     "def net(num_classes=4):\n    torch.manual_seed(0)\n"
@@ -18,47 +10,14 @@ NET = (
 )
 
 
-def _torchrun_missing() -> str | None:
-    import torch.distributed
-
-    if not torch.distributed.is_available():
-        return "torch.distributed is not available in this torch build"
-    if importlib.util.find_spec("torch.distributed.run") is None:
-        return "torchrun (torch.distributed.run) is not available"
-    return None
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env.pop("FREQPROBE_DISABLE_PLUGIN_AUTOLOAD", None)  # the attacks plugin through its entry point, as installed
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run(prefix: list, args: list, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *prefix, "-m", "freqprobe", *map(str, args)], env=_env(), cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
-
-
-def test_robustness_two_processes_write_what_one_writes(tmp_path, tiny_npz):
-    why = _torchrun_missing()
-    if why:
-        pytest.skip(why)
+def test_robustness_two_processes_write_what_one_writes(freqprobe_processes, tmp_path, tiny_npz):
     (tmp_path / "net.py").write_text(NET)
     args = ["run", "--model", f"{tmp_path / 'net.py'}:net", "--data", f"npz:{tiny_npz}", "--probe", "robustness", "--no-fit",
             "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--radii", "4", "--attack", "fgsm", "--attack", "pgd:steps=2",
             "--eps", "0.05", "--batch-size", "5", "--device", "cpu", "-q"]
-    one = _run([], [*args, "--out", tmp_path / "one"], tmp_path)
+    one = freqprobe_processes.one([*args, "--out", tmp_path / "one"], tmp_path)
     assert one.returncode == 0, one.stderr
-    torchrun = ["-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                "--master_port", str(_free_port())]
-    two = _run(torchrun, [*args, "--out", tmp_path / "two"], tmp_path)
+    two = freqprobe_processes.two([*args, "--out", tmp_path / "two"], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     for name in ("summary.csv", "samples.csv", "corollary1.csv"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
