@@ -66,6 +66,7 @@ class ErrorRate(freqprobe.Metric):
 
 # --8<-- [start:probe]
 from freqprobe import OriginalSource, Probe, Variant, VariantSource
+from freqprobe.plugin import decompose_with
 
 
 class LowPartSource(VariantSource):
@@ -83,7 +84,8 @@ class LowPartSource(VariantSource):
     def generate(self, batch, ctx, out=None):
         # batch: the original images and targets on the run's device, the sample indices, the batch number
         for p in self.params:
-            low = self.decomposer.decompose(batch.images, p)[self.part]
+            # decompose_with: decompose() with the core's checks of what it returns (a plugin decomposer's too)
+            low = decompose_with(self.decomposer, batch.images, p)[self.part]
             yield self.by_param[p], low  # the loop copies it into its stack
 
 
@@ -102,3 +104,34 @@ class LowOnlyProbe(Probe):
 def register_probes():
     return [LowOnlyProbe]
 # --8<-- [end:probe]
+
+
+# --8<-- [start:attack]
+import torch.nn.functional as F
+
+
+class GradientL2(freqprobe.Attack):
+    """Gradient ascent in L2: `steps` steps of eps/steps along the normalised gradient of the loss."""
+
+    name = "grad-l2"
+    norm = "l2"  # eps is an L2 budget: the core checks ‖adv − x‖₂ ≤ eps for every image
+    options = {"steps": 1}  # --attack grad-l2:steps=5 (converted to the default's type, unknown keys refused)
+
+    def forward(self, images01, labels):
+        # The core calls this with gradients enabled and outside inference mode, on copies of the
+        # batch (N×C×H×W in [0, 1], on the run's device) and its labels. adapter.forward normalises.
+        steps = max(1, self.opts["steps"])
+        x = images01.clone()
+        for _ in range(steps):
+            x.requires_grad_(True)
+            loss = F.cross_entropy(self.adapter.forward(x).float(), labels, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x)
+            norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
+            x = (x.detach() + self.eps / steps * grad / norms).clamp(0, 1)
+        return x  # the core checks: x's shape, dtype and device, finite, in [0, 1], within eps in L2
+
+
+@hookimpl
+def register_attacks():
+    return [GradientL2]
+# --8<-- [end:attack]

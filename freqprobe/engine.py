@@ -23,7 +23,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from . import guard as _guard
-from .errors import FreqprobeError, IncompatibleError, ModelError, PluginError, StopRequested, UserFacingError, exception_line
+from .errors import (FreqprobeError, IncompatibleError, ModelError, NonFiniteOutputs, PluginError, StopRequested,
+                     UserFacingError, exception_line)
 from .evaluators import EvalStep, Metric, StateError, as_evaluator
 from .interfaces import Batch, ProbeResult, SourceBatch, Variant, VariantSource
 from .sources import DecomposerSource, OriginalSource  # noqa: F401  (the loop's built-in sources, importable from here as before)
@@ -317,7 +318,8 @@ class Evaluation:
         self.constants = dict(constants or {})
         self.extra = extra_columns(self.variants)
         self.journal = ctx.journal
-        self.segment = self.journal.begin(ctx.transform or "") if self.journal is not None else None
+        n_total = len(ctx.data) if ctx.limit is None else min(ctx.limit, len(ctx.data))
+        self.segment = self.journal.begin(ctx.transform or "", total=n_total) if self.journal is not None else None
         self.timer = StageTimer(self.dev)
         rescale = ctx.rescale
         self.rescale_all = bool(getattr(rescale, "applies_to_original", False))
@@ -488,7 +490,9 @@ class Evaluation:
             for i, c in enumerate(bad.tolist()):
                 nonfinite[i] += int(c)
             if not self.ctx.allow_nonfinite and any(nonfinite):
-                raise UserFacingError(_nonfinite_message(self.variants, nonfinite, self.state.n, self.ctx))
+                raise NonFiniteOutputs(_nonfinite_message(self.variants, nonfinite, self.state.n, self.ctx),
+                                       {_variant_label(v, self.ctx.decomposer.param_name): c
+                                        for v, c in zip(self.variants, nonfinite) if c}, self.state.n)
         if self.state.table is None:
             return
         for i, v in enumerate(self.variants):
@@ -623,8 +627,13 @@ def summarize(ctx: Any, state: EvalState, sources: Sequence[VariantSource], *, p
                 row.setdefault(c, None)
             rows.append(row)
 
+    publishing = ctx.dist is None or ctx.dist.is_main  # the other torchrun ranks publish nothing
+    checked = publishing and not ctx.allow_nonfinite and state.n > 0  # a metric of zero samples answers NaN
     for ev in state.metrics:
-        add(_metric_rows(ev))
+        got = _metric_rows(ev)
+        if checked:
+            _check_metric_values(ev, got, state.n, ctx)
+        add(got)
     if ctx.allow_nonfinite:  # the summary counts what --allow-nonfinite let through
         add([{**v.columns(), "metric": "nonfinite-outputs", "value": float(c)} for v, c in zip(state.variants, state.nonfinite)])
     extras: dict[str, Any] = {}
@@ -657,6 +666,26 @@ def _metric_rows(m: Metric) -> list:
         raise
     except Exception as exc:
         raise PluginError(f"metric {getattr(m, 'name', type(m).__name__)!r} failed in compute(): {type(exc).__name__}: {exc}") from exc
+
+
+def _check_metric_values(m: Metric, rows: list, n: int, ctx: Any) -> None:
+    """A registered metric's values must be finite (``--allow-nonfinite`` publishes them as they are)."""
+    import math
+
+    for r in rows:
+        v = r.get("value")
+        if isinstance(v, (int, float)) and not math.isfinite(v):
+            label = _variant_label(m.variant, getattr(ctx.decomposer, "param_name", "param")) if m.variant else "the run"
+            what = f" ({r['metric']})" if r.get("metric") not in (None, getattr(m, "name", None)) else ""
+            raise PluginError(f"{_guard.describe(m, 'metric')} returned {v}{what} for {label} over {n} samples; a metric's "
+                              "compute() must give finite numbers (NaN only before any sample); nothing was published "
+                              "(--allow-nonfinite publishes such values as they are)")
+
+
+def _variant_label(v: Variant, pn: str) -> str:
+    """``low r=4`` / ``adversarial attack=pgd eps=0.03``: a variant in a message."""
+    label = v.name + (f" {pn}={v.param:g}" if isinstance(v.param, (int, float)) else "")
+    return label + "".join(f" {k}={val}" for k, val in v.extra)
 
 
 def _merge_extras(into: dict, got: Mapping[str, Any]) -> None:
@@ -736,14 +765,14 @@ def _nonfinite_message(variants, counts, n: int, ctx) -> str:
     parts = []
     for v, c in zip(variants, counts):
         if c:
-            label = v.name + (f" {pn}={v.param:g}" if isinstance(v.param, (int, float)) else "")
-            label += "".join(f" {k}={val}" for k, val in v.extra)
-            parts.append(f"{label}: {c}")
+            parts.append(f"{_variant_label(v, pn)}: {c}")
     shown = ", ".join(parts[:6]) + (f", ... ({len(parts) - 6} more variants)" if len(parts) > 6 else "")
     total = max(counts)
-    return (f"the model returned non-finite outputs (NaN or inf) for {total} of the first {n} samples ({shown}); "
-            "nothing was published. Check the weights, --mean/--std and the data, "
-            "or pass --allow-nonfinite to finish anyway and count them in the summary")
+    transformed = f" (the model as transformed by {ctx.transform})" if ctx.transform else ""
+    return (f"the model{transformed} returned non-finite outputs (NaN or inf) for {total} of the first {n} samples "
+            f"({shown}); nothing was published. Check the weights, --mean/--std{', the transform' if transformed else ''} "
+            "and the data, or allow them (--allow-nonfinite; allow_nonfinite=True from Python) to finish anyway and "
+            "count them in the summary")
 
 
 def _rescale_list(rescale, x):

@@ -62,6 +62,18 @@ class IncompatibleError(UserFacingError):
     """Two parts that cannot work together (a probe and a model of the wrong task, class counts...)."""
 
 
+class NonFiniteOutputs(UserFacingError):
+    """The model returned NaN/inf for some samples and the run does not allow it.
+
+    ``counts``: per variant (as the message labels it), how many samples; ``n``: the samples seen. A
+    caller that evaluates through the engine (a training tracker) can catch it and phrase its own advice.
+    """
+
+    def __init__(self, message: str, counts: dict | None = None, n: int = 0) -> None:
+        super().__init__(message)
+        self.counts, self.n = dict(counts or {}), n
+
+
 class ModelError(UserFacingError):
     """The model raised while being evaluated (user code, out of memory...); the cause is chained."""
 

@@ -8,18 +8,22 @@ wrapped: a built-in's bug and a Python user's own object keep their traceback. F
 ``KeyboardInterrupt`` and ``SystemExit``. The original exception stays chained (``__cause__``);
 ``freqprobe -vv`` prints its traceback.
 
-The decomposer helpers also check what a decomposer returns (its declared components, tensors
-of the input's shape, device and a floating dtype), once per call, without a pass over the data.
+The decomposer helpers also check what a decomposer returns: its declared components, tensors of
+the input's shape, device and a floating dtype (every decomposer, without a pass over the data);
+and for a decomposer that is not built in, on every call, that the parts are finite and sum back to
+the input (:func:`check_values`; ``additive = False``: finiteness only). :func:`describe` names the
+class and its provider in the messages of these checks (the attacks' and the metrics' too).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from .errors import FreqprobeError, PluginError
-from .interfaces import Decomposer
-from .manager import Provider, is_builtin, provider_of
+from .interfaces import Decomposer, describe
+from .manager import PROVIDER_ATTR, Provider, is_builtin, provider_of
 
 if TYPE_CHECKING:
     import torch
@@ -116,20 +120,43 @@ def call_hook(pm, hook: str, **kwargs: Any) -> list:
 
 
 # ------------------------------------------------------------------------- decomposers
+#: how far the parts may sum away from the input, as a fraction of the image range (max − min), by dtype;
+#: the testing kit's check_decomposer uses the same (float16/bfloat16: 1e-2)
+SUM_RTOL = {"float64": (1e-10, "1e-10"), "float32": (1e-4, "1e-4")}
+HALF_RTOL = (1e-2, "1e-2")
+
+
 def _who(dec: Any) -> str:
-    prov = provider_of(dec)
-    name = getattr(dec, "name", type(dec).__name__)
-    if prov is None:
-        return f"decomposer '{name}' ({type(dec).__module__}.{type(dec).__qualname__})"
-    return f"decomposer '{name}' from {'built-in ' + prov.plugin if prov.builtin else prov.who()}"
+    return describe(dec, "decomposer")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else repr(v)
+
+
+def verified(dec: Any) -> bool:
+    """Whether ``dec`` is a built-in decomposer, whose results are not re-checked per call.
+
+    The built-ins are verified by the test suite against an independent float64 reference; any
+    other decomposer (a plugin's, a subclass of a built-in, an object nobody registered) has its
+    values checked on every call (:func:`check_components`). Only the class itself counts, not a base.
+    """
+    prov = type(dec).__dict__.get(PROVIDER_ATTR)
+    return isinstance(prov, Provider) and prov.builtin
 
 
 def check_components(dec: Any, x: torch.Tensor, got: Any, param: Any, what: str = "decompose()") -> Mapping[str, torch.Tensor]:
-    """Refuse, in one line, a decomposer result that is not ``{declared component: tensor like x}``."""
+    """Refuse, in one line, a decomposer result that is not ``{declared component: tensor like x}``.
+
+    For a decomposer that is not built in (:func:`verified`) the values are checked too, on every
+    call: finite (when ``x`` is), and — unless the class sets ``additive = False`` — summing back to
+    ``x`` within :data:`SUM_RTOL` of its range. Every call, because a buffer a decomposer forgets to
+    write (the loop reuses its buffers from batch to batch) shows only in the batch it spoils.
+    """
     import torch
 
     comps = tuple(dec.components)
-    at = f"{getattr(dec, 'param_name', 'param')}={param!r}"
+    at = f"{getattr(dec, 'param_name', 'param')}={_fmt(param)}"
     if not isinstance(got, Mapping):
         raise PluginError(f"{_who(dec)}: {what} must return a dict {{component: tensor}}, got {type(got).__name__} at {at}")
     if set(got) != set(comps):
@@ -148,7 +175,60 @@ def check_components(dec: Any, x: torch.Tensor, got: Any, param: Any, what: str 
         if t.device != x.device:
             raise PluginError(f"{_who(dec)}: {what} returned component '{c}' on {t.device} for input on {x.device} at {at}; "
                               f"return components on the input's device")
+    if not verified(dec):
+        check_values(dec, x, [got[c] for c in comps], at, what)
     return got
+
+
+def check_values(dec: Any, x: torch.Tensor, parts: Sequence[torch.Tensor], at: str, what: str = "decompose()") -> None:
+    """Refuse non-finite parts (of a finite ``x``) and, for an additive decomposer, parts that do not sum back to ``x``.
+
+    Additive: one pass over the parts (their sum minus ``x``, whose largest magnitude is NaN/inf when
+    any part is) and one over ``x`` (its range), one host synchronisation; the parts are looked at
+    one by one only to word a refusal. In float32 the sum's own rounding (~1e-7) is far below the
+    tolerance; float16/bfloat16 are summed in float32.
+    """
+    import torch
+
+    if x.numel() == 0:
+        return
+    additive = bool(getattr(dec, "additive", True))
+    err = math.nan
+    with torch.no_grad():
+        if additive:
+            err, rng = _sum_error(x, parts)
+            if math.isfinite(err) and math.isfinite(rng):
+                rtol, shown = SUM_RTOL.get(str(x.dtype).replace("torch.", ""), HALF_RTOL)
+                tol = rtol * (rng or 1.0)
+                if not err <= tol:
+                    raise PluginError(f"{_who(dec)}: the parts do not sum back to the input at {at} (max error {err:.2g} > "
+                                      f"{tol:.2g}, {shown} of the image range); a decomposer whose parts are not additive "
+                                      "sets additive = False")
+                return
+        flags = torch.stack([torch.isfinite(x).all()] + [torch.isfinite(t).all() for t in parts]).tolist()
+    if not flags[0]:
+        return  # a non-finite input is not the decomposer's doing (the model's non-finite outputs are reported)
+    for c, ok in zip(dec.components, flags[1:]):
+        if not ok:
+            raise PluginError(f"{_who(dec)}: {what} returned NaN or inf in component '{c}' at {at} for finite input")
+    if additive:  # finite parts whose sum overflows
+        raise PluginError(f"{_who(dec)}: the parts do not sum back to the input at {at} (their sum is {err}); a decomposer "
+                          "whose parts are not additive sets additive = False")
+
+
+def _sum_error(x: torch.Tensor, parts: Sequence[torch.Tensor]) -> tuple[float, float]:
+    """max |Σ parts − x| and the range of ``x`` (half precision summed in float32), in one synchronisation."""
+    import torch
+
+    half = x.dtype in (torch.float16, torch.bfloat16)
+    total = parts[0].float() if half else parts[0]
+    total = total + parts[1] if len(parts) > 1 else total.clone()
+    for t in parts[2:]:
+        total.add_(t)
+    err = total.sub_(x).abs_().max()
+    lo, hi = torch.aminmax(x)
+    err, rng = torch.stack([err.double(), hi.double() - lo.double()]).tolist()
+    return err, rng
 
 
 def decompose(dec: Any, x: torch.Tensor, param: Any, *, out: Mapping[str, torch.Tensor] | None = None) -> dict:
@@ -189,6 +269,6 @@ def decompose_all(dec: Any, x: torch.Tensor, params: Sequence[Any], *, out: Any 
                           f"it must yield (param, components) for every parameter it is given")
 
 
-__all__ = ["call", "call_hook", "check_components", "decompose", "decompose_all", "failure", "guarded",
-           "hook_guarded", "third_party"]
+__all__ = ["call", "call_hook", "check_components", "check_values", "decompose", "decompose_all", "describe", "failure",
+           "guarded", "hook_guarded", "third_party", "verified"]
 

@@ -13,7 +13,7 @@ import dataclasses
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
-from .errors import IncompatibleError, UserFacingError, exception_line
+from .errors import IncompatibleError, PluginError, UserFacingError, exception_line
 
 if TYPE_CHECKING:  # annotations only
     from pathlib import Path
@@ -35,6 +35,10 @@ class Decomposer(ABC):
     param_type: ClassVar[type] = float
     #: parameters used when the user gives none; must not be empty (checked at registration)
     default_params: ClassVar[tuple] = ()
+    #: whether the components sum back to the input (the core checks that they do, for a plugin's
+    #: decomposer on every call); False for a split whose parts do not add up (amplitude/phase):
+    #: then only their finiteness is checked
+    additive: ClassVar[bool] = True
 
     def __init__(self, **options: Any) -> None:
         if options:
@@ -534,18 +538,39 @@ def check_declared_options(kind: str, name: str, declared: Mapping[str, Any], gi
     return out
 
 
+#: the norms an attack's budget ``eps`` may be measured in (:meth:`Attack.budget_norm`)
+ATTACK_NORMS = ("linf", "l2")
+#: how far past the ε-ball an attack's images may land (rounding): ``EPS_TOL``, plus ``L2_RTOL × eps`` in L2;
+#: the testing kit's check_attack uses the same. The relative part is the float32 rounding of an L2 norm
+#: over many pixels: PGD-L2 projected in float32 lands up to 2.5e-6 × eps past the ball on 3×224×224
+#: images and 8.6e-6 × eps on 3×512×512 (measured); elementwise L∞ steps round by far less than 1e-6
+EPS_TOL = 1e-6
+L2_RTOL = 1e-4
+
+
 class Attack(ABC):
     """An adversarial attack in the torchattacks shape: ``forward(images01, labels) -> adv01``.
 
     Works in [0, 1] pixel space: the adapter's :meth:`ModelAdapter.forward` normalises inside
     the differentiable call, so an attack never sees normalised pixels. ``eps`` is the budget in
-    the attack's ``norm`` (``linf`` or ``l2``, in [0, 1] pixel units); ``seed`` makes random
-    starts deterministic. ``options`` declares what an attack spec ``NAME:K=V,...`` may set, with defaults.
+    the attack's norm (:meth:`budget_norm`: ``linf`` or ``l2``, in [0, 1] pixel units); ``seed``
+    makes random starts deterministic. ``options`` declares what an attack spec ``NAME:K=V,...``
+    may set, with defaults.
+
+    Call an attack (``attack(images01, labels)``), do not call ``forward`` directly: the call
+    (foolbox's ``Attack.__call__`` shape) runs ``forward`` on copies of the inputs with autograd
+    available — outside ``torch.inference_mode()`` (in which the evaluation loop runs), gradients
+    enabled — and checks what it returns (:func:`adversarial_problem`): the input's shape, dtype
+    and device, finite, in [0, 1], within ``eps`` of the input in the attack's norm (+1e-6 for
+    rounding; in L2 also + 1e-4 × eps). A violation is a :class:`~freqprobe.errors.PluginError`
+    naming the attack and its plugin.
     """
 
     name: ClassVar[str]
     #: options a spec ``NAME:K=V,...`` may set, with their defaults (None: any value)
     options: ClassVar[Mapping[str, Any]] = {}
+    #: the norm ``eps`` is measured in, ``linf`` or ``l2``; an option ``norm`` (when the attack declares one) overrides it
+    norm: ClassVar[str] = "linf"
 
     def __init__(self, adapter: ModelAdapter, *, eps: float, seed: int = 0, **options: Any) -> None:
         self.adapter = adapter
@@ -565,11 +590,86 @@ class Attack(ABC):
             return cls.name
         return cls.name + ":" + ",".join(f"{k}={_fmt_opt(v)}" for k, v in sorted(diff.items()))
 
+    def budget_norm(self) -> str:
+        """The norm ``eps`` is measured in: the option ``norm`` when the attack has one, else the attribute ``norm``."""
+        opts = getattr(self, "opts", None) or {}
+        return str(opts["norm"] if "norm" in opts else getattr(self, "norm", "linf")).strip().lower()
+
     @abstractmethod
     def forward(self, images01: "torch.Tensor", labels: "torch.Tensor") -> "torch.Tensor": ...
 
     def __call__(self, images01: "torch.Tensor", labels: "torch.Tensor") -> "torch.Tensor":
-        return self.forward(images01, labels)
+        """``forward`` on copies of the inputs, with autograd available; its result checked (see the class)."""
+        import torch
+
+        if not isinstance(images01, torch.Tensor):
+            return self.forward(images01, labels)
+        with torch.inference_mode(False), torch.enable_grad():
+            x = images01.clone()  # normal tensors (the loop's are inference tensors); the caller's stay untouched
+            y = labels.clone() if isinstance(labels, torch.Tensor) else labels
+            adv = self.forward(x, y)
+        why = adversarial_problem(images01, adv, self.eps, self.budget_norm())
+        if why is not None:
+            raise PluginError(f"{describe(self, 'attack')} {why}")
+        return adv
+
+
+def describe(obj: Any, label: str) -> str:
+    """``attack 'bad' from plugin 'x' (x 1.0)``: a registered class (or its instance) by name and provider;
+    ``built-in freqprobe.builtins...`` for a built-in; the module and class of an object nobody registered
+    (a subclass of a registered class too: the provider of the class itself counts, not its base's).
+    The name of a plugin's class in the messages of the core's checks (:mod:`freqprobe.guard`)."""
+    from .manager import PROVIDER_ATTR, Provider
+
+    cls = obj if isinstance(obj, type) else type(obj)
+    prov = cls.__dict__.get(PROVIDER_ATTR)
+    name = getattr(obj, "name", None) or cls.__name__
+    if not isinstance(prov, Provider):
+        return f"{label} '{name}' ({cls.__module__}.{cls.__qualname__})"
+    return f"{label} '{name}' from {'built-in ' + prov.plugin if prov.builtin else prov.who()}"
+
+
+def adversarial_problem(images: "torch.Tensor", adv: Any, eps: float, norm: str = "linf") -> str | None:
+    """What is wrong with ``adv`` as an attack's answer for ``images`` at budget ``eps``, or None.
+
+    The rules the core applies to every attack and ``freqprobe.testing.check_attack`` asserts: a
+    tensor of the images' shape, dtype and device, finite, within [0, 1], and per sample within
+    ``eps`` of the images in ``norm`` (``linf``: max |adv − x|; ``l2``: ‖adv − x‖₂; computed in
+    float64; + :data:`EPS_TOL` for rounding, in L2 also + :data:`L2_RTOL` × ``eps``). Images that themselves leave [0, 1] (a decomposer's part without rescaling)
+    are measured from their nearest image in [0, 1] (what an attack that clamps to [0, 1] can reach).
+    The answer reads after the attack's name ("left the L∞ ε-ball: ...").
+    """
+    import torch
+
+    if norm not in ATTACK_NORMS:
+        return f"declares the norm {norm!r}; the budget eps is measured in one of: {', '.join(ATTACK_NORMS)}"
+    if not isinstance(adv, torch.Tensor):
+        return f"returned a {type(adv).__name__}, not a tensor of images"
+    if adv.shape != images.shape:
+        return f"returned shape {tuple(adv.shape)} for images of shape {tuple(images.shape)}"
+    if adv.dtype != images.dtype:
+        return f"returned {adv.dtype} for {images.dtype} images (dtype must be preserved)"
+    if adv.device != images.device:
+        return f"returned images on {adv.device} for images on {images.device}"
+    if adv.numel() == 0:
+        return None
+    with torch.no_grad():
+        a, x = adv.detach(), images.detach()
+        delta = (a.double() - x.double().clamp(0, 1)).flatten(1)  # input outside [0, 1]: from its nearest valid image
+        size = delta.abs().amax(1) if norm == "linf" else torch.linalg.vector_norm(delta, dim=1)
+        worst = size.argmax()
+        bad, lo, hi, far, at = torch.stack([(~torch.isfinite(a)).sum().double(), a.min().double(), a.max().double(),
+                                            size[worst], worst.double()]).tolist()
+    if bad:
+        return f"returned non-finite values (NaN or inf) in {int(bad)} of {a.numel()} pixels"
+    if lo < 0.0 or hi > 1.0:
+        return f"left [0, 1]: the adversarial images range over [{lo:.6g}, {hi:.6g}]"
+    slack = EPS_TOL + (L2_RTOL * abs(eps) if norm == "l2" else 0.0)
+    if not far <= eps + slack:
+        label = "L∞" if norm == "linf" else "L2"
+        return (f"left the {label} ε-ball: sample {int(at)} moved by {far:.6g} in {label} norm > eps={eps:.6g} "
+                f"(+{slack:.2g} for rounding)")
+    return None
 
 
 def _fmt_opt(v: Any) -> str:

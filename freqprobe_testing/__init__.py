@@ -69,11 +69,14 @@ __all__ = [
 ]
 
 #: float32: the parts must sum back to the input within this fraction of the image range
+#: (the core checks a plugin's decomposer with the same: ``freqprobe.guard.SUM_RTOL``)
 FLOAT32_RTOL = 1e-4
 #: float64: the same, in double precision
 FLOAT64_RTOL = 1e-10
-#: how far outside the ε-ball an attack may land (rounding)
+#: how far outside the ε-ball an attack may land (rounding; the core's ``freqprobe.interfaces.EPS_TOL``,
+#: in L2 plus ``L2_RTOL`` × eps for the float32 rounding of a norm over many pixels)
 EPS_TOL = 1e-6
+L2_RTOL = 1e-4
 #: metric results that must agree (merge, reset, state round trip) agree to this
 METRIC_TOL = 1e-12
 
@@ -196,6 +199,16 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else repr(v)
 
 
+def _nanmax(values: Iterable[float]) -> float:
+    """The largest of ``values``, NaN when any is NaN (Python's ``max`` keeps a NaN only when it comes first)."""
+    import math
+
+    values = list(values)
+    if any(math.isnan(v) for v in values):
+        return math.nan
+    return max(values)
+
+
 def _close(a: Any, b: Any, tol: float) -> bool:
     """Numbers equal within ``tol`` (NaN equals NaN)."""
     import math
@@ -265,14 +278,17 @@ def check_decomposer(cls_or_instance, images=None, params: Iterable[Any] | None 
     * the class would be registered (a kebab-case ``name``, ``components``, ``default_params``);
     * ``decompose(x, p)`` returns a mapping with exactly the declared ``components``, each a
       floating-point tensor with ``x``'s shape, dtype and device, for float32 and float64 input;
-    * the parts sum back to ``x``: max abs error <= 1e-4 × the image range in float32 and
-      <= 1e-10 × the range in float64;
+    * the parts are finite and sum back to ``x``: max abs error <= 1e-4 × the image range in
+      float32 and <= 1e-10 × the range in float64 (the tolerance the core checks a plugin's
+      decomposer with on every call); a class with ``additive = False`` is checked for finite
+      parts only;
     * ``x`` itself is left unchanged;
     * the same call twice gives the same parts (bit for bit on the CPU);
     * ``decompose_all(x, params)`` yields every parameter once, with the parts ``decompose`` gives
       (within the float32 tolerance);
-    * when ``decompose`` accepts ``out=``: buffers passed to ``decompose`` and to ``decompose_all``
-      (one mapping shared by all parameters, and one mapping per parameter) give the same parts.
+    * when ``decompose`` accepts ``out=``: NaN-filled buffers passed to ``decompose`` and to
+      ``decompose_all`` (one mapping shared by all parameters, and one mapping per parameter) give
+      the same parts — a component left unwritten shows as NaN (every comparison is NaN-aware).
 
     Returns the decomposer instance.
     """
@@ -327,16 +343,32 @@ def check_decomposer(cls_or_instance, images=None, params: Iterable[Any] | None 
                 raise AssertionError(f"{where} at {at}: {call}: component {c!r} is on {t.device}, the input on {like.device}")
         return {c: got[c] for c in comps}
 
+    additive = bool(getattr(dec, "additive", True))
+
     def check_sum(parts: dict, like: torch.Tensor, at: str, tol: float, rtol: float) -> None:
+        bad = [c for c in comps if not bool(torch.isfinite(parts[c]).all())]
+        if bad:
+            raise AssertionError(f"{where} at {at}: component {bad[0]!r} holds NaN or inf")
+        if not additive:  # additive = False: the parts are only checked to be finite (as the core does)
+            return
         total = sum(parts[c].double() for c in comps)
         err = float((total - like.double()).abs().max())
         if not err <= tol:  # NaN fails too
             raise AssertionError(
                 f"{where} at {at}: the components {comps} do not sum back to the input: max abs error {err:.3g} > "
-                f"{tol:.3g} ({rtol:g} × the image range {rng:.3g})")
+                f"{tol:.3g} ({rtol:g} × the image range {rng:.3g}); a decomposer whose parts are not additive sets "
+                "additive = False")
 
     def max_diff(a: dict, b: dict) -> float:
-        return max(float((a[c].double() - b[c].double()).abs().max()) for c in comps)
+        """The largest difference of any component; NaN when any component differs by NaN (a buffer left unwritten)."""
+        return _nanmax(float((a[c].double() - b[c].double()).abs().max()) for c in comps)
+
+    def unwritten(got: dict) -> str:
+        """Which component holds NaN where the reference has none: the NaN-filled buffer it was given, left as it was."""
+        for c in comps:
+            if not bool(torch.isfinite(got[c]).all()):
+                return f" (component {c!r} holds NaN: the NaN-filled out= buffer was not written?)"
+        return ""
 
     keep = x.clone()
     ref: dict = {}
@@ -384,7 +416,7 @@ def check_decomposer(cls_or_instance, images=None, params: Iterable[Any] | None 
             d = max_diff(ref[p], got)
             if not d <= tol32:
                 raise AssertionError(f"{where} at {at}: {what} differs from decompose() by up to {d:.3g} "
-                                     f"(tolerance {tol32:.3g})")
+                                     f"(tolerance {tol32:.3g}){unwritten(got)}")
         missing = [p for p in params if p not in seen]
         if missing:
             raise AssertionError(f"{where}: {what} did not yield {', '.join(f'{pname}={_fmt(p)}' for p in missing)}")
@@ -401,7 +433,7 @@ def check_decomposer(cls_or_instance, images=None, params: Iterable[Any] | None 
             d = max_diff(ref[p], got)
             if not d <= tol32:
                 raise AssertionError(f"{where} at {at}: decompose() with out= buffers differs from decompose() without "
-                                     f"by up to {d:.3g} (tolerance {tol32:.3g})")
+                                     f"by up to {d:.3g} (tolerance {tol32:.3g}){unwritten(got)}")
         check_all(buffers(), "decompose_all(x, params, out={component: buffer}) (one mapping shared by every parameter)")
         check_all({p: buffers() for p in params}, "decompose_all(x, params, out={param: {component: buffer}})")
     if not torch.equal(x, keep):
@@ -418,19 +450,24 @@ def check_attack(cls, adapter, images, labels, eps: float = 8 / 255, **options):
     Builds ``cls(adapter, eps=eps, seed=0, **options)`` and asserts that ``attack(images, labels)``:
 
     * returns a tensor of the images' shape, dtype and device, finite and within [0, 1];
-    * stays in the ε-ball around the images: per sample ``max |adv − x| <= eps + 1e-6`` (L∞, when
-      ``options`` has no ``norm`` or ``norm="linf"``), ``‖adv − x‖₂ <= eps + 1e-6`` with ``norm="l2"``;
+    * stays in the ε-ball around the images: per sample ``max |adv − x| <= eps + 1e-6`` (L∞) or
+      ``‖adv − x‖₂ <= eps·(1 + 1e-4) + 1e-6`` (L2), in the attack's ``budget_norm()``: its option
+      ``norm`` when it has one, else its class attribute ``norm`` (default ``"linf"``);
     * is deterministic: the same instance again, and a new instance with the same seed, give the
       same images (bit for bit on the CPU), and so does a call inside ``torch.inference_mode()``
       (how the evaluation loop calls attacks);
-    * leaves its input alone: the images and labels passed in are not changed, and neither are
+    * leaves its input alone: ``forward`` does not change the images and labels passed in, nor
       the model's parameters, their ``requires_grad`` flags and its train/eval mode.
+
+    These are the rules the core applies to every attack's answer in a run
+    (``freqprobe.interfaces.adversarial_problem``, the same tolerance and the same norm rule): an
+    attack that fails them here fails a run with a ``PluginError``.
 
     Returns the adversarial images.
     """
     import torch
 
-    from freqprobe.interfaces import Attack
+    from freqprobe.interfaces import ATTACK_NORMS, Attack, adversarial_problem
 
     where = f"check_attack({getattr(cls, 'name', getattr(cls, '__qualname__', cls))!r}{''.join(f', {k}={v!r}' for k, v in options.items())})"
     if not (inspect.isclass(cls) and issubclass(cls, Attack)):
@@ -439,9 +476,6 @@ def check_attack(cls, adapter, images, labels, eps: float = 8 / 255, **options):
         raise AssertionError(f"{where}: images must be a floating-point tensor of [0, 1] images")
     if not isinstance(labels, torch.Tensor):
         raise AssertionError(f"{where}: labels must be a tensor of class indices, got {type(labels).__name__}")
-    norm = str(options.get("norm", "linf")).strip().lower()
-    if norm not in ("linf", "l2"):
-        raise AssertionError(f"{where}: check_attack knows the norms linf and l2, not {norm!r}")
     module = adapter.module
     params_before = {k: v.detach().clone() for k, v in module.state_dict().items()}
     grads_before = [p.requires_grad for p in module.parameters()]
@@ -449,31 +483,21 @@ def check_attack(cls, adapter, images, labels, eps: float = 8 / 255, **options):
     x_keep, y_keep = images.clone(), labels.clone()
 
     attack = _call(where, f"{cls.__qualname__}(adapter, eps={eps!r}, seed=0, ...)", cls, adapter, eps=eps, seed=0, **options)
-    adv = _call(where, "attack(images, labels)", attack, images, labels)
-    if not isinstance(adv, torch.Tensor):
-        raise AssertionError(f"{where}: returned a {type(adv).__name__}, not a tensor of images")
-    if adv.shape != images.shape:
-        raise AssertionError(f"{where}: returned shape {tuple(adv.shape)} for images of shape {tuple(images.shape)}")
-    if adv.dtype != images.dtype:
-        raise AssertionError(f"{where}: returned {adv.dtype} for {images.dtype} images (dtype must be preserved)")
-    if adv.device != images.device:
-        raise AssertionError(f"{where}: returned images on {adv.device} for images on {images.device}")
+    norm = attack.budget_norm()  # the rule the core applies: the option `norm`, else the class attribute
+    if norm not in ATTACK_NORMS:
+        raise AssertionError(f"{where}: check_attack knows the norms {', '.join(ATTACK_NORMS)}, not {norm!r}")
+    # forward itself on the caller's tensors (attack(...) hands it copies): it must not change them
+    with torch.inference_mode(False), torch.enable_grad():
+        _call(where, "forward(images, labels)", attack.forward, images, labels)
     if not torch.equal(images, x_keep):
         raise AssertionError(f"{where}: changed the input images in place")
     if not torch.equal(labels, y_keep):
         raise AssertionError(f"{where}: changed the labels in place")
-    if not bool(torch.isfinite(adv).all()):
-        raise AssertionError(f"{where}: returned non-finite values (NaN or inf)")
-    lo, hi = float(adv.min()), float(adv.max())
-    if lo < 0.0 or hi > 1.0:
-        raise AssertionError(f"{where}: left [0, 1]: the adversarial images range over [{lo:.6g}, {hi:.6g}]")
-    delta = (adv.detach().double() - images.detach().double()).flatten(1)
-    size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
-    worst = int(size.argmax()) if size.numel() else 0
-    if size.numel() and float(size[worst]) > eps + EPS_TOL:
-        label = "L∞" if norm == "linf" else "L2"
-        raise AssertionError(f"{where}: left the {label} ε-ball: sample {worst} moved by {float(size[worst]):.6g} "
-                             f"in {label} norm > eps={eps:.6g} (+{EPS_TOL:g})")
+    # the call the evaluation loop makes, which checks the answer (a PluginError here is the core refusing it)
+    adv = _call(where, "attack(images, labels)", attack, images, labels)
+    why = adversarial_problem(images, adv, eps, norm)  # the same rules, for an attack that overrides __call__
+    if why is not None:
+        raise AssertionError(f"{where}: {why}")
 
     tol = 0.0 if images.device.type == "cpu" else 1e-5
 

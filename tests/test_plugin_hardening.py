@@ -316,11 +316,15 @@ def test_plugin_failure_at_run_time_is_named(case, cli, use_pm, run_args, tmp_pa
     assert not (tmp_path / "run").exists()
 
 
-def test_writer_failure_is_named(cli, use_pm, run_args, tmp_path):
+def test_writer_failure_is_named_and_skipped(cli, use_pm, run_args, tmp_path):
+    """A third-party writer that fails is named in a warning and skipped; the run and its own files stand (issue 17)."""
     use_pm.register(_RaisingWriter(), name="writerplug")
     rc, out, err = cli(*run_args())
-    assert rc == 2 and "Error: plugin 'writerplug' failed in report_result(): OSError: disk on fire" in err
-    assert "Traceback" not in err + out and not (tmp_path / "run").exists()
+    assert rc == 0 and "warning: plugin 'writerplug' (registered at runtime) failed in report_result(): OSError: disk on fire" in err
+    assert "Traceback" not in err + out and (tmp_path / "run" / "summary.csv").is_file()
+    man = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert man["skipped_writers"] == [{"plugin": "writerplug", "distribution": "registered at runtime", "hook": "report_result",
+                                       "error": "OSError: disk on fire"}]
 
 
 def test_decompose_command_names_the_plugin(cli, use_pm, tiny_npz, tmp_path):

@@ -232,6 +232,52 @@ def test_check_decomposer_catches(bug, message, freqprobe_images):
         check_decomposer(Bad, freqprobe_images)
 
 
+def test_check_decomposer_catches_a_forgotten_out_buffer(freqprobe_images):
+    """A decomposer that writes its first component into the buffers it is given and forgets the second: the
+    NaN-filled buffer it leaves must fail the kit (Python's max() drops a NaN that does not come first; issue 17)."""
+
+    class Forgetful(_MeanDecomposer):
+        name = "forgetful"
+
+        def decompose(self, x, param, *, out=None):
+            parts = super().decompose(x, param)
+            if out is None:
+                return parts
+            out["low"].copy_(parts["low"])
+            return out
+
+    with pytest.raises(AssertionError, match=r"check_decomposer\('forgetful'\) at r=1 \(float32\): decompose\(\) with out= "
+                                             r"buffers differs from decompose\(\) without by up to nan .*component 'high' "
+                                             r"holds NaN"):
+        check_decomposer(Forgetful, freqprobe_images)
+
+
+def test_check_decomposer_non_additive(freqprobe_images):
+    """additive = False: checked for finite parts only, as the core checks it."""
+
+    class AmplitudePhase(_MeanDecomposer):
+        name = "amp-phase"
+        components = ("amplitude", "phase")
+        additive = False
+
+        def decompose(self, x, param, *, out=None):
+            f = torch.fft.fft2(x)
+            return {"amplitude": f.abs(), "phase": f.angle()}
+
+    class NaNPhase(AmplitudePhase):
+        name = "nan-phase"
+
+        def decompose(self, x, param, *, out=None):
+            parts = super().decompose(x, param)
+            return {"amplitude": parts["amplitude"], "phase": parts["phase"] * float("nan")}
+
+    check_decomposer(AmplitudePhase, freqprobe_images)
+    with pytest.raises(AssertionError, match=r"component 'phase' holds NaN or inf"):
+        check_decomposer(NaNPhase, freqprobe_images)
+    with pytest.raises(AssertionError, match=r"do not sum back to the input.*sets additive = False"):
+        check_decomposer(type("Claimed", (AmplitudePhase,), {"name": "claimed", "additive": True}), freqprobe_images)
+
+
 # -- (c) check_attack and check_metric catch broken plugins ------------------------------------
 
 

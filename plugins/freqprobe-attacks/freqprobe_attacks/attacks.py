@@ -7,9 +7,12 @@ compared with ``torchattacks.FGSM`` / ``PGD`` / ``PGDL2`` on a model that normal
 * the loss is the cross-entropy of :meth:`ModelAdapter.forward` (which normalises) against the
   labels, summed over the batch (torchattacks takes the mean: the same signs, and for L2 the
   same directions up to rounding);
-* the whole batch is attacked at once; the attack may be called from inside the evaluation
-  loop's ``torch.inference_mode()``: it works on a normal clone of the images in a block with
-  inference mode off and gradients on, and returns a normal tensor of the input's shape and dtype;
+* the whole batch is attacked at once; the core's ``Attack.__call__`` (how the probe and training
+  call an attack) runs ``forward`` outside the evaluation loop's ``torch.inference_mode()`` with
+  gradients on, on copies of the inputs, and checks the answer (shape, dtype, device, finite, in
+  [0, 1], within ε in the attack's norm); ``forward`` also works on a normal clone of the images in
+  a block with inference mode off and gradients on itself, so a direct call works too, and returns
+  a normal tensor of the input's shape and dtype;
 * the model's parameters are frozen while it runs (no weight gradients are computed; their
   ``requires_grad`` is restored afterwards, also on errors) and its train/eval mode is left alone;
 * 4-D images are attacked in ``channels_last`` (the memory format the engine gives the model);
