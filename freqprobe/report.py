@@ -27,6 +27,8 @@ PAPER_URL = "https://arxiv.org/abs/1905.13545"
 PAPER_TITLE = "High-frequency Component Helps Explain the Generalization of Convolutional Neural Networks"
 MAX_PANELS = 6
 SCORE_VARIANT = "hfc-reliance"
+#: the columns a probe run's summary.csv must have for its section (docs/results.md)
+SUMMARY_REQUIRED = ("variant", "param", "metric", "value")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 _CSS = """
@@ -55,7 +57,66 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         raise UserFacingError(f"cannot read {path}: {exc}") from None
 
 
+#: what each kind of checked column of :func:`_read_table` must hold
+_CELL_KINDS = {
+    "number": "a number",  # nan and inf count (a run with --allow-nonfinite writes them)
+    "count": "a whole number >= 0 or empty",
+    "index": "a whole number",
+}
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true/false", type(None): "null"}
+
+
+def _cell_ok(kind: str, text: str) -> bool:
+    if kind == "number":
+        return not math.isnan(_num(text)) or text.strip().lower() in ("nan", "+nan", "-nan")
+    if kind == "count" and text == "":
+        return True
+    return bool(re.fullmatch(r"-?\d+" if kind == "index" else r"\d+", text.strip()))
+
+
+def _read_table(path: Path, columns: Sequence[str] = (), kinds: dict[str, str] | None = None) -> tuple[list[str], list[dict[str, str]]]:
+    """``(header, rows)`` of the CSV ``path``, or a one-line :class:`UserFacingError` naming the file and what is wrong.
+
+    Refused: a file that cannot be read or is not UTF-8 text, an empty one, a header without each of ``columns``
+    (or with a name twice), a row with more or fewer fields than the header, no row at all, and a cell of a
+    column in ``kinds`` (``{column: "number" | "count" | "index"}``) that is not what its kind says. What the
+    report then shows comes from a file that is what it claims to be (docs/results.md).
+    """
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                raise UserFacingError(f"{path} is empty (no header line); not a readable table")
+            missing = [c for c in columns if c not in header]
+            if missing:
+                first = ",".join(header)[:60]
+                raise UserFacingError(f"{path} is not the table it should be: no column {', '.join(missing)} "
+                                      f"(its first line: {first!r})")
+            if len(set(header)) != len(header):
+                raise UserFacingError(f"{path}: a column name occurs twice in the header ({','.join(header)[:60]!r})")
+            rows = [_table_row(path, reader.line_num, header, raw, kinds or {}) for raw in reader]
+    except UnicodeDecodeError as exc:
+        raise UserFacingError(f"{path} is not a CSV text file (not UTF-8: {exc.reason} at byte {exc.start})") from None
+    except (OSError, csv.Error) as exc:
+        raise UserFacingError(f"cannot read {path}: {exc}") from None
+    if not rows:
+        raise UserFacingError(f"{path} holds no rows (only its header); nothing to report")
+    return header, rows
+
+
+def _table_row(path: Path, line: int, header: list[str], raw: list[str], kinds: dict[str, str]) -> dict[str, str]:
+    if len(raw) != len(header):
+        raise UserFacingError(f"{path} line {line}: {len(raw)} fields where the header has {len(header)} (a damaged file)")
+    row = dict(zip(header, raw))
+    for col, kind in kinds.items():
+        if col in row and not _cell_ok(kind, row[col]):
+            raise UserFacingError(f"{path} line {line}: {col} is {row[col]!r}, not {_CELL_KINDS[kind]}")
+    return row
+
+
 def _read_manifest(d: Path) -> dict[str, Any]:
+    """The folder's ``manifest.json`` as a dict (``{}`` when there is none); unreadable or not an object is one line."""
     p = d / "manifest.json"
     if not p.is_file():
         return {}
@@ -63,7 +124,16 @@ def _read_manifest(d: Path) -> dict[str, Any]:
         m = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UserFacingError(f"cannot read {p}: {exc}") from None
-    return m if isinstance(m, dict) else {}
+    if not isinstance(m, dict):
+        raise UserFacingError(f"{p} holds {_JSON_KINDS.get(type(m), type(m).__name__)}, not a JSON object: "
+                              "not a freqprobe manifest")
+    return m
+
+
+def _sub(manifest: dict[str, Any], key: str) -> dict[str, Any]:
+    """``manifest[key]`` when it is an object, else ``{}`` (a hand-edited manifest must not break a section)."""
+    v = manifest.get(key)
+    return v if isinstance(v, dict) else {}
 
 
 def _spec(v: Any) -> str:
@@ -171,26 +241,43 @@ def _summary_tables(header: list[str], rows: list[dict[str, str]]) -> str:
     return "".join(parts)
 
 
-def _score_lines(manifest: dict[str, Any], rows: list[dict[str, str]]) -> list[str]:
-    scores = manifest.get("hfc_reliance")
-    if isinstance(scores, list) and scores:
-        from .scores import format_score
+def _backs(score: Any, row: dict[str, str]) -> bool:
+    """Whether the summary row ``row`` of the score holds the manifest's ``score`` (same metric, transform, value)."""
+    if not isinstance(score, dict) or str(score.get("metric")) != row.get("metric", ""):
+        return False
+    if str(score.get("transform") or "") != (row.get("transform") or ""):
+        return False
+    try:
+        v = math.nan if score.get("value") is None else float(score["value"])
+    except (TypeError, ValueError):
+        return False
+    return f"{v:.6f}" == f"{_num(row.get('value')):.6f}"
 
-        pn = (manifest.get("decomposer") or {}).get("param_name") or "r"
-        lines = []
-        for s in scores:
-            try:
-                lines.append(format_score({**s, "value": math.nan if s.get("value") is None else s["value"]}, pn))
-            except Exception:  # an older or hand-edited manifest: fall back to the summary rows
-                lines = []
-                break
-        if lines:
-            return lines
+
+def _score_lines(manifest: dict[str, Any], rows: list[dict[str, str]]) -> list[str]:
+    """One line per score row of the summary: in the manifest's words (its range) when the manifest holds that very
+    score, else from the row alone. A manifest score that the summary does not hold is not shown."""
+    from .scores import format_score
+
+    scores = manifest.get("hfc_reliance")
+    scores = scores if isinstance(scores, list) else []
+    pn = str(_sub(manifest, "decomposer").get("param_name") or "r")
     out = []
     for r in rows:
-        if r.get("variant") == SCORE_VARIANT:
+        if r.get("variant") != SCORE_VARIANT:
+            continue
+        line = None
+        for s in scores:
+            if _backs(s, r):
+                try:
+                    line = format_score({**s, "value": math.nan if s.get("value") is None else s["value"]}, pn)
+                except Exception:  # an older or hand-edited manifest entry: the row's own line
+                    line = None
+                break
+        if line is None:
             t = f", transform {r['transform']}" if r.get("transform") else ""
-            out.append(f"HFC-reliance ({r.get('metric', '')}{t}): {_fmt(r.get('value'))}")
+            line = f"HFC-reliance ({r.get('metric', '')}{t}): {_fmt(r.get('value'))}"
+        out.append(line)
     return out
 
 
@@ -223,9 +310,11 @@ def _overlay_data(d: Path, manifest: dict[str, Any], header: list[str], rows: li
     extra = _extra_columns(header)
     rows = [r for r in rows if not r.get("transform") and not any(r.get(c) for c in extra)]
     metrics = list(dict.fromkeys(r.get("metric", "") for r in rows if r.get("variant") != SCORE_VARIANT))
-    preferred = ["accuracy", *((manifest.get("probe") or {}).get("plot_metrics") or [])]
+    plot_metrics = _sub(manifest, "probe").get("plot_metrics")
+    preferred = ["accuracy", *(plot_metrics if isinstance(plot_metrics, list) else [])]
     metric = next((m for m in preferred if m in metrics), metrics[0] if metrics else None)
-    comps = (manifest.get("decomposer") or {}).get("components") or ["low", "high"]
+    comps = _sub(manifest, "decomposer").get("components")
+    comps = comps if isinstance(comps, list) and all(isinstance(c, str) for c in comps) and comps else ["low", "high"]
     if metric is None or len(comps) < 2:
         return None
     rows = [r for r in rows if r.get("metric") == metric]
@@ -238,7 +327,7 @@ def _overlay_data(d: Path, manifest: dict[str, Any], header: list[str], rows: li
     orig = [_num(r.get("value")) for r in rows if r.get("variant") == "original"]
     return {"label": d.name, "metric": metric, "components": comps[:2], "curves": curves,
             "original": orig[0] if orig else math.nan,
-            "param_name": (manifest.get("decomposer") or {}).get("param_name") or "param"}
+            "param_name": str(_sub(manifest, "decomposer").get("param_name") or "param")}
 
 
 def _overlay_png(runs: list[dict[str, Any]]) -> bytes:
@@ -314,7 +403,7 @@ def markdown_tables_to_html(md: str) -> str:
 class Report:
     """One report page being built: what a ``report_folder`` implementation uses to render its folder.
 
-    Text helpers (``escape``, ``fmt``, ``fmt_param``), reading (``read_csv``, ``read_manifest``),
+    Text helpers (``escape``, ``fmt``, ``fmt_param``), reading (``read_csv``, ``read_table`` (checked), ``read_manifest``),
     HTML pieces (``table``, ``images``, ``manifest_block``, ``markdown``), the core's probe-run
     section (``probe_section``), ``subfolders`` (each sub-folder through the hook again) and
     ``add_overlay`` (a run's low/high curves on the page's overlay figure). An implementation
@@ -334,6 +423,7 @@ class Report:
     natural = staticmethod(_natural)
     # reading
     read_csv = staticmethod(_read_csv)
+    read_table = staticmethod(_read_table)
     read_manifest = staticmethod(_read_manifest)
     # HTML
     table = staticmethod(_table)
@@ -354,7 +444,7 @@ class Report:
     def probe_section(self, folder: Path, level: int, *, images: Sequence[str] = (), patterns: Sequence[str] = ()) -> str:
         """The section of a probe run: summary tables, scores, plots (and ``images``, ``patterns`` more), manifest."""
         manifest = _read_manifest(folder)
-        header, rows = _read_csv(folder / "summary.csv")
+        header, rows = _read_table(folder / "summary.csv", SUMMARY_REQUIRED, {"value": "number", "n": "count"})
         parts = [self.heading(folder, manifest, level), _summary_tables(header, rows)]
         parts += [f"<p class=score>{_e(line)}</p>" for line in _score_lines(manifest, rows)]
         parts.append(_images(folder, ["accuracy.png", *images], ["figure2_*.png"]))

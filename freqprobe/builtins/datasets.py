@@ -322,6 +322,77 @@ def _channels_last(x: np.ndarray, layout: str | None, p: Path) -> np.ndarray:
 
 _WNID = re.compile(r"^n\d{8}$")
 
+#: the largest sample value of Pillow's integer modes that are read as 16-bit: a value v is v / 65535
+SIXTEEN_BIT_MAX = 65535
+
+
+def decode_image(im: Any, where: Any) -> Any:
+    """A PIL image as what the image transforms take, with the right [0, 1] values whatever its mode.
+
+    8-bit modes become RGB, as torchvision's loader makes them (``L``/``1``/``LA`` grey in all three
+    channels, ``P`` its palette's colours, ``CMYK`` PIL's conversion; alpha dropped). Deeper modes
+    become one channel of mode ``F`` holding the values in [0, 1]: a 16-bit (``I;16``, ``I;16B``...)
+    or ``I`` sample v reads as v / 65535 (a 16-bit image saved as 257·u gives exactly u / 255, its
+    8-bit version), an ``F`` sample as it is. An ``I`` image with values outside 0..65535 or an ``F``
+    image outside [0, 1] is refused in one line (``where`` names the file): no scale can be guessed.
+    """
+    import numpy as np
+    from PIL import Image
+
+    mode = im.mode
+    if mode == "I" or mode.startswith("I;16"):
+        a = np.asarray(im)
+        if a.size and (int(a.min()) < 0 or int(a.max()) > SIXTEEN_BIT_MAX):
+            raise UserFacingError(f"could not read image {where}: an integer image ({mode}) with values in [{int(a.min())}, {int(a.max())}]; "
+                                  f"freqprobe reads integer images as 16-bit (0..{SIXTEEN_BIT_MAX}): convert it to 8 or 16 bits")
+        return Image.fromarray(a.astype(np.float32) / np.float32(SIXTEEN_BIT_MAX))
+    if mode == "F":
+        a = np.asarray(im, dtype=np.float32)
+        if a.size and not (np.isfinite(a).all() and float(a.min()) >= 0 and float(a.max()) <= 1):
+            finite = a[np.isfinite(a)]
+            span = f"[{float(finite.min()):.4g}, {float(finite.max()):.4g}]" if finite.size else "no finite value"
+            raise UserFacingError(f"could not read image {where}: a floating-point image (F) with values {span}"
+                                  f"{'' if np.isfinite(a).all() else ' and NaN/inf'}; float images must hold values in [0, 1]")
+        return im
+    if mode == "PA" or (mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")  # the palette's colours (PIL warns when P with transparency goes to RGB directly)
+    return im.convert("RGB")
+
+
+def load_image(path: str) -> Any:
+    """The image file ``path`` decoded by :func:`decode_image` (the loader of ``imagefolder:``)."""
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        im = Image.open(f)
+        return decode_image(im, path)
+
+
+def image_tensor(pic: Any) -> torch.Tensor:
+    """A decoded image (RGB, or one channel of mode ``F`` in [0, 1]) as a float32 3×H×W tensor in [0, 1]."""
+    import numpy as np
+    import torch
+    from torchvision.transforms import functional as TF
+
+    if pic.mode != "F":
+        return TF.to_tensor(pic)  # uint8 / 255, as before
+    t = torch.from_numpy(np.array(pic, dtype=np.float32)).clamp_(0, 1)  # the clamp: a resize's rounding at the ends
+    return t.unsqueeze(0).expand(3, -1, -1).contiguous()
+
+
+def read_image(path: Any) -> torch.Tensor:
+    """The image file ``path`` as a float32 3×H×W tensor in [0, 1], whatever its mode (:func:`decode_image`: 16-bit
+    values v read as v / 65535); a file that cannot be read is one :class:`UserFacingError` line naming it."""
+    from ..errors import UserFacingError as _UFE
+
+    try:
+        return image_tensor(load_image(str(path)))
+    except _UFE:
+        raise
+    except Exception as exc:  # PIL: truncated, corrupt, not an image
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0].replace(str(path), "").strip(" '")
+        raise _UFE(f"could not read image {path}: {why or type(exc).__name__}; remove or replace it") from None
+
 
 def imagenet_classes() -> tuple[list[str], list[str]] | None:
     """ImageNet-1k's WordNet ids in index order and short class names (from timm's offline tables), or None."""
@@ -428,11 +499,11 @@ class ImageFolderDataSource(DataSource):
         if (base / "train").is_dir():
             evald = next((base / s for s in ("test", "val") if (base / s).is_dir()), None)
             path = base / "train" if split == "train" else (evald or base)
-        tf = [T.ToTensor()]
+        tf = [image_tensor]
         if image_size:
-            tf = [T.Resize(image_size), T.CenterCrop(image_size), T.ToTensor()]
+            tf = [T.Resize(image_size), T.CenterCrop(image_size), image_tensor]
         try:
-            self.ds = torchvision.datasets.ImageFolder(str(path), transform=T.Compose(tf))
+            self.ds = torchvision.datasets.ImageFolder(str(path), transform=T.Compose(tf), loader=load_image)
         except (FileNotFoundError, RuntimeError) as exc:
             raise UserFacingError(f"{path}: {str(exc).splitlines()[0]}") from None
         self.path, self.image_size = path, image_size

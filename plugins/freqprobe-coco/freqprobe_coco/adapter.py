@@ -112,7 +112,12 @@ class DetectorAdapter(ModelAdapter):
         except UserFacingError:
             raise
         except (Exception, SystemExit) as exc:
-            raise IncompatibleError(f"the detector {name} failed on this data's first images ({shape}): {exception_line(exc)}") from None
+            hint = ""
+            if self.info.get("source") == "python" and _looks_like_a_classifier(self.module, images):
+                hint = ("; it takes one stacked batch and returns one tensor, like a classifier: a detection probe needs a "
+                        "detector (a list of C×H×W images in, one dict of boxes, scores and labels per image out)")
+            raise IncompatibleError(f"the detector {name} failed on this data's first images ({shape}): "
+                                    f"{exception_line(exc)}{hint}") from None
         cats = set(int(c) for c in getattr(data, "category_ids", ()) or ())
         labels = torch.cat([o["labels"].cpu() for o in outs]) if outs else torch.zeros(0, dtype=torch.long)
         if cats and labels.numel():
@@ -135,3 +140,15 @@ class DetectorAdapter(ModelAdapter):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "score_threshold": self.score_threshold, "iou_threshold": self.iou_threshold}
+
+
+def _looks_like_a_classifier(module: Any, images: list) -> bool:
+    """Whether ``module`` maps a stacked batch of (resized) images to one tensor: a classifier given to a detection probe."""
+    try:
+        x = torch.nn.functional.interpolate(images[0][None], size=(32, 32))
+        with torch.inference_mode():
+            out = module(x)
+    except Exception:
+        return False
+    return isinstance(out, torch.Tensor) and out.dim() == 2
+

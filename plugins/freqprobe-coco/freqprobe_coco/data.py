@@ -14,11 +14,19 @@ import numpy as np
 import torch
 
 from freqprobe import Batch, DataSource, UserFacingError
+from freqprobe.plugin import read_image
 
 
-def load_coco(path: str | os.PathLike):
-    """A pycocotools ``COCO`` of an instances file, its loading chatter silenced; a bad file is one line."""
+def load_coco(path: str | os.PathLike, *, lenient: bool = False):
+    """A pycocotools ``COCO`` of an instances file, its loading chatter silenced; a bad file is one line.
+
+    The file is checked first (:mod:`freqprobe_coco.annotations`): duplicate ids, orphans, unknown
+    categories, bad boxes are refused, or with ``lenient`` dropped. The ``COCO`` object's ``dropped`` and
+    ``filled`` attributes count per kind what was dropped and what was filled in (a missing area or iscrowd).
+    """
     from pycocotools.coco import COCO
+
+    from .annotations import check_dataset
 
     p = Path(path)
     if not p.is_file():
@@ -30,14 +38,13 @@ def load_coco(path: str | os.PathLike):
         raise UserFacingError(f"could not read COCO annotations {p}: {str(exc).splitlines()[0]}") from None
     if not isinstance(dataset, dict) or "images" not in dataset or "annotations" not in dataset:
         raise UserFacingError(f"{p} is not a COCO instances file (no 'images' and 'annotations' lists)")
-    bad = [a for a in dataset["annotations"][:1] if "bbox" not in a or "category_id" not in a or "image_id" not in a]
-    if bad:
-        raise UserFacingError(f"{p}: annotations need image_id, category_id and bbox (a COCO instances file)")
     dataset.setdefault("categories", [])
+    dataset, dropped, filled = check_dataset(dataset, p, lenient=lenient)
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
+    coco.dropped, coco.filled = dropped, filled
     return coco
 
 
@@ -53,7 +60,8 @@ class CocoDataSource(DataSource):
     #: images decoded in parallel per batch (PIL releases the GIL while decoding)
     decode_threads = min(8, os.cpu_count() or 1)
 
-    def __init__(self, argument: str | None = None, *, root=None, split: str = "test", **options: Any) -> None:
+    def __init__(self, argument: str | None = None, *, root=None, split: str = "test", lenient: bool = False,
+                 **options: Any) -> None:
         super().__init__(argument, root=root, split=split)
         if not argument or ":" not in argument:
             raise UserFacingError(f"coco data needs an image folder and an annotations file: coco:IMAGES_DIR:ANNOTATIONS.json "
@@ -64,7 +72,8 @@ class CocoDataSource(DataSource):
         self.images_dir, self.ann_file = Path(images), Path(ann)
         if not self.images_dir.is_dir():
             raise UserFacingError(f"COCO image folder not found: {self.images_dir}")
-        self.coco = load_coco(self.ann_file)
+        self.lenient = bool(lenient)
+        self.coco = load_coco(self.ann_file, lenient=self.lenient)
         #: the evaluated order: image ids ascending (``--limit N`` takes the first N)
         self.image_ids = sorted(int(i) for i in self.coco.imgs)
         if not self.image_ids:
@@ -89,7 +98,9 @@ class CocoDataSource(DataSource):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "images_dir": str(self.images_dir.resolve()), "annotations": str(self.ann_file.resolve()),
                 "categories": len(self.category_ids),
-                "annotations_count": sum(len(self.coco.imgToAnns.get(i, ())) for i in self.image_ids)}
+                "annotations_count": sum(len(self.coco.imgToAnns.get(i, ())) for i in self.image_ids),
+                **({"lenient": True, "dropped": dict(self.coco.dropped)} if self.lenient else {}),
+                **({"filled": dict(self.coco.filled)} if self.coco.filled else {})}
 
     def file_name(self, image_id: int) -> str:
         return str(self.coco.imgs[int(image_id)]["file_name"])
@@ -102,17 +113,8 @@ class CocoDataSource(DataSource):
         return self.images_dir / self.file_name(image_id)
 
     def read_image(self, image_id: int) -> torch.Tensor:
-        """The image as a 3×H×W float tensor in [0, 1] (RGB, whatever the file's mode)."""
-        from PIL import Image
-
-        p = self.path(image_id)
-        try:
-            with Image.open(p) as im:
-                arr = np.array(im.convert("RGB"))
-        except Exception as exc:  # PIL: truncated, corrupt, not an image
-            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0].replace(str(p), "").strip(" '")
-            raise UserFacingError(f"could not read image {p}: {why or type(exc).__name__}; remove or replace it") from None
-        return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
+        """The image as a 3×H×W float tensor in [0, 1] (RGB, whatever the file's mode: 16-bit values v are v / 65535)."""
+        return read_image(self.path(image_id))
 
     def target(self, image_id: int) -> dict[str, torch.Tensor]:
         """Ground truth of one image: ``boxes`` (x1, y1, x2, y2), ``labels`` (category ids), ``iscrowd``, ``image_id``."""

@@ -41,6 +41,16 @@ def register_probes():
 
 
 @hookimpl
+def add_options(parser):
+    """``--coco-lenient`` (run, decompose): bad annotations of ``coco:`` data dropped and counted instead of refused.
+
+    Routed into the data source's ``lenient`` option (``dataset="coco", key="lenient"``); refused with other data."""
+    parser.add_option("--coco-lenient", flag=True, commands=("run", "decompose"), dataset="coco", key="lenient",
+                      help="coco: data: drop (and count in the manifest) annotations that would make the numbers "
+                           "wrong (duplicate ids, orphans, unknown categories, bad boxes) instead of refusing the file.")
+
+
+@hookimpl
 def report_result(result, context):
     """``detections_<variant>[_<param>].json`` (COCO results), the Figure 8/9 lists and their side-by-side panels."""
     if "detections" not in result.extras or getattr(context, "out_dir", None) is None:

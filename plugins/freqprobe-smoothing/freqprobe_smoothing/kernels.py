@@ -30,28 +30,45 @@ CSV_COLUMNS = ("model", "checkpoint", "rho", "layer", "kernel", "n_kernels", "n_
 
 
 # ----------------------------------------------------------------------------- the two numbers
+#: a slice whose largest |weight| has a binary exponent beyond this is rescaled before squaring or summing
+_EXPONENT_RANGE = 400
+
+
+def _tame(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """``a`` with each sub-array over ``axes`` whose largest magnitude is beyond 2^±400 multiplied by a power of two
+    that brings it near 1. Exact (a power of two changes no digit), and both numbers and the drawing are
+    scale-free, so the results are those of the weights as they are, without the overflow of their squares and
+    sums (a kernel smoothed with rho = 1e200 has weights near 1e200, its energy near 1e400). Others are untouched."""
+    if a.size == 0:
+        return a
+    peak = np.abs(a).max(axis=axes, keepdims=True)
+    _, e = np.frexp(peak)
+    wild = np.isfinite(peak) & (peak > 0) & (np.abs(e) > _EXPONENT_RANGE)
+    return np.ldexp(a, -np.where(wild, e, 0)) if wild.any() else a
+
+
 def _slices(weight: torch.Tensor | np.ndarray) -> np.ndarray:
     w = weight.detach().cpu().double().numpy() if isinstance(weight, torch.Tensor) else np.asarray(weight, dtype=np.float64)
     if w.ndim < 2:
         raise ValueError(f"expected a [..., kh, kw] kernel array, got shape {w.shape}")
-    return w.reshape(-1, w.shape[-2], w.shape[-1])
+    return _tame(w.reshape(-1, w.shape[-2], w.shape[-1]), (-2, -1))
 
 
 def hf_energy_shares(weight: torch.Tensor | np.ndarray) -> np.ndarray:
     """Per ``[kh, kw]`` slice: the share of its 2-D DFT energy at non-zero frequencies (NaN for an all-zero slice)."""
     s = _slices(weight)
-    energy = np.abs(np.fft.fft2(s, axes=(-2, -1))) ** 2
-    total = energy.sum(axis=(-2, -1))
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(all="ignore"):  # NaN/inf weights give NaN, without numpy's warnings
+        energy = np.abs(np.fft.fft2(s, axes=(-2, -1))) ** 2
+        total = energy.sum(axis=(-2, -1))
         return np.where(total > 0, 1.0 - energy[:, 0, 0] / np.where(total > 0, total, 1.0), np.nan)
 
 
 def total_variations(weight: torch.Tensor | np.ndarray) -> np.ndarray:
     """Per ``[kh, kw]`` slice: Σ of |differences| of horizontally and vertically adjacent weights over Σ|w| (NaN for all-zero)."""
     s = _slices(weight)
-    tv = np.abs(np.diff(s, axis=-1)).sum(axis=(-2, -1)) + np.abs(np.diff(s, axis=-2)).sum(axis=(-2, -1))
-    l1 = np.abs(s).sum(axis=(-2, -1))
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(all="ignore"):
+        tv = np.abs(np.diff(s, axis=-1)).sum(axis=(-2, -1)) + np.abs(np.diff(s, axis=-2)).sum(axis=(-2, -1))
+        l1 = np.abs(s).sum(axis=(-2, -1))
         return np.where(l1 > 0, tv / np.where(l1 > 0, l1, 1.0), np.nan)
 
 
@@ -78,6 +95,7 @@ def _plt():
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
+    a = _tame(a, tuple(range(a.ndim)))
     lo, hi = float(a.min()), float(a.max())
     return (a - lo) / (hi - lo) if hi > lo else np.full_like(a, 0.5)
 
@@ -143,7 +161,7 @@ def _labels(checkpoints: Sequence[str]) -> list[str]:
 def measure(adapters: Sequence[Any], labels: Sequence[str], rhos: Sequence[float], *, layer: str | None,
             specs: Sequence[str]) -> list[dict]:
     """One row per ρ and model (ρ outer, as in Figure 7): the smoothed first-layer weight and its numbers."""
-    from .smooth import first_conv, smooth_kernels
+    from .smooth import checked_smooth, first_conv
 
     convs = []
     for adapter, spec in zip(adapters, specs):
@@ -152,7 +170,8 @@ def measure(adapters: Sequence[Any], labels: Sequence[str], rhos: Sequence[float
     rows = []
     for rho in rhos:
         for label, (spec, name, weight) in zip(labels, convs):
-            w = smooth_kernels(weight, rho)
+            w = checked_smooth(weight, rho, what="--rho",
+                               where=f"layer '{name or '(the model itself)'}' of {spec} ({label})")
             o, i, kh, kw = w.shape
             rows.append({"label": label, "model": spec, "rho": rho, "layer": name, "kernel": f"{kh}x{kw}", "n_kernels": o,
                          "weight": w.numpy(), "in_channels": i, **kernel_stats(w)})

@@ -130,7 +130,26 @@ def check_rho(value: Any, *, what: str = "smooth") -> float:
         raise bad from None
     if not math.isfinite(rho) or rho < 0:
         raise bad
-    return rho
+    return rho + 0.0  # -0.0 is 0
+
+
+def checked_smooth(weight: torch.Tensor, rho: float, *, where: str, what: str = "smooth") -> torch.Tensor:
+    """:func:`smooth_kernels`, refused in one line (:class:`UserFacingError`) when a smoothed weight is not finite.
+
+    Eq. 3 multiplies a kernel by up to 1 + 8ρ, so a large enough ρ overflows the weight's dtype (float32:
+    about 3.4e38, float64: 1.8e308) and every number computed from it would be NaN or inf. ``where`` names
+    the layer and model, ``what`` the option (``smooth`` or ``--rho``).
+    """
+    if not bool(torch.isfinite(weight).all()):
+        raise UserFacingError(f"{what}: the kernels of {where} hold NaN or inf before any smoothing; check the weights")
+    out = smooth_kernels(weight, rho)
+    if not bool(torch.isfinite(out).all()):
+        dtype = str(weight.dtype).replace("torch.", "")
+        peak, top = float(weight.detach().abs().max()), torch.finfo(weight.dtype).max
+        room = f"; rho up to about {top / (8 * peak) - 0.125:.3g} stays finite" if peak > 0 else ""
+        raise UserFacingError(f"{what}: rho={rho:g} makes the smoothed kernels of {where} overflow {dtype} (Eq. 3 multiplies "
+                              f"a kernel by up to 1 + 8·rho; its largest weight is {peak:.3g}){room}; use a smaller rho")
+    return out
 
 
 class SmoothTransform(Transform):
@@ -161,13 +180,14 @@ class SmoothTransform(Transform):
         """A copy of ``adapter`` whose first conv (or ``layer``) has smoothed kernels; ``adapter`` is not changed."""
         module = adapter.module if isinstance(adapter, ModelAdapter) else adapter
         what = getattr(adapter, "spec", "") or type(module).__name__
-        name, _ = first_conv(module, self.layer, model=what)  # refuse before copying anything
+        name, old = first_conv(module, self.layer, model=what)  # refuse before copying anything
+        smoothed = checked_smooth(old.weight, self.rho, where=f"layer '{name or '(the model itself)'}' of {what}")
         new = copy.deepcopy(adapter)
         new_module = new.module if isinstance(new, ModelAdapter) else new
         conv = dict(new_module.named_modules())[name]
         weight = conv.weight
         with torch.no_grad():
-            weight.copy_(smooth_kernels(weight, self.rho))
+            weight.copy_(smoothed)
         if isinstance(new, ModelAdapter):
             record = {"layer": name, "rho": self.rho, "kernel": list(_size(conv))}
             new.info["smoothed"] = [*new.info.get("smoothed", []), record]

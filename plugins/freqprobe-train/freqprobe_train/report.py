@@ -7,6 +7,17 @@ from pathlib import Path
 from typing import Any
 
 
+#: the columns of curves.csv (grid.csv: ``setting`` first) and what their cells must hold (the report refuses a
+#: damaged file in one line rather than show a nonsense table: docs/results.md)
+CURVE_COLUMNS = ("epoch", "split", "variant", "param", "metric", "value", "n")
+CELL_KINDS = {"epoch": "index", "value": "number", "n": "count"}
+
+
+def read_curves_table(report: Any, path: Path, lead: tuple[str, ...] = ()) -> tuple[list[str], list[dict[str, str]]]:
+    """``(header, rows)`` of a curves.csv / grid.csv, checked (``report.read_table``)."""
+    return report.read_table(path, (*lead, *CURVE_COLUMNS), CELL_KINDS)
+
+
 def is_training_run(folder: Path) -> bool:
     """A ``freqprobe train`` run folder: ``curves.csv``."""
     return (Path(folder) / "curves.csv").is_file()
@@ -48,7 +59,7 @@ def last_epoch_table(report: Any, header: list[str], rows: list[dict[str, str]],
 def train_section(folder: Path, report: Any) -> str:
     """A training run: heading (with its setting), the curves at the last epoch, ``curves.png``, the manifest."""
     manifest = report.read_manifest(folder)
-    header, rows = report.read_csv(folder / "curves.csv")
+    header, rows = read_curves_table(report, folder / "curves.csv")
     first = [f"setting {manifest['setting']}"] if manifest.get("setting") else []
     return "".join([report.heading(folder, manifest, report.level, first=first), last_epoch_table(report, header, rows, []),
                     report.images(folder, ["curves.png"]), report.manifest_block(manifest)])
@@ -56,7 +67,7 @@ def train_section(folder: Path, report: Any) -> str:
 
 def grid_section(folder: Path, report: Any) -> str:
     """A grid: every setting's curves at the last epoch, ``comparison.png``, then each run's own section."""
-    header, rows = report.read_csv(folder / "grid.csv")
+    header, rows = read_curves_table(report, folder / "grid.csv", ("setting",))
     h = f"h{report.level}"
     return "".join([f"<{h}>{report.escape(folder.name)} — training grid</{h}>",
                     last_epoch_table(report, header, rows, ["setting"]), report.images(folder, ["comparison.png"]),
