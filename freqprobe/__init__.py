@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import (FreqprobeError, IncompatibleError, ModelError, PluginError, PluginWarning, StopRequested,
-                     UnknownNameError, UserFacingError)
+from .errors import (FreqprobeError, IncompatibleError, ModelError, NonFiniteOutputs, PluginError, PluginWarning,
+                     StopRequested, UnknownNameError, UserFacingError)
 from .evaluators import EvalStep, Evaluator, Metric
 from .hookspecs import hookimpl, hookspec
 from .interfaces import (Attack, Batch, BuiltModel, ClassifierAdapter, DataSource, Decomposer, ModelAdapter, ModelSource,
@@ -71,6 +71,7 @@ __all__ = [
     "ModelAdapter",
     "ModelError",
     "ModelSource",
+    "NonFiniteOutputs",
     "OriginalSource",
     "PluginError",
     "PluginWarning",

@@ -179,7 +179,10 @@ def _decompose(app: CommandContext, c: RunConfig) -> None:
     check_image_size(c.image_size)
     check_seed(c.seed)
     device = resolve_device(c.device)  # an unavailable --device is refused before anything is read
-    c.check_applicable(probe=None, decomposer=c.decomposer)
+    from .runner import data_name
+
+    c.check_applicable(decomposer=c.decomposer, dataset=data_name(c.data))
+    c.check_values(pm)
     dec = get_decomposer(c.decomposer, pm, **{**dict(c.decomposer_options or {}), **c.routed("decomposer", c.decomposer)})
     with app.warnings_as_lines():  # e.g. duplicate radii dropped
         params = dec.check_params(parse_params(c.params))
@@ -195,7 +198,8 @@ def _decompose(app: CommandContext, c: RunConfig) -> None:
     rescale_name = c.rescale or ("none" if as_npz else "minmax")
     rescale = registry.get_class("rescale", rescale_name, pm)()
     with app.warnings_as_lines():
-        data = open_data(c.data, root=c.data_root, split=c.split, image_size=c.image_size, seed=c.seed, class_map=c.class_map, pm=pm)
+        data = open_data(c.data, root=c.data_root, split=c.split, image_size=c.image_size, seed=c.seed, class_map=c.class_map,
+                         options=c.routed("dataset", data_name(c.data)), pm=pm)
     per_image = yields_image_lists(data)
     if per_image and as_npz:
         raise UserFacingError(f"cannot write {out.name}: {data.name} data: {NPZ_NEEDS_ONE_SIZE}")
@@ -318,6 +322,7 @@ def add_plugin_commands(group: click.Group, pm: Any, *, only=None) -> dict[str, 
 
     ``only(plugin_name)`` may choose which plugins are asked. Returns the plugin each new command came from.
     """
+    from .manager import contained, failure_line
     from .plugins import LoadError, is_builtin
 
     core = {name: cmd for name, cmd in group.commands.items() if name in CORE_COMMANDS}
@@ -327,14 +332,13 @@ def add_plugin_commands(group: click.Group, pm: Any, *, only=None) -> dict[str, 
         if only is not None and not only(name):
             continue
         before = dict(group.commands)
-        try:
+        with contained() as call:  # a plugin's command registration must not break the CLI (sys.exit included)
             impl.function(**({"cli": group} if "cli" in impl.argnames else {}))
-        except Exception as exc:  # a plugin's command registration must not break the CLI
+        if call.error is not None:
             if is_builtin(name):
-                raise
-            text = str(exc).strip().splitlines()
-            pm.record_error(LoadError(name, pm.dist_of(name), f"register_commands() raised {type(exc).__name__}"
-                                      f"{': ' + text[0] if text else ''}; its commands may be missing", "register_commands"))
+                raise call.error
+            pm.record_error(LoadError(name, pm.dist_of(name), f"register_commands() raised {failure_line(call.error)}; "
+                                      "its commands may be missing", "register_commands"))
         for cname, cmd in core.items():
             if group.commands.get(cname) is not cmd:
                 group.add_command(cmd, cname)
@@ -454,17 +458,18 @@ def switched_off_option(pm: Any, flag: str, command: str) -> str | None:
     """The plugin, switched off in ``pm``, that declares ``flag`` for ``command`` (asked without registering it), or None."""
     import importlib.metadata
 
+    from .manager import contained
     from .options import OptionParser
 
     for ep in importlib.metadata.entry_points(group="freqprobe"):
         if ep.name not in getattr(pm, "disabled", ()):
             continue
-        try:
+        parser = OptionParser(ep.name)
+        with contained() as call:  # a plugin that is off because it is broken (even one that exits): no name to give
             hook = getattr(ep.load(), "add_options", None)
-            parser = OptionParser(ep.name)
             if hook is not None:
                 hook(parser=parser)
-        except Exception:  # a plugin that is off because it is broken: no name to give
+        if call.error is not None:
             continue
         if any(flag in o.flags or flag == o.secondary for o in parser.options if command in o.commands):
             return ep.name

@@ -10,6 +10,8 @@ import dataclasses
 import difflib
 import inspect
 import logging
+import signal
+import threading
 import warnings
 
 import pluggy
@@ -96,6 +98,65 @@ def provider_of(obj) -> Provider | None:
     cls = obj if inspect.isclass(obj) else type(obj)
     got = getattr(cls, PROVIDER_ATTR, None)
     return got if isinstance(got, Provider) else None
+
+
+def failure_line(exc: BaseException) -> str:
+    """A plugin's exception in one line: ``ValueError: first line``; ``sys.exit(3) called`` for a SystemExit."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: sys.exit({exc.code!r}) called"
+    if isinstance(exc, KeyboardInterrupt):
+        return "KeyboardInterrupt raised by the plugin itself (not a Ctrl-C)"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
+
+
+class contained:
+    """``with contained() as c: <plugin code>``: whatever the plugin code raises is kept in ``c.error``, not raised.
+
+    Every exception is caught, and so are ``SystemExit`` and any other ``BaseException`` — among
+    them a ``KeyboardInterrupt`` the plugin raises itself — because a plugin must never end the
+    tool. A real interrupt is not: while the code runs (main thread), SIGINT goes through a
+    handler that notes it and then calls the one that was installed, so a ``KeyboardInterrupt``
+    that a Ctrl-C (or ``_thread.interrupt_main``) caused still propagates (and so does a
+    ``SystemExit`` the plugin turns it into, as a ``KeyboardInterrupt``). ``passthrough``:
+    exception types that propagate unchanged (e.g. a deliberate ``StopRequested``).
+    """
+
+    def __init__(self, passthrough: tuple[type[BaseException], ...] = ()) -> None:
+        self.passthrough = passthrough
+        self.error: BaseException | None = None
+        self.interrupted = False
+        self._previous = self._handler = None
+
+    def __enter__(self) -> "contained":
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signals reach the main thread only: any KeyboardInterrupt here is the plugin's own
+        previous = signal.getsignal(signal.SIGINT)
+        if not callable(previous):  # SIG_IGN / SIG_DFL: a Ctrl-C cannot become a KeyboardInterrupt
+            return self
+
+        def note(signum, frame):
+            self.interrupted = True
+            previous(signum, frame)
+
+        try:
+            signal.signal(signal.SIGINT, note)
+        except (ValueError, OSError):  # pragma: no cover - e.g. an embedded interpreter
+            return self
+        self._previous, self._handler = previous, note
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._handler is not None and signal.getsignal(signal.SIGINT) is self._handler:
+            signal.signal(signal.SIGINT, self._previous)  # a handler the plugin installed itself stays
+        if exc is None or isinstance(exc, self.passthrough):
+            return False
+        if self.interrupted and not isinstance(exc, Exception):  # a Ctrl-C, or what the plugin made of it (sys.exit)
+            if isinstance(exc, KeyboardInterrupt):
+                return False
+            raise KeyboardInterrupt from exc
+        self.error = exc
+        return True
 
 
 def warn_once(pm, err: LoadError) -> None:

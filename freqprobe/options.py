@@ -55,10 +55,11 @@ class Option:
     show_default: bool = False
     required: bool = False
     commands: tuple[str, ...] = ("run",)
-    #: the option applies only to these probes / decomposers (refused with any other)
+    #: the option applies only to these probes / decomposers / data sets (refused with any other)
     probe: tuple[str, ...] = ()
     decomposer: tuple[str, ...] = ()
-    #: route the value into that probe's (or decomposer's) options under this key
+    dataset: tuple[str, ...] = ()
+    #: route the value into that probe's (decomposer's, data source's) options under this key
     key: str | None = None
     #: the command line's value -> the configuration's (``--non-strict`` -> ``strict=False``)
     from_cli: Callable[[Any], Any] | None = None
@@ -77,15 +78,19 @@ class Option:
             return False
         return value is not None and value != self.default
 
-    def applies(self, probe: str | None, decomposer: str | None) -> bool:
-        return (not self.probe or probe in self.probe) and (not self.decomposer or decomposer in self.decomposer)
+    def owners(self, kind: str) -> tuple[str, ...]:
+        """The probes / decomposers / data sets (``kind``) the option belongs to (empty: any)."""
+        return {"probe": self.probe, "decomposer": self.decomposer, "dataset": self.dataset}[kind]
+
+    def misfit(self, **chosen: str | None) -> str | None:
+        """The kind (``probe``...) whose chosen name the option does not belong to, or None when it applies."""
+        return next((k for k, name in chosen.items() if self.owners(k) and name not in self.owners(k)), None)
 
     def owner(self) -> str:
-        """``probe 'lfc-hfc'`` / ``decomposer 'fft-radial'``: what the option belongs to, for messages."""
-        if self.probe:
-            return f"probe {' or '.join(repr(p) for p in self.probe)}"
-        if self.decomposer:
-            return f"decomposer {' or '.join(repr(d) for d in self.decomposer)}"
+        """``probe 'lfc-hfc'`` / ``decomposer 'fft-radial'`` / ``data 'coco'``: what the option belongs to, for messages."""
+        for kind, word in (("probe", "probe"), ("decomposer", "decomposer"), ("dataset", "data")):
+            if self.owners(kind):
+                return f"{word} {' or '.join(repr(p) for p in self.owners(kind))}"
         return "every run"
 
 
@@ -99,7 +104,8 @@ class OptionParser:
     def add_option(self, *flags: str, dest: str | None = None, help: str = "", default: Any = None, type: Any = None,
                    multiple: bool = False, flag: bool = False, secondary: str | None = None, metavar: str | None = None,
                    show_default: bool = False, required: bool = False, commands: Sequence[str] = ("run",),
-                   probe: str | Sequence[str] = (), decomposer: str | Sequence[str] = (), key: str | None = None,
+                   probe: str | Sequence[str] = (), decomposer: str | Sequence[str] = (), dataset: str | Sequence[str] = (),
+                   key: str | None = None,
                    from_cli: Callable[[Any], Any] | None = None, check: Callable[[Any, Any], None] | None = None) -> Option:
         """Declare an option (see :class:`Option`); ``dest`` defaults to the first flag without dashes."""
         if not flags or not all(isinstance(f, str) and f.startswith("--") and len(f) > 2 for f in flags):
@@ -107,6 +113,8 @@ class OptionParser:
         dest = dest or flags[0][2:].replace("-", "_")
         if not dest.isidentifier():
             raise ValueError(f"option dest {dest!r} is not a Python identifier")
+        if flag and not secondary and default is None and from_cli is None:
+            default = False  # a switch left off is not given
         unknown = [c for c in commands if c not in OPTION_COMMANDS]
         if unknown:
             raise ValueError(f"add_options can extend the commands {', '.join(OPTION_COMMANDS)}, not {', '.join(unknown)}")
@@ -115,6 +123,7 @@ class OptionParser:
                      show_default=show_default, required=required, commands=tuple(commands),
                      probe=(probe,) if isinstance(probe, str) else tuple(probe),
                      decomposer=(decomposer,) if isinstance(decomposer, str) else tuple(decomposer),
+                     dataset=(dataset,) if isinstance(dataset, str) else tuple(dataset),
                      key=key, from_cli=from_cli, check=check, plugin=self.plugin)
         self.options.append(opt)
         return opt
@@ -191,22 +200,24 @@ class RunConfig(Mapping[str, Any]):
     def replace(self, **changes: Any) -> "RunConfig":
         return RunConfig({**self._values, **changes}, self._options)
 
-    def routed(self, kind: str, name: str) -> dict[str, Any]:
-        """The values of options routed (``key=``) into the probe/decomposer ``name`` (``kind``: ``probe`` or ``decomposer``)."""
+    def routed(self, kind: str, name: str | None) -> dict[str, Any]:
+        """The values of options routed (``key=``) into the component ``name`` (``kind``: ``probe``, ``decomposer``, ``dataset``)."""
         out = {}
         for dest, o in self._options.items():
-            owners = o.probe if kind == "probe" else o.decomposer
-            if o.key and name in owners and dest in self._values and o.given(self._values[dest]):
+            if o.key and name in o.owners(kind) and dest in self._values and o.given(self._values[dest]):
                 out[o.key] = self._values[dest]
         return out
 
-    def check_applicable(self, *, probe: str | None, decomposer: str | None) -> None:
-        """Refuse, in one line, an option given for a probe or decomposer other than the run's."""
+    def check_applicable(self, *, probe: str | None = None, decomposer: str | None = None, dataset: str | None = None) -> None:
+        """Refuse, in one line, an option given for a probe, decomposer or data set other than the run's."""
+        chosen = {"probe": probe, "decomposer": decomposer, "dataset": dataset}
+        words = {"probe": "probe", "decomposer": "decomposer", "dataset": "data"}
         for dest, o in self._options.items():
-            if dest in self._values and o.given(self._values[dest]) and not o.applies(probe, decomposer):
-                what = f"probe {probe!r}" if o.probe and probe not in o.probe else f"decomposer {decomposer!r}"
+            kind = o.misfit(**chosen) if dest in self._values and o.given(self._values[dest]) else None
+            if kind is not None:
                 by = "" if o.plugin == CORE else f" (from plugin {o.plugin!r})"
-                raise UserFacingError(f"{o.flag_name} is an option of {o.owner()}{by}; it has no effect with {what}")
+                raise UserFacingError(f"{o.flag_name} is an option of {o.owner()}{by}; it has no effect with "
+                                      f"{words[kind]} {chosen[kind]!r}")
 
     def check_values(self, pm: Any) -> None:
         """Each given option's ``check(value, pm)`` (a plugin refusing a bad value before anything is loaded)."""
@@ -333,7 +344,8 @@ def _core_run_options() -> list[Option]:
     add("--out", type="path", help="Output folder (default: a new dated folder under runs/).")
     add("--resume", flag=True, default=False, help="Continue the interrupted run at --out from its last checkpoint (same options).")
     add("--allow-nonfinite", flag=True, default=False,
-        help="Finish even when the model returns NaN/inf, counting such samples in the summary (default: fail).")
+        help="Finish even when the model returns NaN/inf (counting such samples in nonfinite-outputs summary rows) or a "
+             "metric's value is NaN/inf (published as it is); default: fail, naming the variant or the metric and its plugin.")
     return p.options
 
 

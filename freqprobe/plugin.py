@@ -14,7 +14,8 @@ first-party plugins use nothing else, and a test keeps it so.
 - the report: :class:`Report` (what the ``report_folder`` hook receives), :func:`is_probe_run`;
 - checks and helpers the core's commands use too: :func:`check_seed`, :func:`check_out_dir`,
   :func:`resolve_device`, :func:`slug`, :func:`versions`, :func:`fmt_param`,
-  :func:`exception_line`, :func:`check_declared_options`, :func:`guarded` (a registered third-party class's
+  :func:`exception_line`, :func:`check_declared_options`, :func:`read_image` (an image file as [0, 1] values
+  whatever its mode), :func:`guarded` (a registered third-party class's
   exception as one line naming its plugin), :func:`decompose_with` (a decomposer
   instance's parts, checked), :func:`save_model` (a ``model.pt`` that carries its normalisation),
   :class:`SampleTable`, :func:`write_summary`;
@@ -43,6 +44,7 @@ _NAMES = {
     "parse_kv": ("options", "parse_kv"),
     "parse_component": ("options", "parse_component"),
     "parse_numbers": ("options", "parse_numbers"),
+    "read_image": ("builtins.datasets", "read_image"),
     "Report": ("report", "Report"),
     "is_probe_run": ("report", "is_probe_run"),
     "check_seed": ("runner", "check_seed"),

@@ -28,8 +28,8 @@ import pluggy
 from . import hookspecs, registry
 from .errors import FreqprobeError, PluginError, PluginWarning, UserFacingError
 from .options import CORE_DECOMPOSE_OPTIONS, CORE_RUN_OPTIONS, Option, OptionParser, OptionSet
-from .manager import (DEFAULT_PLUGINS, DISABLE_ENV, ENTRY_POINT_GROUP, LoadError, disable_hint, is_builtin, unknown_hooks,
-                      validate_hooks, warn_once, validation_message)
+from .manager import (DEFAULT_PLUGINS, DISABLE_ENV, ENTRY_POINT_GROUP, LoadError, contained, disable_hint, failure_line,
+                      is_builtin, unknown_hooks, validate_hooks, warn_once, validation_message)
 
 log = logging.getLogger("freqprobe.plugins")
 
@@ -179,18 +179,20 @@ def load_entry_points(pm: FreqprobePluginManager) -> None:
             continue
         dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "unknown distribution"
         pm.dists[ep.name] = dist
-        try:
+        with contained() as load:  # anything, sys.exit and a self-raised KeyboardInterrupt too; not a real Ctrl-C
             plugin = ep.load()
-        except Exception as exc:  # a broken plugin must not take the tool down
+        if load.error is not None:  # a broken plugin must not take the tool down
             del pm.dists[ep.name]
-            pm.record_error(LoadError(ep.name, dist, _first_line(exc)))
+            pm.record_error(LoadError(ep.name, dist, failure_line(load.error)))
             continue
-        try:
+        with contained() as reg:
             if pm.register(plugin, name=ep.name) is None:
                 del pm.dists[ep.name]
-        except Exception as exc:  # e.g. the same module under two entry-point names
+        if reg.error is not None:  # e.g. the same module under two entry-point names
             pm.dists.pop(ep.name, None)
-            pm.record_error(LoadError(ep.name, dist, f"could not be registered: {_first_line(exc)}", "hooks"))
+            if pm.get_plugin(ep.name) is plugin:
+                pm.unregister(name=ep.name)
+            pm.record_error(LoadError(ep.name, dist, f"could not be registered: {failure_line(reg.error)}", "hooks"))
     unknown = sorted(pm.disabled - seen) if wanted is None else []
     if unknown:
         installed = sorted(seen) or ["(no third-party plugins)"]
@@ -299,14 +301,15 @@ def _collect_all_options(pm) -> dict[str, OptionSet]:
     for impl in impls:
         name = pm.get_name(impl.plugin) or repr(impl.plugin)
         parser = OptionParser(name)
-        try:
+        if is_builtin(name):
             impl.function(parser=parser)
-        except Exception as exc:
-            if is_builtin(name):
-                raise
-            pm.record_error(LoadError(name, pm.dist_of(name), f"add_options() raised {_first_line(exc)}; its options are skipped",
-                                      "add_options"))
-            continue
+        else:
+            with contained() as call:
+                impl.function(parser=parser)
+            if call.error is not None:
+                pm.record_error(LoadError(name, pm.dist_of(name), f"add_options() raised {failure_line(call.error)}; "
+                                          "its options are skipped", "add_options"))
+                continue
         declared += parser.options
     kept = _refuse_duplicate_options(pm, declared, taken)
     return {cmd: OptionSet([*opts, *(o for o in kept if cmd in o.commands)]) for cmd, opts in core.items()}

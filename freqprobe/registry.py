@@ -12,7 +12,7 @@ from . import evaluators as E
 from . import interfaces as I
 from . import probing as P
 from .errors import PluginError, UnknownNameError
-from .manager import PROVIDER_ATTR, LoadError, Provider, disable_hint, is_builtin, warn_once
+from .manager import PROVIDER_ATTR, LoadError, Provider, contained, disable_hint, failure_line, is_builtin, warn_once
 from .manager import provider_of  # noqa: F401  (where it was: freqprobe.registry.provider_of)
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -77,11 +77,6 @@ def _pm(pm):
     return pm
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
 def _qual(cls) -> str:
     return f"{cls.__module__}.{cls.__qualname__}" if inspect.isclass(cls) else repr(cls)
 
@@ -116,10 +111,10 @@ def collect(kind: str, pm=None) -> Entries:
         plugin = pm.get_name(impl.plugin) or repr(impl.plugin)
         builtin = is_builtin(plugin)
         dist = "built-in" if builtin else dists.get(plugin, "registered at runtime")
-        try:
+        with contained() as call:  # a hook that raises, or calls sys.exit, loses its classes, not the tool
             got = impl.function()
-        except Exception as exc:
-            problem(plugin, dist, f"{k.hook}() raised {_first_line(exc)}; its {k.key} are skipped")
+        if call.error is not None:
+            problem(plugin, dist, f"{k.hook}() raised {failure_line(call.error)}; its {k.key} are skipped")
             continue
         if got is None:
             continue
@@ -241,3 +236,42 @@ def list_entries(kind: str, pattern: str = "*", pm=None) -> list[Entry]:
     if not any(ch in pattern for ch in "*?["):
         pattern = f"*{pattern}*"
     return [e for n, e in sorted(collect(kind, pm).items()) if fnmatch.fnmatch(n, pattern)]
+
+
+# ---------------------------------------------------------------- provenance: who provided what a run used
+def distribution(pm, plugin: str | None) -> str:
+    """The distribution (``name version``) that provided the plugin ``plugin``.
+
+    A built-in: ``freqprobe VERSION``; an entry-point plugin: the distribution of its entry point;
+    a plugin registered with ``pm.register`` at run time: ``registered at runtime``.
+    """
+    if is_builtin(plugin):
+        from .version import __version__
+
+        return f"freqprobe {__version__}"
+    return getattr(pm, "dists", {}).get(plugin or "") or "registered at runtime"
+
+
+def provenance(pm, kind: str, obj=None, name: str | None = None) -> dict:
+    """Where the ``kind`` class of ``obj`` (an instance or a class; else the class registered as ``name``) came from.
+
+    ``{"kind": "decomposer", "name": "fft-radial", "class": "module.Class", "plugin": ..., "distribution": ...}``.
+    The registered class is found by identity, else by ``name`` (``obj``'s class may subclass it);
+    an object that is no registered class (a module or data source passed in from Python) has
+    ``plugin`` and ``distribution`` null.
+    """
+    entries = collect(kind, _pm(pm))
+    cls = None if obj is None else (obj if inspect.isclass(obj) else type(obj))
+    entry = next((e for e in entries.values() if e.cls is cls), None) if cls is not None else None
+    if entry is None and isinstance(name, str) and name in entries:
+        if cls is None or (inspect.isclass(entries[name].cls) and issubclass(cls, entries[name].cls)):
+            entry = entries[name]
+    if entry is not None:
+        name = entry.name
+    elif name is None:
+        name = getattr(cls, "name", None)
+    shown = cls if cls is not None else (entry.cls if entry is not None else None)
+    return {"kind": KINDS[kind].label, "name": name if isinstance(name, str) else None,
+            "class": _qual(shown) if shown is not None else None,
+            "plugin": entry.plugin if entry is not None else None,
+            "distribution": distribution(pm, entry.plugin) if entry is not None else None}

@@ -365,14 +365,16 @@ def open_data(
     image_size: int | None = None,
     seed: int = 0,
     class_map: str | os.PathLike | Mapping[str, int] | None = None,
+    options: Mapping[str, Any] | None = None,
     pm=None,
 ) -> DataSource:
     """A :class:`DataSource` from a spec: ``synth10``, ``cifar10``, ``npz:PATH``, ``imagefolder:PATH``...
 
     ``image_size`` resizes sources that take it (``imagefolder:``; others warn that they ignore
     it); ``class_map`` (a JSON file ``{folder: index}``, a text file of folder names in index
-    order, a dict, or ``"imagenet"``) gives ``imagefolder:`` class folders their label indices.
-    A ``split`` the data does not have is refused.
+    order, a dict, or ``"imagenet"``) gives ``imagefolder:`` class folders their label indices;
+    ``options`` are more keywords for the source's constructor (the plugin options routed to it,
+    ``add_option(..., dataset=NAME, key=...)``). A ``split`` the data does not have is refused.
     """
     check_image_size(image_size)
     if isinstance(spec, DataSource):
@@ -399,11 +401,18 @@ def open_data(
             raise UserFacingError(f"--class-map applies to imagefolder: data (folders named by class), not to {name}; "
                                   f"{name} data carries its own integer labels")
         opts["class_map"] = class_map
-    data = cls(arg or None, root=Path(root) if root else None, split=split, **opts)
+    data = cls(arg or None, root=Path(root) if root else None, split=split, **opts, **dict(options or {}))
     if not data.has_split(split):
         raise UserFacingError(f"{spec} has no {split} split; use --split test" if split != "test"
                               else f"{spec} has no test split")
     return data
+
+
+def data_name(spec: Any) -> str | None:
+    """The registered name a data spec (``coco:IMAGES:ANN``) or a :class:`DataSource` is of."""
+    if isinstance(spec, DataSource):
+        return getattr(spec, "name", None)
+    return str(spec).partition(":")[0] if spec is not None else None
 
 
 def _init_params(cls) -> set[str]:
@@ -520,7 +529,7 @@ def plan(config: RunConfig, pm, *, check_out: bool = True) -> Plan:
     dev = resolve_device(c.device)
     check_precision(dev, c.precision)
     probe_entry = get_entry("probes", c.probe, pm)
-    c.check_applicable(probe=c.probe, decomposer=c.decomposer)
+    c.check_applicable(probe=c.probe, decomposer=c.decomposer, dataset=data_name(c.data))
     c.check_values(pm)
     popts = {**dict(c.probe_options or {}), **c.routed("probe", c.probe)}
     probe_obj = _guard.call(probe_entry.cls, "the constructor", probe_entry.cls, **popts)
@@ -551,7 +560,8 @@ def build_context(p: Plan, pm, services: Services) -> RunContext:
     from .engine import check_task
 
     c = p.config
-    data = open_data(c.data, root=c.data_root, split="test", image_size=c.image_size, seed=c.seed, class_map=c.class_map, pm=pm)
+    data = open_data(c.data, root=c.data_root, split="test", image_size=c.image_size, seed=c.seed, class_map=c.class_map,
+                     options=c.routed("dataset", data_name(c.data)), pm=pm)
     task = p.probe.requires.get("task") or getattr(data, "task", "classification")
     adapter = build_model(
         c.model, checkpoint=c.checkpoint, pretrained=c.pretrained, trust_checkpoint=c.trust_checkpoint, strict=c.strict,
@@ -590,7 +600,8 @@ def fit_stage(ctx: RunContext, pm, *, progress=None, say=None) -> dict | None:
         return None
     from .training import fit as _fit
 
-    train = open_data(c.data, root=c.data_root, split="train", image_size=c.image_size, seed=c.seed, class_map=c.class_map, pm=pm)
+    train = open_data(c.data, root=c.data_root, split="train", image_size=c.image_size, seed=c.seed, class_map=c.class_map,
+                     options=c.routed("dataset", data_name(c.data)), pm=pm)
     if hasattr(train, "use_model_classes") and ctx.adapter.info.get("num_classes"):
         train.use_model_classes(int(ctx.adapter.info["num_classes"]))  # the same label mapping as the test split
     epochs = c.fit_epochs or train.default_fit_epochs
@@ -621,10 +632,16 @@ def evaluate_stage(ctx: RunContext, p: Plan, *, progress=None) -> tuple[RunConte
 
 
 def manifest_for(ctx: RunContext, p: Plan, result: ProbeResult, *, fit_record, timings: Mapping[str, float],
-                 outputs: Sequence[str]) -> dict:
-    """The run's manifest: the core's sections, then what plugins add through ``manifest_entries``."""
+                 outputs: Sequence[str], skipped_writers: Sequence[Mapping[str, Any]] = ()) -> dict:
+    """The run's manifest: the core's sections, then what plugins add through ``manifest_entries``.
+
+    ``provenance`` names the plugin and distribution of every registered class the run used;
+    ``skipped_writers`` the third-party output hooks that failed (``report_result`` writers from
+    ``skipped_writers``, and ``manifest_entries`` hooks, whose sections are left out).
+    """
     c, data = p.config, ctx.data
     n_eval = len(data) if ctx.limit is None else min(ctx.limit, len(data))
+    skipped = [dict(s) for s in skipped_writers]
     manifest = {
         "versions": versions(),
         "command": c.command or " ".join(sys.argv),
@@ -647,26 +664,120 @@ def manifest_for(ctx: RunContext, p: Plan, result: ProbeResult, *, fit_record, t
         "plugin_options": c.plugin_values(),
         "engine": result.extras.get("engine"),
         "variant_sources": result.extras.get("sources"),
+        "provenance": provenance_of(ctx, p, result),
+        "skipped_writers": skipped,  # filled in below too: manifest_entries hooks that failed
         "timings": dict(timings),
         "outputs": sorted(outputs) + ["manifest.json"],
     }
-    for plugin_name, entries in _plugin_entries(ctx.pm, ctx, result):
-        for key, value in entries.items():
-            if key in manifest:
-                raise PluginError(f"plugin {plugin_name!r} returned manifest section {key!r}, which the core already writes; use a name of its own")
-            manifest[key] = value
+    manifest.update(_plugin_entries(ctx.pm, ctx, result, set(manifest), skipped))
     return manifest
 
 
-def _plugin_entries(pm, ctx, result):
+def provenance_of(ctx: RunContext, p: Plan, result: ProbeResult) -> list[dict]:
+    """Who provided each registered class the run used: probe, decomposer, rescale policy, metrics, model source and
+    adapter, data source, transforms, attacks (named in the configuration or in the variants' ``attack`` column)."""
+    from .registry import provenance
+
+    pm, a = ctx.pm, ctx.adapter
+    used: list[tuple[str, Any, Any]] = [
+        ("probes", p.probe_entry.cls, p.probe_entry.name), ("decomposers", p.decomposer, p.decomposer.name),
+        ("rescale", p.rescale, p.rescale.name), *(("metrics", m, m.name) for m in p.metric_classes),
+    ]
+    source = a.info.get("source")  # a model given as an object (not a spec) has no registered source
+    if isinstance(source, str) and source in collect("models", pm):
+        used.append(("models", None, source))
+    used += [("adapters", a, getattr(a, "name", None)), ("datasets", ctx.data, getattr(ctx.data, "name", None)),
+             *(("transforms", t, t.name) for t in p.transforms),
+             *(("attacks", None, n) for n in _attack_names(p.config, result) if n in collect("attacks", pm))]
+    out: list[dict] = []
+    for kind, obj, name in used:
+        rec = provenance(pm, kind, obj, name)
+        if rec not in out:
+            out.append(rec)
+    return out
+
+
+def _attack_names(config: RunConfig, result: ProbeResult) -> list[str]:
+    """Attack names a run used: its ``attacks`` option (``NAME[:K=V,...]``), else the variants' ``attack`` column."""
+    given = config.get("attacks") or ()
+    specs = [given] if isinstance(given, str) else list(given)
+    specs += [dict(v.extra).get("attack") for v in result.variants or () if isinstance(getattr(v, "extra", None), tuple)]
+    names: list[str] = []
+    for spec in specs:
+        name = spec.partition(":")[0].strip() if isinstance(spec, str) else None
+        if name and name not in names:
+            names.append(name)
+    return names
+
+
+def _skip_writer(pm, plugin: str, hook: str, error: str, removed: Sequence[str] = ()) -> dict:
+    """Record (and warn about) a third-party output hook that failed and was skipped."""
+    from .errors import PluginWarning
+    from .manager import disable_hint
+    from .registry import distribution
+
+    dist = distribution(pm, plugin)
+    gone = f"; its unfinished files were removed ({', '.join(removed)})" if removed else ""
+    warnings.warn(f"plugin {plugin!r} ({dist}) failed in {hook}(): {error}; its output is skipped, the run's own files "
+                  f"stand{gone} (switch it off with {disable_hint(plugin)})", PluginWarning, stacklevel=3)
+    return {"plugin": plugin, "distribution": dist, "hook": hook, "error": error, **({"removed": list(removed)} if removed else {})}
+
+
+def _plugin_entries(pm, ctx, result, core: set[str], skipped: list) -> dict[str, Any]:
+    """The sections plugins add (``manifest_entries``), each hook on its own.
+
+    A third-party hook that raises, returns something other than a dict, or a section the core
+    (or an earlier plugin) writes, or one that is not JSON, loses that section (or all, when it
+    raised): recorded in ``skipped`` and warned about; a built-in's is a bug and raises.
+    """
+    from .manager import contained, failure_line, is_builtin
+
+    sections: dict[str, Any] = {}
+    owner: dict[str, str] = {}
     for impl in reversed(pm.hook.manifest_entries.get_hookimpls()):
-        with _guard.hook_guarded(pm, impl, "manifest_entries()"):
-            got = impl.function(context=ctx, result=result) if "result" in impl.argnames else impl.function(context=ctx)
-        if got:
-            if not isinstance(got, Mapping):
-                name = pm.get_name(impl.plugin)
-                raise PluginError(f"plugin {name!r}: manifest_entries must return a dict, got {type(got).__name__}")
-            yield pm.get_name(impl.plugin), got
+        name = pm.get_name(impl.plugin)
+        kwargs = {"context": ctx, "result": result}
+        kwargs = {k: v for k, v in kwargs.items() if k in impl.argnames}
+        if is_builtin(name):
+            got = impl.function(**kwargs)
+        else:
+            with contained(passthrough=(StopRequested,)) as call:
+                got = impl.function(**kwargs)
+            if call.error is not None:
+                skipped.append(_skip_writer(pm, name, "manifest_entries", failure_line(call.error)))
+                continue
+        if not got:
+            continue
+        if not isinstance(got, Mapping):
+            why = f"returned a {type(got).__name__}, not a dict of sections"
+            if is_builtin(name):
+                raise PluginError(f"freqprobe bug: built-in {name}: manifest_entries() {why}")
+            skipped.append(_skip_writer(pm, name, "manifest_entries", why))
+            continue
+        for key, value in got.items():
+            why = _section_problem(key, value, core, owner)
+            if why is None:
+                sections[key], owner[key] = value, name
+            elif is_builtin(name):
+                raise PluginError(f"freqprobe bug: built-in {name}: manifest_entries() {why}")
+            else:
+                skipped.append(_skip_writer(pm, name, "manifest_entries", f"{why}; the section is skipped"))
+    return sections
+
+
+def _section_problem(key: Any, value: Any, core: set[str], owner: Mapping[str, str]) -> str | None:
+    """Why a plugin's manifest section cannot be written, or None."""
+    if not isinstance(key, str) or not key:
+        return f"returned a section named {key!r}; section names are non-empty strings"
+    if key in core:
+        return f"returned section {key!r}, which the core writes; use a name of its own"
+    if key in owner:
+        return f"returned section {key!r}, which plugin {owner[key]!r} already wrote"
+    try:
+        json.dumps(value, default=_json_default)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return f"returned section {key!r}, which cannot be written as JSON ({type(exc).__name__}: {exc})"
+    return None
 
 
 def check_out_dir(out_dir: Path, *, resume: bool = False, flag: str = "--out") -> None:
@@ -727,7 +838,7 @@ def publish(ctx: RunContext, p: Plan, result: ProbeResult, tmp: Path, *, fit_rec
     ctx = ctx.replace(out_dir=tmp)
     if fit_record is not None and not (tmp / "model.pt").exists():
         _save_fitted(ctx, tmp / "model.pt")
-    _guard.call_hook(ctx.pm, "report_result", result=result, context=ctx)
+    skipped = call_writers(ctx, result, tmp)
     for ev in result.evaluators:
         _guard.call(getattr(ev, "observer", ev), "write()", ev.write, tmp)
     sw.lap("write_s")
@@ -735,9 +846,51 @@ def publish(ctx: RunContext, p: Plan, result: ProbeResult, tmp: Path, *, fit_rec
     from .journal import STATE_FILES
 
     outputs = [q.name for q in tmp.iterdir() if q.name not in STATE_FILES]
-    manifest = manifest_for(ctx, p, result, fit_record=fit_record, timings=timings, outputs=outputs)
+    manifest = manifest_for(ctx, p, result, fit_record=fit_record, timings=timings, outputs=outputs, skipped_writers=skipped)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=_json_default) + "\n")
     return manifest
+
+
+def call_writers(ctx: RunContext, result: ProbeResult, out_dir: Path) -> list[dict]:
+    """The ``report_result`` writers, each on its own (last registered first, as pluggy calls them).
+
+    A third-party writer that fails (an exception, ``sys.exit``; not a real Ctrl-C, not a stop
+    request) is skipped: the files it had created in ``out_dir`` are removed, a PluginWarning
+    names it, and its record is returned for the manifest's ``skipped_writers``. A built-in's
+    failure is a bug and raises. Hooks with wrappers go through pluggy as one call.
+    """
+    from .manager import contained, failure_line, is_builtin
+
+    pm = ctx.pm
+    impls = pm.hook.report_result.get_hookimpls()
+    if any(getattr(i, "hookwrapper", False) or getattr(i, "wrapper", False) for i in impls):
+        _guard.call_hook(pm, "report_result", result=result, context=ctx)
+        return []
+    skipped = []
+    for impl in reversed(impls):
+        name = pm.get_name(impl.plugin)
+        kwargs = {k: v for k, v in {"result": result, "context": ctx}.items() if k in impl.argnames}
+        if is_builtin(name):
+            impl.function(**kwargs)
+            continue
+        before = {q.name for q in out_dir.iterdir()}
+        with contained(passthrough=(StopRequested,)) as call:
+            impl.function(**kwargs)
+        if call.error is not None:
+            removed = sorted(q.name for q in out_dir.iterdir() if q.name not in before)
+            for q in removed:
+                _remove(out_dir / q)
+            skipped.append(_skip_writer(pm, name, "report_result", failure_line(call.error), removed))
+    return skipped
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _save_fitted(ctx: RunContext, path: Path) -> None:

@@ -404,19 +404,24 @@ def test_probe_declaring_its_own_variants(pm, monkeypatch, cli, tiny_model_file,
     assert [s["source"] for s in man["variant_sources"]] == ["original", "decomposer"]
 
 
-def test_manifest_section_clash_is_a_plugin_error(pm, monkeypatch, cli, tiny_model_file, tiny_npz, tmp_path):
+def test_manifest_section_clash_is_named_and_skipped(pm, monkeypatch, cli, tiny_model_file, tiny_npz, tmp_path):
+    """A plugin section the core writes is skipped with a warning; the core's section and the run stand (issue 17)."""
     class Clash:
         @hookimpl
         def manifest_entries(self, context, result):
-            return {"model": "mine"}
+            return {"model": "mine", "clash": {"kept": True}}
 
     pm.register(Clash(), "clashplug")
     monkeypatch.setattr(freqprobe.plugins, "_default", pm)
     out = tmp_path / "o"
     rc, _, err = cli("run", "--model", f"{tiny_model_file}:tinynet", "--data", f"npz:{tiny_npz}", "--no-fit", "--radii", "4",
                      "--out", out, "--device", "cpu", "-q")
-    assert rc == 2 and "clashplug" in err and "'model'" in err and "Traceback" not in err
-    assert not out.exists()
+    assert rc == 0 and "Traceback" not in err, err
+    assert "warning: plugin 'clashplug' (registered at runtime) failed in manifest_entries(): returned section 'model', " \
+           "which the core writes" in err
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["model"]["spec"] == f"{tiny_model_file}:tinynet" and man["clash"] == {"kept": True}
+    assert [(s["plugin"], s["hook"]) for s in man["skipped_writers"]] == [("clashplug", "manifest_entries")]
 
 
 def test_decomposer_without_default_params_refused_at_registration(pm):
