@@ -45,6 +45,7 @@ from _common import cpu_model, sync  # noqa: E402
 from freqprobe import runner  # noqa: E402
 from freqprobe.engine import precision_context  # noqa: E402
 from freqprobe.journal import RunJournal, workspace  # noqa: E402
+from freqprobe.probing import Services  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 MODEL = f"{ROOT / 'tests' / 'fixtures' / 'cifar_resnet.py'}:resnet20"
@@ -102,19 +103,19 @@ def probe(npz: Path, n: int, radii: str, dev: str, bs: int, precision: str, repe
     times, res = [], None
     for i in range(repeats + 1):  # the first run warms up
         with tempfile.TemporaryDirectory() as tmp:
-            spec = runner.RunSpec(MODEL, data=f"npz:{npz}", checkpoint=str(CKPT), mean=MEAN, std=STD, params=radii,
-                                  limit=n, device=dev, batch_size=bs, precision=precision, forward_batch=fb,
-                                  out=Path(tmp) / "o")
-            p = runner.plan(spec, pm)
-            ctx = runner.build_context(p, pm)
+            config = runner.run_config(pm, {"model": MODEL, "data": f"npz:{npz}", "checkpoint": str(CKPT), "mean": MEAN,
+                                            "std": STD, "params": radii, "limit": n, "device": dev, "batch_size": bs,
+                                            "precision": precision, "forward_batch": fb, "out": Path(tmp) / "o"})
+            p = runner.plan(config, pm)
+            ctx = runner.build_context(p, pm, Services(pm=pm))
             if journal:  # as `freqprobe run` does: per-sample rows streamed to disk, checkpoints for --resume
                 with workspace(p.out_dir, kind="run") as ws:
-                    ws.bind(runner.fingerprint(spec, ctx))
-                    ctx.journal = RunJournal(ws)
-                    res = runner.evaluate_stage(ctx, p)
-                    ctx.journal.close()
+                    ws.bind(runner.fingerprint(config, ctx))
+                    j = RunJournal(ws)
+                    _, res = runner.evaluate_stage(ctx.replace(journal=j), p)
+                    j.close()
             else:
-                res = runner.evaluate_stage(ctx, p)
+                _, res = runner.evaluate_stage(ctx, p)
         if i:
             times.append(res.extras["timings"]["evaluate_s"])
     acc = {f"{r['variant']}{'' if r['param'] is None else '@' + format(r['param'], 'g')}": r["value"] for r in res.summary}

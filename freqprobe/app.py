@@ -3,8 +3,10 @@
 A plugin command gets it with :func:`command_context` — the plugin manager, ``say`` for status
 lines, ``progress`` bars, the command line as typed (what manifests record and resume hints
 repeat), an output :meth:`~CommandContext.workspace` (hidden ``.NAME.partial`` folder, lock,
-atomic writes, commit), a :meth:`~CommandContext.manifest` head, signal handling that stops at a
-batch boundary, and warnings as ``warning: ...`` lines.
+atomic writes, commit), the same lock alone for a command that writes into its output folder itself
+(:meth:`~CommandContext.output_lock`), durable file writes (:meth:`~CommandContext.write_file`), a
+:meth:`~CommandContext.manifest` head, signal handling that stops at a batch boundary, and warnings
+as ``warning: ...`` lines.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import click
 
-from .journal import Workspace, graceful_stop, workspace
+from .journal import Workspace, graceful_stop, output_lock, workspace, write_durably
 
 
 class CommandContext:
@@ -101,6 +103,32 @@ class CommandContext:
         """
         return workspace(Path(out), kind=kind, resume=resume, flag=flag, announce=self.say)
 
+    def output_lock(self, out: str | os.PathLike, *, kind: str, flag: str = "--out"
+                    ) -> "contextlib.AbstractContextManager[Workspace]":
+        """Hold the lock a :meth:`workspace` takes for ``out`` while the command writes into ``out`` itself.
+
+        For a command whose output folder is its state (a training command: finished epochs stay where
+        they are): a second process into the same output — this command or any other, ``run`` included —
+        is refused in one line while this one lives. Take it before loading anything: the output is
+        checked first (``/proc/x``, a read-only folder: one line). Nothing else is touched; the lock goes
+        when the block ends.
+        """
+        return output_lock(Path(out), kind=kind, flag=flag, announce=self.say)
+
+    @staticmethod
+    def write_file(path: str | os.PathLike, data: bytes | str) -> Path:
+        """``data`` into ``path`` atomically and durably (a temporary file beside it, fsync, rename, fsync of the
+        folder): after a crash or power loss the file is the old one or the new one, never a torn one. A full disk
+        is an :class:`OSError` (``errno.ENOSPC``) naming ``path``, with no temporary file left behind."""
+        path = Path(path)
+        try:
+            write_durably(path, data.encode() if isinstance(data, str) else bytes(data))
+        except OSError as exc:
+            if exc.filename is None:
+                raise OSError(exc.errno, exc.strerror, str(path)) from None
+            raise
+        return path
+
     def manifest(self, *, command: str | None = None, **sections: Any) -> dict[str, Any]:
         """A manifest's head (versions, the command line — or ``command`` —, when) followed by ``sections``."""
         from .runner import versions
@@ -110,11 +138,8 @@ class CommandContext:
 
 
 def write_json(path: str | os.PathLike, obj: Mapping[str, Any] | list) -> None:
-    """``obj`` as indented JSON, atomically (a temporary file beside it, then ``os.replace``)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    """``obj`` as indented JSON, atomically and durably (:meth:`CommandContext.write_file`)."""
+    CommandContext.write_file(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def command_context(quiet: bool = False) -> CommandContext:

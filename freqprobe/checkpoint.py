@@ -95,17 +95,19 @@ def read_checkpoint_with_meta(path: str | Path, *, trust: bool = False) -> tuple
 META_KEY = "freqprobe"
 
 
-def save_model(path: str | Path, module: torch.nn.Module, *, mean=None, std=None, **info: Any) -> None:
+def save_model(path: str | Path | Any, module: torch.nn.Module, *, mean=None, std=None, **info: Any) -> None:
     """Save ``module``'s weights as freqprobe's ``model.pt``: ``{"state_dict": ..., "freqprobe": {...}}``.
 
     The ``freqprobe`` section records the normalisation the model was trained with (``mean``/``std``,
     None for raw [0, 1] pixels) and plain facts (``info``: the model spec, settings), so ``--checkpoint``
     gives the model back exactly as trained. Loadable with ``torch.load(weights_only=True)``; any tool
-    that looks for a nested ``state_dict`` finds the weights.
+    that looks for a nested ``state_dict`` finds the weights. ``path`` may be a writable binary file
+    object (``io.BytesIO``: the bytes to write durably, so a full disk is a plain ``ENOSPC``).
     """
     meta = {"format": 1, "mean": None if mean is None else [float(v) for v in mean],
             "std": None if std is None else [float(v) for v in std], **info}
-    torch.save({"state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()}, META_KEY: meta}, str(path))
+    obj = {"state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()}, META_KEY: meta}
+    torch.save(obj, path if hasattr(path, "write") else str(path))
 
 
 def checkpoint_meta(path: str | Path) -> dict | None:

@@ -16,6 +16,15 @@ output never exists half-written. The partial folder holds:
 SIGINT and SIGTERM (under :func:`graceful_stop`, which the CLI installs) stop at the next batch
 boundary with a checkpoint; ``--resume`` continues from the last checkpoint after any stop,
 SIGKILL included; a run into the same place without ``--resume`` removes the stale state first.
+
+Durable: a checkpoint is on the disk before it counts — the rows of ``samples.csv`` it counts are
+``fsync``-ed first, then the checkpoint file and ``journal.json`` are each written to a temporary
+file, ``fsync``-ed, renamed into place and the folder ``fsync``-ed — so a power loss leaves the last
+checkpoint or the one before, never a torn one; :meth:`Workspace.commit` flushes the finished output the same way before it is
+moved into place. A full disk (``ENOSPC``) inside :func:`workspace` is one line
+(:class:`NoSpaceError`: what was being written, how much is finished) and keeps the state for
+``--resume``. :func:`output_lock` is the same lock for a command that writes into its output
+folder itself (a training command, whose finished epochs stay in it).
 """
 
 from __future__ import annotations
@@ -23,15 +32,17 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import io
 import json
 import os
 import re
 import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from .errors import StopRequested, UserFacingError
 
@@ -44,7 +55,101 @@ except ImportError:  # pragma: no cover - Windows: fall back to the pid in LOCK
     fcntl = None  # type: ignore[assignment]
 
 PARTIAL_SUFFIX = ".partial"
-STATE_FILES = ("LOCK", "journal.json", "progress.pt", "progress.pt.tmp")
+STATE_FILES = ("LOCK", "journal.json", "progress.pt", "progress.pt.tmp", ".progress.pt.tmp", "journal.json.tmp",
+               ".journal.json.tmp")
+#: the errors of a full device (a disk quota counts as full)
+NO_SPACE = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e is not None)
+
+
+class NoSpaceError(UserFacingError):
+    """The device filled up while writing; the state so far is kept for ``--resume`` (exit 2)."""
+
+
+def no_space_cause(exc: BaseException | None) -> OSError | None:
+    """The ``ENOSPC`` (or quota) :class:`OSError` behind ``exc`` (itself, or a cause or context of it), or None."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            return exc
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+        seen += 1
+    return None
+
+
+# ----------------------------------------------------------------------------- durable writes
+def fsync_path(path: Path) -> None:
+    """Flush a file (or a folder's entries) to the disk; a file system that cannot is let be."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if Path(path).is_dir() else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno in NO_SPACE or exc.errno == errno.EIO:
+            raise
+    finally:
+        os.close(fd)
+
+
+_syncfs: list = []
+
+
+def _syncfs_call() -> Callable[[int], int] | None:
+    """libc's ``syncfs`` (Linux), or None."""
+    if not _syncfs:
+        fn = None
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError, AttributeError):
+                import ctypes
+
+                fn = ctypes.CDLL(None, use_errno=True).syncfs
+        _syncfs.append(fn)
+    return _syncfs[0]
+
+
+def sync_files(paths: Sequence[Path], folder: Path) -> None:
+    """``paths`` (files under ``folder``) and their folders on the disk. Many files: one ``syncfs`` of their file
+    system where there is one (an fsync per file costs ~50 times more for a folder of PNGs); else an fsync each."""
+    fn = _syncfs_call() if len(paths) > 8 else None
+    if fn is not None:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            if fn(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    for f in paths:
+        fsync_path(f)
+    for d in {Path(f).parent for f in paths}:
+        fsync_path(d)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """``data`` into ``path``: a temporary file beside it, fsync, rename, fsync of the folder (all or nothing)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_path(path.parent)
+
+
+def torch_bytes(obj: Any) -> bytes:
+    """``torch.save(obj)`` as bytes (written with :func:`write_durably`, a full disk is a plain ``ENOSPC``)."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
 
 
 def partial_dir(out: Path) -> Path:
@@ -142,9 +247,38 @@ class Workspace:
         self._fd: int | None = None
         self._say = announce or (lambda m: None)
         self.journal: dict[str, Any] = {}
+        #: how much is finished and kept, for the message of a full disk: (done, total or None, unit)
+        self.finished: tuple[int, int | None, str] | None = None
+        self._writing: Path | None = None
+        self._created: list[Path] = []
+        self._made_dir = False
 
     # -- opening
     def open(self) -> "Workspace":
+        self._take_lock()
+        jpath = self.dir / "journal.json"
+        if self.want_resume and jpath.is_file():
+            try:
+                self.journal = json.loads(jpath.read_text())
+            except (OSError, ValueError):
+                self.journal = {}
+            if not isinstance(self.journal, dict):
+                self.journal = {}
+            if self.journal.get("kind") == self.kind:
+                self.resumed = True
+                return self
+            self._say(f"the unfinished state in {self.dir} is not a {self.kind}'s and cannot be resumed; starting from the beginning")
+        elif self.want_resume:
+            self._say(f"nothing to resume at {self.out} (no unfinished state in {self.dir}); starting from the beginning")
+        stale = [p for p in self.dir.iterdir() if p.name != "LOCK"]
+        if stale:
+            self._say(f"removed the unfinished state of an earlier {self.kind} in {self.dir} (pass --resume to continue one instead)")
+            for p in stale:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        return self
+
+    def _take_lock(self) -> None:
+        """Check that the output can be written, then hold ``LOCK`` (refused while another process holds it)."""
         parent = self.out.parent
         top = parent
         while not top.exists() and top.parent != top:
@@ -159,40 +293,33 @@ class Workspace:
         if not os.access(parent, os.W_OK | os.X_OK):
             raise UserFacingError(f"cannot write to {self.flag} {self.out}: {parent} is not writable; choose another {self.flag}")
         self._remove_legacy()
-        try:
-            self.dir.mkdir(exist_ok=True)
-            fd = os.open(self.dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise UserFacingError(f"cannot write to {self.flag} {self.out}: {_why(exc)}; choose another {self.flag}") from None
-        if not self._lock(fd):
+        self._made_dir = not self.dir.exists()
+        for _ in range(5):  # the holder may remove LOCK as it finishes (output_lock): then take the new one
+            try:
+                self.dir.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise UserFacingError(f"cannot write to {self.flag} {self.out}: {_why(exc)}; choose another {self.flag}") from None
+            try:
+                fd = os.open(self.dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # its holder removed the folder as it finished
+                continue
+            except OSError as exc:
+                raise UserFacingError(f"cannot write to {self.flag} {self.out}: {_why(exc)}; choose another {self.flag}") from None
+            if not self._lock(fd):
+                os.close(fd)
+                pid = self._lock_pid()
+                who = f"process {pid}" if pid else "another process"
+                state = f" (its unfinished state is in {self.dir})" if (self.dir / "journal.json").exists() else ""
+                raise UserFacingError(f"another freqprobe {who} is writing to {self.out}{state}; "
+                                      f"wait for it to finish or choose another {self.flag}")
+            if _same_file(fd, self.dir / "LOCK"):
+                break
             os.close(fd)
-            pid = self._lock_pid()
-            who = f"process {pid}" if pid else "another process"
-            raise UserFacingError(
-                f"another freqprobe {who} is writing to {self.out} (its unfinished state is in {self.dir}); "
-                f"wait for it to finish or choose another {self.flag}"
-            )
+        else:  # pragma: no cover - five processes finishing in a row
+            raise UserFacingError(f"another freqprobe process is writing to {self.out}; wait for it to finish or choose another {self.flag}")
         self._fd = fd
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        jpath = self.dir / "journal.json"
-        if self.want_resume and jpath.is_file():
-            try:
-                self.journal = json.loads(jpath.read_text())
-            except (OSError, ValueError):
-                self.journal = {}
-            if self.journal.get("kind") == self.kind:
-                self.resumed = True
-                return self
-            self._say(f"the unfinished state in {self.dir} is not a {self.kind}'s and cannot be resumed; starting from the beginning")
-        elif self.want_resume:
-            self._say(f"nothing to resume at {self.out} (no unfinished state in {self.dir}); starting from the beginning")
-        stale = [p for p in self.dir.iterdir() if p.name != "LOCK"]
-        if stale:
-            self._say(f"removed the unfinished state of an earlier {self.kind} in {self.dir} (pass --resume to continue one instead)")
-            for p in stale:
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-        return self
 
     def _lock(self, fd: int) -> bool:
         if fcntl is None:  # pragma: no cover
@@ -250,11 +377,19 @@ class Workspace:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")
         try:
-            yield tmp
+            with self.writing(target):
+                yield tmp
             os.replace(tmp, target)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+
+    @contextlib.contextmanager
+    def writing(self, path: Path) -> Iterator[None]:
+        """Inside: ``path`` is what a full disk's message names when the error itself names no file."""
+        before, self._writing = self._writing, Path(path)
+        yield
+        self._writing = before  # not after an error: its message names the file
 
     def write_text(self, name: str, text: str) -> Path:
         """Write ``name`` in the workspace atomically; its path."""
@@ -267,9 +402,27 @@ class Workspace:
         return self.write_text(name, json.dumps(obj, indent=2, default=str) + "\n")
 
     def _write_json(self, name: str, obj: Any) -> None:
-        tmp = self.dir / f"{name}.tmp"
-        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-        os.replace(tmp, self.dir / name)
+        self._durably(self.dir / name, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+    def _durably(self, path: Path, data: bytes) -> None:
+        with self.writing(path):
+            write_durably(path, data)
+
+    def count(self, done: int, total: int | None, unit: str = "samples") -> None:
+        """Record that ``done`` of ``total`` ``unit`` are finished and kept (what a full disk's message says)."""
+        self.finished = (int(done), None if total is None else int(total), unit)
+
+    def no_space_message(self, exc: OSError) -> str:
+        """``no space left on device while writing X; N of M samples finished, resume with --resume after freeing space``."""
+        where = exc.filename or self._writing or self.dir
+        with contextlib.suppress(ValueError):
+            where = Path(where).relative_to(Path.cwd())
+        done = "nothing finished yet"
+        if self.finished is not None:
+            n, total, unit = self.finished
+            done = f"{n} of {total} {unit} finished" if total is not None else f"{n} {unit} finished"
+        return (f"no space left on device while writing {where}; {done} (the state is kept in {self.dir}), "
+                "resume with --resume after freeing space")
 
     # -- checkpoints
     def load_progress(self) -> dict | None:
@@ -285,25 +438,26 @@ class Workspace:
                                   "leave out --resume to start again") from None
 
     def save_progress(self, progress: Mapping[str, Any]) -> None:
-        import torch
-
-        tmp = self.dir / "progress.pt.tmp"
-        torch.save(dict(progress), tmp)
-        os.replace(tmp, self.dir / "progress.pt")
+        """The checkpoint, durably (see the module docstring): the last one or the one before survives a power loss."""
+        self._durably(self.dir / "progress.pt", torch_bytes(dict(progress)))
 
     # -- closing
     def commit(self, payload: Path | None = None) -> None:
         """Move the finished output into place: ``payload`` (a file in the workspace) or the workspace folder itself."""
         if payload is not None:
+            fsync_path(payload)
             os.replace(payload, self.out)
+            fsync_path(self.out.parent)
             self.discard()
             return
         for name in STATE_FILES:
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / name).unlink()
+        _fsync_tree(self.dir)
         if self.out.is_dir():
             self.out.rmdir()  # empty: checked before the work started
         os.replace(self.dir, self.out)
+        fsync_path(self.out.parent)
         self._release()
 
     def discard(self) -> None:
@@ -324,6 +478,20 @@ class Workspace:
                 os.close(self._fd)
             self._fd = None
 
+    def unlock(self) -> None:
+        """Let go of :func:`output_lock`: remove ``LOCK`` (and the folder when it holds nothing else, and the
+        folders made for the output when it was never written)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                (self.dir / "LOCK").unlink()  # before letting go: a process waiting on it takes a new one
+        self._release()
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()
+        if not self.out.exists():
+            for q in self._created:  # deepest first
+                with contextlib.suppress(OSError):
+                    q.rmdir()
+
 
 def module_digest(module: torch.nn.Module) -> str:
     """sha256 of a module's state (names, shapes, dtypes, values): the identity of weights passed as an object."""
@@ -339,6 +507,23 @@ def module_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``fd`` is still the file at ``path`` (not one its holder removed as we opened it)."""
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Every file under ``root`` and the folders themselves on the disk (before a rename publishes them)."""
+    files = [Path(folder) / f for folder, _, names in os.walk(root) for f in names]
+    sync_files(files, root)
+    for folder, _, _ in os.walk(root):
+        fsync_path(Path(folder))
+
+
 def _short(v: Any) -> str:
     s = json.dumps(v, default=str) if not isinstance(v, str) else v
     return s if len(s) <= 60 else s[:57] + "..."
@@ -351,10 +536,14 @@ def workspace(out: Path, *, kind: str, resume: bool = False, flag: str = "--out"
     ws = Workspace(out, kind=kind, resume=resume, flag=flag, announce=announce).open()
     try:
         yield ws
-    except (StopRequested, KeyboardInterrupt):
+    except (StopRequested, KeyboardInterrupt, NoSpaceError):
         ws.release()
         raise
-    except BaseException:
+    except BaseException as exc:
+        full = no_space_cause(exc)
+        if full is not None:  # the state so far is consistent: keep it for --resume
+            ws.release()
+            raise NoSpaceError(ws.no_space_message(full)) from None
         if ws.resumed:
             ws.release()
         else:
@@ -362,6 +551,23 @@ def workspace(out: Path, *, kind: str, resume: bool = False, flag: str = "--out"
         raise
     else:
         ws._release()
+
+
+@contextlib.contextmanager
+def output_lock(out: Path, *, kind: str, flag: str = "--out",
+                announce: Callable[[str], None] | None = None) -> Iterator[Workspace]:
+    """Hold the lock a :func:`workspace` takes for ``out`` (``.NAME.partial/LOCK``) while a command writes into
+    ``out`` itself: a second process (any command) into the same output is refused in one line until it ends.
+
+    The output is checked first (its folder can be created and written: before anything is loaded). Nothing
+    else of the partial folder is touched; ``LOCK`` (and the folder, when empty) goes when the block ends.
+    """
+    ws = Workspace(out, kind=kind, flag=flag, announce=announce)
+    ws._take_lock()
+    try:
+        yield ws
+    finally:
+        ws.unlock()
 
 
 # ----------------------------------------------------------------------------- the run journal
@@ -385,6 +591,8 @@ class RunJournal:
         self.segments: list[dict] = []
         self.csv_bytes = int(saved.get("csv_bytes", 0))
         self._csv = None
+        #: samples per evaluation, where the loop says (:meth:`begin`)
+        self.totals: dict[int, int] = {}
         #: seconds the last checkpoint cost, set by the loop (flushing the rows in flight included)
         self.checkpoint_s = 0.0
         self._last = time.perf_counter()
@@ -395,13 +603,25 @@ class RunJournal:
                 self.csv_bytes = 0
             else:
                 with open(path, "r+b") as f:
+                    size = f.seek(0, os.SEEK_END)
+                    if size < self.csv_bytes:  # cut short after its checkpoint: the rows it counts are gone
+                        raise UserFacingError(
+                            f"cannot resume {ws.out}: its {path.name} in {ws.dir} is shorter than its checkpoint records "
+                            f"({size} of {self.csv_bytes} bytes; damaged or cut short); leave out --resume to start again")
                     f.truncate(self.csv_bytes)
+        elif any(int(s.get("rows", 0)) for s in self.saved_segments):
+            raise UserFacingError(f"cannot resume {ws.out}: its {self.SAMPLES} is missing from {ws.dir}; "
+                                  "leave out --resume to start again")
+        self._count()
 
     @property
     def samples_path(self) -> Path:
         return self.ws.dir / self.SAMPLES
 
-    def begin(self, label: str) -> "Segment":
+    def begin(self, label: str, total: int | None = None) -> "Segment":
+        """The next evaluation's checkpoints (``total``: its samples, for the message of a full disk)."""
+        if total is not None:
+            self.totals[len(self.segments)] = int(total)
         i = len(self.segments)
         saved = self.saved_segments[i] if i < len(self.saved_segments) else None
         if saved is not None and saved.get("label") != label:
@@ -421,11 +641,22 @@ class RunJournal:
         return time.perf_counter() - self._last >= 20 * self.checkpoint_s
 
     def save(self) -> None:
+        """A checkpoint: the rows so far on the disk, then the checkpoint that counts them (both fsync-ed)."""
         if self._csv is not None:
-            self._csv.flush()
+            with self.ws.writing(self.samples_path):
+                self._csv.flush()
+                os.fsync(self._csv.fileno())
             self.csv_bytes = self._csv.tell()
         self.ws.save_progress({"version": 2, "segments": self.segments, "csv_bytes": self.csv_bytes})
+        self._count()
         self._last = time.perf_counter()
+
+    def _count(self) -> None:
+        """What the last checkpoint keeps, for the message of a full disk (samples of the evaluations so far)."""
+        segs = self.segments or self.saved_segments
+        done = sum(int(s.get("n") or 0) for s in segs)
+        known = len(self.totals) == len(segs) and segs
+        self.ws.count(done, sum(self.totals.values()) if known else None, "samples")
 
     def close(self) -> None:
         if self._csv is not None:

@@ -100,7 +100,13 @@ class SampleTable:
         self._blocks.append((n, got))
         self._n += n
         if self.sink is not None and n:
-            self.sink.write(_block_text(self.columns, n, got, self.float_format).encode())
+            try:
+                self.sink.write(_block_text(self.columns, n, got, self.float_format).encode())
+            except OSError as exc:  # e.g. a full disk: name the file (a write error alone does not)
+                name = getattr(self.sink, "name", None)
+                if exc.filename is not None or not isinstance(name, str):
+                    raise
+                raise OSError(exc.errno, exc.strerror, name) from exc
 
     def insert_constant(self, name: str, value: Any, *, after: str) -> None:
         """Add a column holding ``value`` on every row so far, placed after column ``after``."""
@@ -180,13 +186,27 @@ class SampleTable:
         """
         if stop <= start:
             return
+        try:
+            self._load_rows(path, start, stop, scalar_columns)
+        except (OSError, ValueError, IndexError, csv.Error) as exc:
+            from .errors import UserFacingError
+
+            raise UserFacingError(f"cannot resume: {path} does not hold the rows its checkpoint records ({exc}; "
+                                  "damaged or cut short); leave out --resume to start again") from None
+
+    def _load_rows(self, path: Path, start: int, stop: int, scalar_columns: Sequence[str]) -> None:
         with open(path, newline="") as f:
             reader = csv.reader(f)
-            header = next(reader)
+            header = next(reader, None)
             if header != self.columns:
-                raise ValueError(f"{path} has columns {header}, expected {self.columns}")
+                raise ValueError(f"its columns are {header}, expected {self.columns}")
             rows = [r for i, r in enumerate(reader) if start <= i < stop]
+        if len(rows) != stop - start:
+            raise ValueError(f"{len(rows)} of {stop - start} rows")
+        if any(len(r) != len(self.columns) for r in rows):
+            raise ValueError(f"a row without {len(self.columns)} cells")
         scalar = [c for c in self.columns if c in set(scalar_columns)]
+        blocks = []
         i = 0
         while i < len(rows):
             key = [rows[i][self.columns.index(c)] for c in scalar]
@@ -197,9 +217,11 @@ class SampleTable:
             for k, c in enumerate(self.columns):
                 cells = [r[k] for r in rows[i:j]]
                 block[c] = _parse_scalar(cells[0]) if c in scalar else _parse_column(cells)
-            self._blocks.append((j - i, block))
-            self._n += j - i
+            blocks.append((j - i, block))
             i = j
+        for n, block in blocks:  # all or nothing
+            self._blocks.append((n, block))
+            self._n += n
 
 
 def _header(columns: Sequence[str]) -> bytes:

@@ -326,7 +326,8 @@ def test_decompose_sigkill_then_resume_matches(cli, tiny_npz, tmp_path, kind):
     assert got.returncode == -signal.SIGKILL, got.stderr
     part = partial_dir(out)
     assert part.is_dir() and not out.exists()
-    assert json.loads((part / "journal.json").read_text())["done"] == 10  # two batches of 5 finished
+    # two batches of 5 finished; the count is recorded (after an fsync) when that costs under ~5 %: after the first, maybe the second
+    assert json.loads((part / "journal.json").read_text())["done"] in (5, 10)
     rc, _, err = cli(*base, "--out", out, "--resume")
     assert rc == 0, err
     assert not part.exists()

@@ -3,7 +3,13 @@
 Each row (a model and a ρ) is one ordinary ``freqprobe run --probe robustness --transform
 smooth:rho=ρ`` into its own folder under ``--out``; ``table2.csv`` and ``table2.md`` collect the
 clean and robust accuracies. With ``--resume`` finished rows are read back instead of run again
-and an interrupted row continues from its checkpoint.
+and an interrupted row continues from its checkpoint; ``--resume`` continues only a folder a
+``table2`` made (``table2.json``), never a folder of other files.
+
+Every ρ is checked on every model before the first row runs (a ρ that the smoothing refuses, or
+whose smoothed kernels are no longer finite, is one line and nothing is written). Under torchrun
+every process runs every row's ``freqprobe.run`` (each evaluates its share of the batches); only
+rank 0 writes the tables and prints.
 """
 
 from __future__ import annotations
@@ -46,14 +52,20 @@ def table_rows(runs: list[dict], attacks: list[str], eps: list[float]) -> tuple[
 
 
 def write_tables(out: Path, header: list[str], rows: list[list[str]], command: str) -> None:
-    with open(out / "table2.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
+    """``table2.csv`` and ``table2.md``, each atomically and durably (never half-written)."""
+    import io
+
+    from freqprobe.plugin import CommandContext
+
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(header)
+    w.writerows(rows)
+    CommandContext.write_file(out / "table2.csv", f.getvalue())
     md = ["# Table 2: accuracy under attack, with first-layer kernel smoothing (ρ)", "", f"`{command}`", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
-    (out / "table2.md").write_text("\n".join(md) + "\n")
+    CommandContext.write_file(out / "table2.md", "\n".join(md) + "\n")
 
 
 @click.command("table2")
@@ -75,13 +87,17 @@ def write_tables(out: Path, header: list[str], rows: list[list[str]], command: s
 @click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--frequency", is_flag=True, help="Also the frequency view per row (low/high parts, perturbation spectrum); slower.")
-@click.option("--resume", is_flag=True, help="Reuse finished rows and continue an interrupted one.")
+@click.option("--allow-nonfinite", is_flag=True, help="As for `run`: finish a row whose model returns NaN/inf for some "
+              "samples and count them in its summary (nonfinite-outputs) instead of failing.")
+@click.option("--resume", is_flag=True, help="Reuse finished rows and continue an interrupted one (only in a folder a table2 made).")
 @click.option("--out", required=True, type=click.Path(), help="Output folder: one run folder per row, table2.csv, table2.md.")
 @click.option("-q", "--quiet", is_flag=True)
 def table2_command(**kw) -> None:
     """The paper's Table 2: clean and robust accuracy for models × ρ (first-layer smoothing) × attacks × ε."""
+    import contextlib
+
     from freqprobe import UserFacingError, get_class
-    from freqprobe.plugin import check_seed, command_context
+    from freqprobe.plugin import check_seed, command_context, torchrun_env, write_json
 
     from .spec import parse_attacks, parse_eps
 
@@ -91,26 +107,91 @@ def table2_command(**kw) -> None:
     rhos = _parse_rhos(kw["rho"])
     check_seed(kw["seed"])
     app = command_context(quiet=kw["quiet"])
-    get_class("transforms", "smooth", app.pm)  # the smoothing plugin must be there (one line if not)
+    smooth = get_class("transforms", "smooth", app.pm)  # the smoothing plugin must be there (one line if not)
     attack_specs = list(kw["attacks"]) or ["fgsm", "pgd"]
     labels = [cls.label(opts) for cls, opts in parse_attacks(attack_specs, app.pm)]
     eps = parse_eps(kw["eps"])
     out = Path(kw["out"])
-    if out.exists() and not out.is_dir():
-        raise UserFacingError(f"--out {out} is an existing file; pass the path of a new folder")
-    if out.is_dir() and any(out.iterdir()) and not kw["resume"]:
-        raise UserFacingError(f"output folder {out} already exists and is not empty; pass another --out, or --resume to continue it")
-    command = app.command_line
+    rank = (torchrun_env() or (0, 1, 0))[0]
+    if rank:  # another torchrun process: the same rows, its share of each; rank 0 checks, writes and prints
+        app = app.for_command(quiet=True)
     runs: list[dict] = []
-    with app.stop_on_signals():
-        _run_rows(kw, models, ckpts, rhos, attack_specs, eps, out, runs, app)
+    with app.output_lock(out, kind="table2") if not rank else contextlib.nullcontext():
+        if not rank:
+            _check_out(out, resume=kw["resume"])
+        _check_rhos(smooth, rhos, models, ckpts, kw, app.pm)  # before any row: a bad ρ leaves nothing behind
+        if not rank:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / MARKER, {"kind": "table2", "command": app.command_line, "models": models,
+                                      "checkpoints": ckpts, "rho": rhos})
+        with app.stop_on_signals():
+            _run_rows(kw, models, ckpts, rhos, attack_specs, eps, out, runs, app, torchrun=torchrun_env() is not None)
+    if rank:
+        return
     header, rows = table_rows(runs, labels, eps)
-    write_tables(out, header, rows, command)
+    write_tables(out, header, rows, app.command_line)
     widths = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(header)]
     click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)))
     click.echo(f"\nwrote {out / 'table2.csv'} and {out / 'table2.md'} ({len(rows)} rows; one run folder each)")
+
+
+#: what a ``table2`` writes first into its ``--out``: the mark that ``--resume`` may continue it
+MARKER = "table2.json"
+
+
+def _check_out(out: Path, *, resume: bool) -> None:
+    """A new or empty ``--out``; with --resume also one a table2 made (never a folder of other files, as ``run``)."""
+    from freqprobe import UserFacingError
+
+    if out.exists() and not out.is_dir():
+        raise UserFacingError(f"--out {out} is an existing file; pass the path of a new folder")
+    if not out.is_dir():
+        return
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    ours = (out / MARKER).is_file() or _looks_like_table2(out, entries)
+    if resume and ours:
+        return
+    if ours:
+        raise UserFacingError(f"output folder {out} already exists and is not empty (a Table 2); pass another --out, "
+                              "or --resume to continue it")
+    shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+    raise UserFacingError(f"output folder {out} already exists and is not empty, and was not made by table2 ({shown}); "
+                          "pass another --out or remove it" + ("" if resume else " (--resume continues only a table2's folder)"))
+
+
+def _looks_like_table2(out: Path, entries: list[str]) -> bool:
+    """A folder of an earlier table2 that wrote no mark: only table2 files and row folders (``01-net-rho0``, a run's)."""
+    import re
+
+    row = re.compile(r"^\.?\d{2,}-.+-rho[^/]+?(\.partial)?$")
+    names = {"table2.csv", "table2.md", ".table2.csv.tmp", ".table2.md.tmp"}
+    return all(e in names or row.match(e) for e in entries) and any(row.match(e) for e in entries)
+
+
+def _check_rhos(smooth: type, rhos: list[float], models: list[str], ckpts: list[str], kw: dict, pm) -> None:
+    """Every ρ as the smoothing takes it, and on every model: kernels smoothed with it must stay finite."""
+    import freqprobe
+    from freqprobe import UserFacingError
+    from freqprobe.plugin import parse_kv
+
+    transforms = {rho: smooth(rho=rho) for rho in rhos}  # the smoothing's own check of each value
+    if all(rho <= 1e6 for rho in rhos):  # float32 kernels overflow only far beyond the paper's 0-1
+        return
+    for i, model in enumerate(models):
+        try:
+            adapter = freqprobe.build_model(model, checkpoint=ckpts[i] if ckpts else None, model_args=parse_kv(
+                kw["model_arg"], "--model-arg"), trust_checkpoint=kw["trust_checkpoint"], pm=pm)
+        except Exception:  # the row says what is wrong with the model, before any row is published
+            continue
+        for rho, t in transforms.items():
+            smoothed = t.apply(adapter)
+            if not all(bool(p.isfinite().all()) for p in smoothed.module.parameters()):
+                raise UserFacingError(f"--rho {_fmt(rho)}: the kernels of {model} smoothed with it are no longer finite "
+                                      "(float32 overflow); pass smaller values (the paper's: 0 to 1)")
 
 
 def _parse_rhos(text: str) -> list[float]:
@@ -125,10 +206,12 @@ def _parse_rhos(text: str) -> list[float]:
     return rhos
 
 
-def _run_rows(kw, models, ckpts, rhos, attack_specs, eps, out, runs, app) -> None:
+def _run_rows(kw, models, ckpts, rhos, attack_specs, eps, out, runs, app, *, torchrun: bool = False) -> None:
     import freqprobe
+    from freqprobe import UserFacingError
     from freqprobe.plugin import parse_kv, slug
 
+    done = 0
     for i, model in enumerate(models):
         ckpt = ckpts[i] if ckpts else None
         for rho in rhos:
@@ -137,16 +220,26 @@ def _run_rows(kw, models, ckpts, rhos, attack_specs, eps, out, runs, app) -> Non
             runs.append({"model": model, "checkpoint": ckpt, "rho": rho, "dir": run_dir})
             if kw["resume"] and (run_dir / "manifest.json").is_file():
                 app.say(f"[{name}] finished before: reading its summary")
+                done += 1
                 continue
             app.say(f"[{name}] {model} {ckpt or ''} rho={_fmt(rho)}")
-            freqprobe.run(
-                model, checkpoint=ckpt, data=kw["data"], data_root=kw["data_root"], probe="robustness",
-                probe_options={"frequency": kw["frequency"]}, transforms=[f"smooth:rho={rho}"], attacks=attack_specs,
-                eps=eps, mean=kw["mean"], std=kw["std"], model_args=parse_kv(kw["model_arg"], "--model-arg"),
-                trust_checkpoint=kw["trust_checkpoint"], limit=kw["limit"], batch_size=kw["batch_size"],
-                device=kw["device"], precision=kw["precision"], seed=kw["seed"], fit=False, out=run_dir,
-                resume=kw["resume"], command=app.command_line, pm=app.pm, announce=app.say, progress=app.progress,
-            )
+            try:
+                freqprobe.run(
+                    model, checkpoint=ckpt, data=kw["data"], data_root=kw["data_root"], probe="robustness",
+                    probe_options={"frequency": kw["frequency"]}, transforms=[f"smooth:rho={rho}"], attacks=attack_specs,
+                    eps=eps, mean=kw["mean"], std=kw["std"], model_args=parse_kv(kw["model_arg"], "--model-arg"),
+                    trust_checkpoint=kw["trust_checkpoint"], limit=kw["limit"], batch_size=kw["batch_size"],
+                    device=kw["device"], precision=kw["precision"], seed=kw["seed"], fit=False, out=run_dir,
+                    allow_nonfinite=kw["allow_nonfinite"],
+                    resume=kw["resume"] and not torchrun,  # under torchrun an interrupted row starts again
+                    command=app.command_line, pm=app.pm, announce=app.say, progress=app.progress,
+                )
+            except UserFacingError as exc:
+                if not done:
+                    raise
+                rows = f"the {done} rows before it are" if done > 1 else "the row before it is"
+                raise UserFacingError(f"row {name}: {exc} ({rows} kept in {out}: --resume reuses them)") from exc
+            done += 1
 
 
 def report_section(folder: Path, report) -> str:
@@ -157,7 +250,7 @@ def report_section(folder: Path, report) -> str:
     if md.is_file():
         parts.append(report.markdown(md.read_text(encoding="utf-8", errors="replace")))
     else:
-        header, rows = report.read_csv(folder / "table2.csv")
+        header, rows = report.read_table(folder / "table2.csv", ("model", "rho"))
         parts.append(report.table(header, [[r.get(c, "") for c in header] for r in rows], left=3))
     parts.append(report.subfolders(folder, report.level + 1))
     return "".join(parts)

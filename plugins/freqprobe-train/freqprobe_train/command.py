@@ -48,6 +48,8 @@ def parse_grid(items: tuple[str, ...]) -> dict[str, list]:
             raise UserFacingError("--grid radii is not a setting to compare: the tracked radii are the same for every run")
         else:
             values = [_value(key, v) for v in vals.split(",")]
+        if any(v == "" for v in vals.split(",")):
+            raise UserFacingError(f"malformed --grid {item!r}: an empty value; use KEY=V1,V2 (e.g. batch_size=50,500)")
         if key == "preset":
             for v in values:
                 if v not in PRESETS:
@@ -73,6 +75,11 @@ def load_config(path: str) -> tuple[dict, dict]:
     if not isinstance(data, dict):
         raise UserFacingError(f"config {p} must hold a table of settings (and an optional 'grid' table)")
     grid = data.pop("grid", {}) or {}
+    if not isinstance(grid, dict):
+        raise UserFacingError(f"'grid' in {p.name} must be a table of lists, e.g. grid = {{ preset = [\"vanilla\", \"mixup\"] }}")
+    for key, vals in grid.items():
+        if isinstance(vals, list) and not vals:
+            raise UserFacingError(f"grid {key} in {p.name} is an empty list; give at least one value, or leave {key} out")
     for key in list(data) + list(grid):
         if key.replace("-", "_") not in FIELDS:
             raise UnknownNameError(f"setting in {p.name}", key, sorted(FIELDS))
@@ -127,10 +134,8 @@ def train_command(ctx: click.Context, **kw: Any) -> None:
     from freqprobe.plugin import command_context, torchrun_env
 
     base, grid = _settings_given(ctx, kw)
-    settings, names = _runs(base, grid)
     app = command_context(quiet=kw["quiet"])
-    for s in settings:  # every setting of a grid, before the first one trains
-        check_settings(s, app.pm)
+    settings, names = _runs(base, grid, app.pm)  # every setting of a grid checked, before anything is loaded
     out = Path(kw["out"])
     main = (torchrun_env() or (0, 1, 0))[0] == 0  # under torchrun only rank 0 writes and reports
     with app.stop_on_signals():
@@ -176,35 +181,74 @@ def _settings_given(ctx: click.Context, kw: dict[str, Any]) -> tuple[dict[str, A
     return base, grid
 
 
-def _runs(base: dict[str, Any], grid: dict[str, list]) -> tuple[list[TrainSettings], list[str]]:
-    """One :class:`TrainSettings` per grid combination (one without a grid) and their names, which must differ."""
+def _runs(base: dict[str, Any], grid: dict[str, list], pm: Any = None) -> tuple[list[TrainSettings], list[str]]:
+    """One checked :class:`TrainSettings` per grid combination (one without a grid) and their folder names.
+
+    A name says what differs from the vanilla set-up; where that does not tell two settings apart (a
+    grid over the seed, the epochs...), the grid's own values are added (``vanilla-seed1``). Two
+    settings that are the same run are refused.
+    """
     combos = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
-    settings = [TrainSettings(**{**base, **combo}).applied() for combo in combos]
-    names = [s.name() for s in settings]
+    settings = []
+    for combo in combos:
+        try:
+            s = TrainSettings(**{**base, **combo}).applied()
+        except TypeError as exc:  # a value of the wrong kind for a field (a list where a number goes ...)
+            raise UserFacingError(f"a setting has a value of the wrong kind ({exc}); check --config and --grid") from None
+        check_settings(s, pm)
+        settings.append(s)
+    from freqprobe.plugin import slug
+
+    plain = [s.name() for s in settings]
+    names = list(plain)
+    for i, name in enumerate(plain):
+        same = [j for j, other in enumerate(plain) if other == name]
+        if len(same) > 1:  # the grid keys whose values tell these apart
+            keys = [k for k in grid if len({_shown(combos[j][k]) for j in same}) > 1]
+            names[i] = "-".join([name] + [slug(f"{k}{_shown(combos[i][k])}", 40) for k in keys])
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise UserFacingError(f"two grid settings are the same run ({dup}); drop the duplicate value")
     return settings, names
 
 
+def _shown(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def _train_grid(app: Any, settings: list[TrainSettings], names: list[str], out: Path, *, resume: bool, main: bool,
                 base: dict[str, Any], grid: dict[str, list]) -> bool:
     """Every setting of a grid into its sub-folder, then ``grid.csv``, ``comparison.png``, ``grid.json`` (rank 0: True)."""
-    from freqprobe.plugin import check_out_dir, write_json
+    import contextlib
 
-    from .plots import plot_comparison
+    from freqprobe.plugin import check_out_dir
+
+    with app.output_lock(out, kind="train grid") if main else contextlib.nullcontext():  # before anything is loaded
+        if main and not resume:
+            if (out / "grid.json").is_file():
+                raise UserFacingError(f"{out} already holds a training grid; pass --resume to continue it, or choose another --out")
+            check_out_dir(out)
+        out.mkdir(parents=True, exist_ok=True)
+        runs = _train_settings(app, settings, names, out, resume=resume, main=main)
+    if not main:
+        return False
+    _write_grid_files(app, out, runs, names, base, grid)
+    return True
+
+
+def _train_settings(app: Any, settings: list[TrainSettings], names: list[str], out: Path, *, resume: bool,
+                    main: bool) -> dict[str, list]:
+    """Each setting into its sub-folder (with --resume: finished ones read back, unfinished ones continued); their curves."""
     from .tracker import read_curves
+    from .train import NoSpaceLeft, load_train_state
 
-    if not resume:
-        check_out_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
     runs = {}
     for s, name in zip(settings, names):
         sub = out / name
         app.say(f"{name}:")
         again = resume and (sub / "train_state.pt").is_file()
         if again:
-            done = _epochs_done(sub)
+            done = int(load_train_state(sub / "train_state.pt")["epoch"])
             if done >= s.epochs:
                 app.say(f"  {name}: {done} epochs done already")
                 runs[name] = read_curves(sub / "curves.csv")
@@ -213,35 +257,44 @@ def _train_grid(app: Any, settings: list[TrainSettings], names: list[str], out: 
             import shutil
 
             shutil.rmtree(sub)  # started but no epoch finished: start it again
-        train(s, sub, pm=app.pm, resume=again, say=app.say, progress=app.progress, command=app.command_line)
+        try:
+            train(s, sub, pm=app.pm, resume=again, say=app.say, progress=app.progress, command=app.command_line)
+        except NoSpaceLeft as exc:
+            raise UserFacingError(f"{name}: " + exc.message("resume the grid with --resume after freeing space")) from None
         if main:
             runs[name] = read_curves(sub / "curves.csv")
-    if not main:
-        return False
-    _write_grid_csv(out / "grid.csv", runs)
-    plot_comparison(runs, out / "comparison.png", title=f"{base['model']} on {base['data']}")
+    return runs
+
+
+def _write_grid_files(app: Any, out: Path, runs: dict, names: list[str], base: dict[str, Any], grid: dict[str, list]) -> None:
+    """``grid.csv``, ``comparison.png`` and ``grid.json`` (each atomically and durably)."""
+    import io
+
+    from freqprobe.plugin import write_json
+
+    from .plots import plot_comparison
+
+    app.write_file(out / "grid.csv", _grid_csv(runs))
+    png = io.BytesIO()
+    plot_comparison(runs, png, title=f"{base['model']} on {base['data']}")
+    app.write_file(out / "comparison.png", png.getvalue())
     write_json(out / "grid.json", {"runs": names, "grid": {k: [str(v) for v in vs] for k, vs in grid.items()},
                                    "command": app.command_line})
-    return True
 
 
-def _epochs_done(run: Path) -> int:
-    """The epochs a run folder has finished (its ``train_state.pt``)."""
-    import torch
-
-    return int(torch.load(run / "train_state.pt", map_location="cpu", weights_only=True)["epoch"])
-
-
-def _write_grid_csv(path: Path, runs: dict) -> None:
+def _grid_csv(runs: dict) -> str:
+    """The text of ``grid.csv``: every setting's curves, one tidy table."""
     import csv
+    import io
 
     from freqprobe.plugin import fmt_param
 
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["setting", "epoch", "split", "variant", "param", "metric", "value", "n"])
-        for name, rows in runs.items():
-            for r in rows:
-                w.writerow([name, r["epoch"], r["split"], r["variant"], "" if r["param"] is None else fmt_param(r["param"]),
-                            r["metric"], f"{r['value']:.6f}", r["n"]])
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(["setting", "epoch", "split", "variant", "param", "metric", "value", "n"])
+    for name, rows in runs.items():
+        for r in rows:
+            w.writerow([name, r["epoch"], r["split"], r["variant"], "" if r["param"] is None else fmt_param(r["param"]),
+                        r["metric"], f"{r['value']:.6f}", r["n"]])
+    return f.getvalue()
 

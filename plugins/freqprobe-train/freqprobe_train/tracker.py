@@ -98,13 +98,17 @@ class FrequencyTracker:
         rows = []
         try:
             for split, data in self.splits.items():
+                # non-finite outputs are counted, not refused by the engine (whose advice names `run`'s
+                # --allow-nonfinite): the tracker says what they mean for a model in training (_check_finite)
                 ctx = RunContext.create(adapter, data, self.decomposer, self.radii, self.rescale, metrics=[self.metric],
                                         device=self.device, pm=self.pm, batch_size=self.batch_size,
-                                        channels_last=self.channels_last)
+                                        channels_last=self.channels_last, allow_nonfinite=True)
                 res = ctx.evaluate([DecomposerSource(self.decomposer, self.radii)], probe="track", samples=False)
+                _check_finite(res.summary, split, epoch)
                 for r in res.summary:
-                    rows.append({"epoch": int(epoch), "split": split, "variant": r["variant"], "param": r["param"],
-                                 "metric": r["metric"], "value": float(r["value"]), "n": int(r["n"])})
+                    if r["metric"] != NONFINITE:
+                        rows.append({"epoch": int(epoch), "split": split, "variant": r["variant"], "param": r["param"],
+                                     "metric": r["metric"], "value": float(r["value"]), "n": int(r["n"])})
         finally:
             _restore_formats(module, formats)
             module.train(was_training)
@@ -132,6 +136,22 @@ class FrequencyTracker:
         return FrequencyTrackerCallback()
 
 
+#: the engine's count of non-finite outputs per variant (with ``allow_nonfinite``)
+NONFINITE = "nonfinite-outputs"
+
+
+def _check_finite(summary: Iterable[Mapping[str, Any]], split: str, epoch: int) -> None:
+    """Non-finite outputs on tracked images: the model has diverged; one line saying where and what to change."""
+    bad = [(r["variant"], r["param"], int(r["value"])) for r in summary if r["metric"] == NONFINITE and r["value"]]
+    if not bad:
+        return
+    from freqprobe.plugin import fmt_param
+
+    shown = ", ".join(f"{v}{'' if p is None else ' r=' + fmt_param(p)}: {c}" for v, p, c in bad[:5])
+    raise UserFacingError(f"the model returned non-finite outputs (NaN or inf) on tracked {split} images after epoch {epoch} "
+                          f"({shown}); training has diverged: lower the learning rate, or check the data and --mean/--std")
+
+
 def _memory_formats(module: torch.nn.Module) -> list[tuple[torch.Tensor, bool]]:
     return [(p, p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last))
             for p in module.parameters()]
@@ -145,15 +165,24 @@ def _restore_formats(module: torch.nn.Module, formats: list) -> None:
 
 def write_curves(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
     """The tidy ``curves.csv``: ``epoch,split,variant,param,metric,value,n`` (param empty where there is none)."""
+    with open(path, "w", newline="") as f:
+        f.write(curves_text(rows))
+
+
+def curves_text(rows: Iterable[Mapping[str, Any]]) -> str:
+    """The text of ``curves.csv`` (what :func:`write_curves` writes)."""
+    import io
+
     from freqprobe.plugin import fmt_param
 
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(CURVE_COLUMNS)
-        for r in rows:
-            p = r.get("param")
-            w.writerow([r["epoch"], r["split"], r["variant"], "" if p is None else fmt_param(p), r["metric"],
-                        f"{float(r['value']):.6f}", r["n"]])
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(CURVE_COLUMNS)
+    for r in rows:
+        p = r.get("param")
+        w.writerow([r["epoch"], r["split"], r["variant"], "" if p is None else fmt_param(p), r["metric"],
+                    f"{float(r['value']):.6f}", r["n"]])
+    return f.getvalue()
 
 
 def read_curves(path: str | Path) -> list[dict]:

@@ -10,9 +10,9 @@ run resumes from its last finished epoch; ``--epochs`` larger than before trains
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,7 +26,7 @@ from freqprobe import StopRequested, UnknownNameError, UserFacingError, get_clas
 from freqprobe.plugin import check_stop, decompose_with, parse_component, save_model
 
 from .data import RelabelledSource, all_labels, first, holdout_split, shuffled_labels
-from .tracker import DEFAULT_RADII, FrequencyTracker, default_track_samples, read_curves, write_curves
+from .tracker import DEFAULT_RADII, FrequencyTracker, default_track_samples, read_curves
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad,
               "adadelta": torch.optim.Adadelta, "rmsprop": torch.optim.RMSprop}
@@ -291,8 +291,14 @@ def train(
     progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
     command: str | None = None,
 ) -> dict:
-    """Train one setting into ``out`` (see the module docstring); returns the manifest."""
-    from freqprobe.plugin import check_out_dir, command_context
+    """Train one setting into ``out`` (see the module docstring); returns the manifest.
+
+    ``out`` is locked as ``freqprobe run`` locks its output (before anything is loaded): a second
+    process into it is refused in one line while this one lives.
+    """
+    import contextlib
+
+    from freqprobe.plugin import CommandContext, command_context
 
     pm = pm or command_context().pm
     s = s.applied()
@@ -301,28 +307,83 @@ def train(
     d, s = _join_torchrun(s)  # torchrun: DistributedDataParallel, each rank a slice of every batch
     if d is not None and not d.is_main:
         say, progress = (lambda m: None), None
+    main = d is None or d.is_main  # under torchrun rank 0 writes, so it holds the lock
+    with CommandContext(pm).output_lock(out, kind="train") if main else contextlib.nullcontext():
+        check_out(out, resume=resume, main=main)
+        run = _set_up(s, out, pm, d, command=command)
+        if resume:
+            _restore(run)
+            say(f"resuming {out} after epoch {run.start_epoch} of {s.epochs}")
+        _epochs(run, progress, say, resume=resume)
+    if not run.main:
+        return {}
+    return json.loads((out / "manifest.json").read_text())
+
+
+def check_out(out: Path, *, resume: bool, main: bool = True) -> None:
+    """``out`` of a new run must be new or empty (a finished or running run is not overwritten); a resumed one needs its state."""
+    from freqprobe.plugin import check_out_dir
+
+    state = out / "train_state.pt"
     if resume:
-        if not (out / "train_state.pt").is_file():
+        if not state.is_file():
             raise UserFacingError(f"nothing to resume in {out} (no train_state.pt); leave out --resume to start a run there")
-    elif d is None or d.is_main:
-        check_out_dir(out)
-    run = _set_up(s, out, pm, d, command=command)
-    if resume:
-        _restore(run)
-        say(f"resuming {out} after epoch {run.start_epoch} of {s.epochs}")
+        return
+    if not main:
+        return
+    if state.is_file():
+        raise UserFacingError(f"{out} already holds a training run; pass --resume to continue it (a larger --epochs trains "
+                              "more), or choose another --out")
+    check_out_dir(out)
+
+
+class NoSpaceLeft(UserFacingError):
+    """The disk filled up while an epoch's files were written; the epochs before it stay (``train_state.pt``)."""
+
+    def __init__(self, where: Any, done: int, total: int, out: Path) -> None:
+        self.where, self.done, self.total, self.out = where, done, total, out
+        super().__init__(self.message("resume with --resume after freeing space" if done else
+                                      "run it again after freeing space"))
+
+    def message(self, then: str) -> str:
+        kept = f"kept in {self.out}" if self.done else "nothing kept"
+        return f"no space left on device while writing {self.where}; {self.done} of {self.total} epochs finished ({kept}), {then}"
+
+
+def _epochs(run: "_Run", progress, say: Callable[[str], None], *, resume: bool) -> None:
+    """Train, track and save epoch after epoch (rank 0 tracks and writes; the others wait for it)."""
+    import errno
+    import shutil
+
+    s, d = run.s, run.dist
     for epoch in range(run.start_epoch + 1, s.epochs + 1):
         fit = _train_epoch(run, epoch, progress)
-        if run.main:  # rank 0 tracks and writes; the others wait for it
-            _finish_epoch(run, epoch, fit, say)
+        _check_diverged(run, epoch, fit)
+        if run.main:
+            try:
+                _finish_epoch(run, epoch, fit, say)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+                    raise
+                if not resume and not (run.out / "train_state.pt").is_file():
+                    shutil.rmtree(run.out, ignore_errors=True)  # new or empty before: only this run's first files
+                raise NoSpaceLeft(exc.filename or run.out, epoch - 1, s.epochs, run.out) from None
         else:
             run.adapter.module.eval()
         if d is not None:
             import torch.distributed as tdist
 
             tdist.barrier(group=d.group)
-    if not run.main:
-        return {}
-    return json.loads((out / "manifest.json").read_text())
+
+
+def _check_diverged(run: "_Run", epoch: int, fit: dict) -> None:
+    """A NaN/inf loss (the same on every rank: it is summed over them) ends the run with what to change."""
+    if math.isfinite(fit["loss"]):
+        return
+    s = run.s
+    kept = f"epochs 1-{epoch - 1} are kept in {run.out}; " if epoch > 1 else ""
+    raise UserFacingError(f"training diverged in epoch {epoch}: the loss is {fit['loss']} (the model's outputs or weights "
+                          f"are no longer finite); {kept}lower --lr (now {s.lr:g}), or check the data")
 
 
 def _join_torchrun(s: TrainSettings) -> tuple[Any, TrainSettings]:
@@ -384,7 +445,7 @@ def _manifest(run: _Run, pm, *, command: str | None, model_args: dict, data_desc
 def _restore(run: _Run) -> None:
     """A resumed run: the weights, optimizer, history and curves of its last finished epoch."""
     s, out = run.s, run.out
-    saved = torch.load(out / "train_state.pt", map_location="cpu", weights_only=True)
+    saved = load_train_state(out / "train_state.pt")
     if saved["fingerprint"] != s.fingerprint():
         diff = sorted(k for k in s.fingerprint() if saved["fingerprint"].get(k) != s.fingerprint().get(k))
         raise UserFacingError(f"cannot resume {out}: it was trained with other settings ({', '.join(diff)} differ); "
@@ -393,10 +454,48 @@ def _restore(run: _Run) -> None:
     if s.epochs <= run.start_epoch:
         raise UserFacingError(f"{out} has already been trained for {run.start_epoch} epochs; pass --epochs N with "
                               f"N > {run.start_epoch} to train more")
-    run.adapter.module.load_state_dict(saved["model"])
-    run.opt.load_state_dict(saved["optimizer"])  # every rank loads the same state
-    run.history = list(saved.get("history", []))
-    run.rows = [r for r in read_curves(out / "curves.csv") if r["epoch"] <= run.start_epoch]
+    try:
+        run.adapter.module.load_state_dict(saved["model"])
+        run.opt.load_state_dict(saved["optimizer"])  # every rank loads the same state
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise _damaged(out / "train_state.pt", f"its weights do not fit the model: {str(exc).splitlines()[0][:120]}") from None
+    run.history = list(saved.get("history") or [])
+    try:
+        run.rows = [r for r in read_curves(out / "curves.csv") if r["epoch"] <= run.start_epoch]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _damaged(out / "curves.csv", type(exc).__name__) from None
+
+
+def _damaged(path: Path, why: str) -> UserFacingError:
+    return UserFacingError(f"cannot resume {path.parent}: its {path.name} is damaged or unreadable ({why}); "
+                           f"train into a new --out, or remove {path.parent} and start again without --resume")
+
+
+#: what ``train_state.pt`` holds, and the type of each
+STATE_KEYS = {"epoch": int, "model": dict, "optimizer": dict, "fingerprint": dict}
+
+
+def load_train_state(path: Path) -> dict:
+    """``train_state.pt`` read safely (tensors and plain data only) and checked; anything else is one line naming it."""
+    import pickle
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        low = str(exc).lower()
+        # "Unsupported operand": the safe unpickler meeting bytes that are no pickle at all
+        pickled = ("weights only" in low or "weights_only" in low) and "unsupported operand" not in low
+        why = ("it holds pickled Python objects, which freqprobe train never writes; not loaded, as that could run code"
+               if pickled else "not a torch file")
+        raise _damaged(path, why) from None
+    except (EOFError, OSError) as exc:
+        raise _damaged(path, "empty or cut short" if isinstance(exc, EOFError) else type(exc).__name__) from None
+    except Exception as exc:  # RuntimeError('PytorchStreamReader failed ...'), ...
+        raise _damaged(path, f"not a torch file: {str(exc).splitlines()[0][:80]}" if str(exc) else type(exc).__name__) from None
+    missing = [k for k, t in STATE_KEYS.items() if not isinstance(saved, dict) or not isinstance(saved.get(k), t)]
+    if missing:
+        raise _damaged(path, f"no valid {', '.join(missing)}")
+    return saved
 
 
 def _train_epoch(run: _Run, epoch: int, progress) -> dict:
@@ -490,28 +589,36 @@ def checkpoint_name(setting: str, epoch: int) -> str:
     return f"{setting}_epoch{epoch:03d}.pt"
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+def _torch_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
 
 
 def _save_epoch(out: Path, s: TrainSettings, name: str, epoch: int, adapter, opt, rows, history, manifest) -> None:
-    """Everything of a finished epoch, ``train_state.pt`` last (what a resume trusts)."""
+    """Everything of a finished epoch, ``train_state.pt`` last (what a resume trusts); each file atomically and durably
+    (a full disk is an ``ENOSPC`` naming the file, no temporary file left)."""
+    from freqprobe.plugin import CommandContext
+
+    from .plots import plot_curves
+    from .tracker import curves_text
+
+    write = CommandContext.write_file
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)  # made at the first finished epoch: a run stopped before has left nothing
     module = adapter.module
     info = {"model": s.model, "setting": name, "epoch": epoch, "model_args": json.loads(json.dumps(manifest["model_args"],
                                                                                                  default=str))}
-    _atomic(out / "checkpoints" / checkpoint_name(name, epoch),
-            lambda p: save_model(p, module, mean=adapter.mean, std=adapter.std, **info))
-    _atomic(out / "model.pt", lambda p: save_model(p, module, mean=adapter.mean, std=adapter.std, **info))
-    _atomic(out / "curves.csv", lambda p: write_curves(p, rows))
-    from .plots import plot_curves
-
-    plot_curves(rows, out / "curves.png", title=f"{s.model} | {name}")
+    weights = io.BytesIO()
+    save_model(weights, module, mean=adapter.mean, std=adapter.std, **info)
+    write(out / "checkpoints" / checkpoint_name(name, epoch), weights.getvalue())
+    write(out / "model.pt", weights.getvalue())
+    write(out / "curves.csv", curves_text(rows))
+    png = io.BytesIO()
+    plot_curves(rows, png, title=f"{s.model} | {name}")
+    write(out / "curves.png", png.getvalue())
     man = {**manifest, "epochs_done": epoch, "history": history,
            "outputs": ["curves.csv", "curves.png", "model.pt", "checkpoints/", "train_state.pt", "manifest.json"]}
-    _atomic(out / "manifest.json", lambda p: p.write_text(json.dumps(man, indent=2, default=str) + "\n"))
-    _atomic(out / "train_state.pt", lambda p: torch.save(
+    write(out / "manifest.json", json.dumps(man, indent=2, default=str) + "\n")
+    write(out / "train_state.pt", _torch_bytes(
         {"epoch": epoch, "model": {k: v.detach().cpu() for k, v in module.state_dict().items()},
-         "optimizer": opt.state_dict(), "fingerprint": s.fingerprint(), "history": history}, p))
+         "optimizer": opt.state_dict(), "fingerprint": s.fingerprint(), "history": history}))
