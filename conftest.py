@@ -173,3 +173,16 @@ def freqprobe_processes() -> FreqprobeProcesses:
     if not torch.distributed.is_available() or importlib.util.find_spec("torch.distributed.run") is None:
         pytest.skip("torch.distributed / torchrun is not available in this torch build")
     return FreqprobeProcesses()
+
+
+@pytest.fixture
+def tiny_weights(tiny_model_file, tmp_path) -> Path:
+    """A real checkpoint of :func:`tiny_model_file`'s network (``--checkpoint``: a run that is not fitted first)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"tinynet_{tmp_path.name}", tiny_model_file)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    w = tmp_path / "w.pt"
+    torch.save(mod.tinynet().state_dict(), w)
+    return w

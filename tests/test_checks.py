@@ -46,18 +46,9 @@ def _plugin(pm, name: str, **hooks) -> None:
     pm.register(type("Plugin", (), body)(), name=name)
 
 
-def _weights(model_file: Path, tmp_path: Path) -> Path:
-    spec = importlib.util.spec_from_file_location("tinynet_checks", model_file)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    w = tmp_path / "w.pt"
-    torch.save(mod.tinynet().state_dict(), w)
-    return w
-
-
 @pytest.fixture
-def run_args(tiny_npz, tiny_model_file, tmp_path):
-    w = _weights(tiny_model_file, tmp_path)
+def run_args(tiny_npz, tiny_model_file, tiny_weights, tmp_path):
+    w = tiny_weights
 
     def args(*extra, out="run"):
         return ["run", "--model", f"{tiny_model_file}:tinynet", "--checkpoint", w, "--data", f"npz:{tiny_npz}",

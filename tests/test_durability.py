@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -331,25 +330,9 @@ def test_write_file_is_atomic_and_names_the_file_on_a_full_disk(tmp_path, monkey
 @pytest.fixture
 def stopped_run(cli, model_file, tiny_npz, tmp_path, monkeypatch):
     """A run stopped (as by SIGINT) after three batches: its .partial folder with samples.csv and a checkpoint."""
-    from freqprobe import Metric
-    from freqprobe.journal import request_stop
+    from test_resume import _stopping_metric  # the stopping metric of the resume tests
 
-    class Stopping(Metric):
-        name = "stopping"
-        calls = {"n": 0}
-
-        def __init__(self, ctx=None):
-            super().__init__(ctx)
-            self.add_state("seen", 0)
-
-        def update(self, outputs, targets):
-            self.seen += len(targets)
-            type(self).calls["n"] += 1
-            if type(self).calls["n"] == 5 * 3:
-                request_stop(signal.SIGINT)
-
-        def compute(self):
-            return float(self.seen)
+    Stopping = _stopping_metric(5 * 3)  # after three batches (5 variants each)
 
     out = tmp_path / "out"
     kw = dict(data=f"npz:{tiny_npz}", params="4,8", batch_size=4, fit=False, device="cpu", metrics=("accuracy", "stopping"))

@@ -200,18 +200,9 @@ def test_bad_distributions_reported_once_with_their_dist(tmp_path):
 
 
 # ------------------------------------------------------------------ failures at run time
-def _weights(tiny_model_file, tmp_path):
-    spec = importlib.util.spec_from_file_location("tinynet_hard", tiny_model_file)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    w = tmp_path / "w.pt"
-    torch.save(mod.tinynet().state_dict(), w)
-    return w
-
-
 @pytest.fixture
-def run_args(tiny_npz, tiny_model_file, tmp_path):
-    w = _weights(tiny_model_file, tmp_path)
+def run_args(tiny_npz, tiny_model_file, tiny_weights, tmp_path):
+    w = tiny_weights
 
     def args(*extra, out="run"):
         return ["run", "--model", f"{tiny_model_file}:tinynet", "--checkpoint", w, "--data", f"npz:{tiny_npz}",

@@ -30,20 +30,6 @@ FIX = Path(__file__).resolve().parent / "fixtures"
 GT_DETECTOR = f"{FIX / 'gt_detector.py'}:gt_detector"
 
 
-@pytest.fixture
-def cli(cli, coco_pm):
-    """The root conftest's in-process console entry, with the COCO plugin registered."""
-    return cli
-
-
-@pytest.fixture
-def coco_mini(shared_data) -> dict:
-    d = shared_data / "coco_val2017_mini"
-    if not (d / "instances_val2017_mini.json").is_file():
-        pytest.skip(f"COCO mini set not found in {d} (../shared/data/coco_val2017_mini)")
-    return {"images": d / "val2017", "ann": d / "instances_val2017_mini.json"}
-
-
 # ---------------------------------------------------------------- small hand-written files
 def small_set(tmp_path: Path) -> tuple[Path, dict]:
     """Three real 12×10 PNGs and a valid instances dict for them (two categories, four annotations)."""

@@ -25,21 +25,6 @@ NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs
 
 
 @pytest.fixture
-def cli(cli, coco_pm):
-    """The root conftest's in-process console entry, with the COCO plugin registered."""
-    return cli
-
-
-@pytest.fixture
-def coco_mini(shared_data) -> dict:
-    d = shared_data / "coco_val2017_mini"
-    if not (d / "instances_val2017_mini.json").is_file():
-        pytest.skip(f"COCO mini set not found in {d}")
-    return {"images": d / "val2017", "ann": d / "instances_val2017_mini.json",
-            "spec": f"coco:{d / 'val2017'}:{d / 'instances_val2017_mini.json'}"}
-
-
-@pytest.fixture
 def fastestdet(shared_data) -> str:
     pytest.importorskip("onnxruntime")
     if not (shared_data / "coco_detector_fastestdet" / "FastestDet.onnx").is_file():

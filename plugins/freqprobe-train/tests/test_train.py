@@ -17,23 +17,6 @@ from freqprobe import StopRequested
 from freqprobe.journal import clear_stop, request_stop  # test-only: a stop as a signal handler asks for it
 
 
-@pytest.fixture
-def train_pm(first_party_pm):
-    """The CLI's default plugin manager with the train and attacks plugins."""
-    return first_party_pm("train", "attacks")
-
-
-@pytest.fixture
-def cli(cli, train_pm):
-    return cli
-
-
-@pytest.fixture
-def mnist(shared_data) -> list[str]:
-    root = shared_data / "mnist_test"
-    if not (root / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"MNIST test files not found in {root}")
-    return ["--data", "mnist", "--data-root", str(root), "--holdout", "0.2"]
 
 
 def read_csv(path: Path) -> list[dict]:

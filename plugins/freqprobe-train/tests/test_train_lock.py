@@ -21,22 +21,6 @@ import torch
 from freqprobe.journal import partial_dir
 
 
-@pytest.fixture
-def train_pm(first_party_pm):
-    return first_party_pm("train", "attacks")
-
-
-@pytest.fixture
-def cli(cli, train_pm):
-    return cli
-
-
-@pytest.fixture
-def mnist(shared_data) -> list[str]:
-    root = shared_data / "mnist_test"
-    if not (root / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"MNIST test files not found in {root}")
-    return ["--data", "mnist", "--data-root", str(root), "--holdout", "0.2"]
 
 
 #: data that cannot be loaded: a check that comes first answers before it is read
