@@ -10,6 +10,8 @@ the files one process writes. The other ranks write nothing.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
 import os
 from typing import Any
@@ -60,8 +62,22 @@ def setup(device: str) -> tuple[Dist | None, str]:
         device = "cpu"
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        atexit.register(_leave)
     group = dist.new_group(backend="gloo") if use_cuda else None
     return Dist(rank, world, local_rank, group), device
+
+
+def _leave() -> None:
+    """At exit: wait until every rank is done, then take the process group down (a rank with no batches, done early,
+    would otherwise tear its communication threads down under the others: an abort instead of exit code 0)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    with contextlib.suppress(Exception):
+        dist.barrier()
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()
 
 
 def gather_state(state: Any, d: Dist) -> Any:

@@ -8,6 +8,7 @@ Entry-point cases use real distributions on disk (``make_dist``), loaded in-proc
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -126,8 +127,12 @@ def test_a_real_interrupt_while_a_plugin_imports_still_interrupts(load_site, tmp
     src = "import _thread, time\n_thread.interrupt_main()\nfor _ in range(500):\n    time.sleep(0.01)\n"
     site = tmp_path / "site"
     make_dist(site, "slowplug", {"slowplug": "slowmod_interrupt"}, {"slowmod_interrupt": src})
-    with pytest.raises(KeyboardInterrupt):
-        load_site(site, default=False)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background job inherits SIG_IGN)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            load_site(site, default=False)
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def test_hooks_that_exit_while_loading_are_skipped(use_pm, cli):
