@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import freqprobe
 from freqprobe import synth
 from freqprobe.cli import main
 
-from conftest import FIXTURES
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 SMALL_CNN = f"{FIXTURES / 'small_cnn.py'}:small_cnn"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 import signal
 
 import numpy as np
@@ -230,7 +231,7 @@ def test_pgd_random_start_is_seeded_and_resume_is_identical(apm, netfile, tiny_n
 
 def test_real_resnet20_first100(cli, apm, shared_data, tmp_path):
     """The akamaster ResNet-20 on the first 100 lossless CIFAR-10 test images: FGSM and PGD lower its accuracy."""
-    from conftest import REPO
+    REPO = Path(__file__).resolve().parents[3]
 
     out = tmp_path / "r20"
     rc, _, err = cli("run", "--model", f"{REPO / 'tests' / 'fixtures' / 'cifar_resnet.py'}:resnet20",
