@@ -64,9 +64,14 @@ def test_importable_module_callable_spec(tmp_path, monkeypatch):
 
 
 def test_timm_hf_hub_offline_is_a_fast_one_line_error():
+    import timm
+
+    t0 = time.perf_counter()
+    timm.create_model("resnet18")
+    budget = 15 + 10 * (time.perf_counter() - t0)  # a busy machine gets longer; hub retries take minutes
     t0 = time.perf_counter()
     with pytest.raises(UserFacingError) as ei:
         freqprobe.build_model("timm:hf-hub:timm/resnet18.a1_in1k", pretrained=True)
-    assert time.perf_counter() - t0 < 15
+    assert time.perf_counter() - t0 < budget
     msg = str(ei.value)
     assert "\n" not in msg and "--checkpoint" in msg
