@@ -206,7 +206,7 @@ def _decompose(app: CommandContext, c: RunConfig) -> None:
     batch_size = c.batch_size or getattr(data, "default_batch_size", None) or 256
     n = len(data) if c.limit is None else min(c.limit, len(data))
     common = dict(limit=n, batch_size=batch_size, device=device, progress=app.progress("decompose", n), resume=c.resume,
-                  announce=app.say, resume_hint=app.resume_hint())
+                  announce=app.say, resume_hint=app.resume_hint(), workers=c.workers)
     with app.warnings_as_lines(), app.stop_on_signals():
         if as_npz:
             keys = export_npz(data, dec, params, out, rescale=None if rescale_name == "none" else rescale, **common)

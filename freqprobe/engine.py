@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import queue
-import threading
 import time
 from collections import defaultdict
 from typing import Any, Iterator, Mapping, Sequence
@@ -27,6 +25,7 @@ from .errors import (FreqprobeError, IncompatibleError, ModelError, NonFiniteOut
                      UserFacingError, exception_line)
 from .evaluators import EvalStep, Metric, StateError, as_evaluator
 from .interfaces import Batch, ProbeResult, SourceBatch, Variant, VariantSource
+from .loading import iter_batches
 from .sources import DecomposerSource, OriginalSource  # noqa: F401  (the loop's built-in sources, importable from here as before)
 from .tables import SampleTable, extra_columns
 
@@ -44,6 +43,8 @@ class EngineSettings:
     #: images per forward pass; None: the whole stack of a batch's variants, up to ``stack_bytes`` of input
     forward_batch: int | None = None
     prefetch: bool = False
+    #: worker processes reading the data (``--workers``, resolved: freqprobe.loading)
+    workers: int = 0
     cudnn_benchmark: bool = False
     #: with ``forward_batch`` None: the most bytes of input images one forward pass takes
     stack_bytes: int = 256 << 20
@@ -58,6 +59,8 @@ class EngineSettings:
             raise UserFacingError(f"--forward-batch must be at least 1, got {fb}")
         if fb is None and not cuda:
             fb = ctx.batch_size  # 2-core CPU: batch-sized forwards are fastest (docs/benchmarks.md)
+        from .loading import resolve_workers
+
         return cls(
             device=dev,
             precision=ctx.precision,
@@ -65,6 +68,7 @@ class EngineSettings:
             forward_batch=fb,
             prefetch=cuda,
             cudnn_benchmark=cuda,
+            workers=resolve_workers(getattr(ctx, "workers", 0), ctx.data),
         )
 
     def describe(self) -> dict[str, Any]:
@@ -150,57 +154,6 @@ class StageTimer:
                 self.totals[name] += start.elapsed_time(end) / 1000.0
             self._events.clear()
         return {f"{k}_s": v for k, v in self.totals.items()}
-
-
-_END = object()
-
-
-class Prefetcher:
-    """Loads the next batches in a background thread (in pinned memory for a GPU) while the device works."""
-
-    def __init__(self, batches: Iterator[Batch], *, pin: bool, depth: int = 2) -> None:
-        self._q: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._pin = pin
-        self._thread = threading.Thread(target=self._work, args=(batches,), daemon=True, name="freqprobe-prefetch")
-        self._thread.start()
-
-    def _work(self, batches: Iterator[Batch]) -> None:
-        try:
-            for b in batches:
-                if self._pin:
-                    b = Batch(_pin(b.images), _pin(b.targets), b.indices)
-                while not self._stop.is_set():
-                    try:
-                        self._q.put(b, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
-                    return
-            self._q.put(_END)
-        except BaseException as exc:  # re-raised in the consumer
-            self._q.put(exc)
-
-    def __iter__(self) -> Iterator[Batch]:
-        try:
-            while True:
-                item = self._q.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            self._stop.set()
-
-
-def _pin(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.pin_memory()
-    if isinstance(x, list):
-        return [_pin(t) for t in x]
-    return x
 
 
 def _to(x: Any, device: torch.device) -> Any:
@@ -372,10 +325,8 @@ class Evaluation:
 
     def batches(self) -> Iterator[Batch]:
         ctx = self.ctx
-        batches = ctx.data.batches_from(self.start, ctx.batch_size, limit=ctx.limit, shard=ctx.shard)
-        if self.settings.prefetch:
-            batches = iter(Prefetcher(batches, pin=self.dev.type == "cuda"))
-        return batches
+        return iter_batches(ctx.data, ctx.batch_size, start=self.start, limit=ctx.limit, shard=ctx.shard,
+                            workers=self.settings.workers, pin=self.settings.prefetch)
 
     def step(self, batch: Batch) -> None:
         """One batch through the stages."""

@@ -112,9 +112,12 @@ def _reserve(path: Path) -> None:
                 raise
 
 
-def _rest(data: DataSource, done: int, batch_size: int, n: int):
-    """The batches after the first ``done`` samples (none when all ``n`` are done: only the end is left to write)."""
-    return data.batches_from(done // batch_size, batch_size, limit=n) if done < n else iter(())
+def _rest(data: DataSource, done: int, batch_size: int, n: int, workers: int | None = 0):
+    """The batches after the first ``done`` samples (none when all ``n`` are done: only the end is left to write),
+    read with ``workers`` worker processes (freqprobe.loading)."""
+    from .loading import iter_batches
+
+    return iter_batches(data, batch_size, start=done // batch_size, limit=n, workers=workers) if done < n else iter(())
 
 
 def _stopped(exc: StopRequested, done: int, n: int, ws, resume_hint: str | None) -> StopRequested:
@@ -136,6 +139,7 @@ def export_npz(
     resume: bool = False,
     announce: Callable[[str], None] | None = None,
     resume_hint: str | None = None,
+    workers: int | None = 0,
 ) -> list[str]:
     """Write ``x``, ``y``, ``layout`` and one float32 N×C×H×W array per component and parameter into ``path`` (.npz).
 
@@ -166,7 +170,7 @@ def export_npz(
         rec = _Done(ws, done, n, flush=lambda m=mapped: [a.flush() for a in m])
         pos = done
         try:
-            for x, y, _ in _rest(data, done, batch_size, n):
+            for x, y, _ in _rest(data, done, batch_size, n, workers):
                 check_stop("the export")
                 b = len(x)
                 x = x.to(device)
@@ -235,6 +239,7 @@ def export_png(
     resume: bool = False,
     announce: Callable[[str], None] | None = None,
     resume_hint: str | None = None,
+    workers: int | None = 0,
 ) -> list[str]:
     """One sub-folder per component and parameter (plus ``original``), one PNG per sample: ``00042_label3.png``."""
     from PIL import Image
@@ -262,7 +267,7 @@ def export_png(
         rec = _Done(ws, done, n)
         pos = done
         try:
-            for x, y, idx in _rest(data, done, batch_size, n):
+            for x, y, idx in _rest(data, done, batch_size, n, workers):
                 check_stop("the export")
                 x = x.to(device)
                 save("original", x, idx, y)
@@ -335,6 +340,7 @@ def export_images(
     resume: bool = False,
     announce: Callable[[str], None] | None = None,
     resume_hint: str | None = None,
+    workers: int | None = 0,
 ) -> list[str]:
     """A folder for data whose images differ in size: each image decomposed on its own, at its own size.
 
@@ -367,7 +373,7 @@ def export_images(
         rec = _Done(ws, done, n)
         pos = done
         try:
-            for images, _, idx in _rest(data, done, batch_size, n):
+            for images, _, idx in _rest(data, done, batch_size, n, workers):
                 check_stop("the export")
                 if isinstance(images, torch.Tensor):
                     images = list(images.unbind(0))

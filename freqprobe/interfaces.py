@@ -202,7 +202,7 @@ class ModelAdapter(ABC):
         stats = self._stats(images01)
         if stats is None:
             return images01
-        return (images01 - stats[0]) / stats[1]
+        return (images01 - stats[0]).div_(stats[1])  # = (x - mean) / std, without a second image-sized temporary
 
     def forward(self, images01: "torch.Tensor") -> "torch.Tensor":
         """Differentiable call (for attacks and training): normalise, then run the module."""
@@ -425,8 +425,9 @@ class DataSource(ABC):
     """A labelled image set streamed as :class:`Batch` es of float [0,1] images.
 
     Implement ``__len__`` and :meth:`load` (the images and targets of given sample indices);
-    :meth:`batches` then does limits, shuffling and sharding. A source may override
-    :meth:`batches` instead when it cannot load by index.
+    the core then does limits, shuffling and sharding, and calls :meth:`load` in ``--workers``
+    worker processes (freqprobe.loading: one batch per call, delivered in data order). A source
+    may override :meth:`batches` instead when it cannot load by index; it is then read in this process.
     """
 
     name: ClassVar[str]
@@ -442,6 +443,9 @@ class DataSource(ABC):
     default_fit_lr: ClassVar[float] = 1e-4
     #: images per batch when the user gives no ``--batch-size`` (None: 128)
     default_batch_size: ClassVar[int | None] = None
+    #: images already decoded in memory (arrays): ``--workers auto`` reads them in this process, where
+    #: a worker would only copy them (freqprobe.loading); a source that decodes files leaves it False
+    in_memory: ClassVar[bool] = False
 
     def __init__(self, argument: str | None = None, *, root: "Path | None" = None, split: str = "test", **options: Any):
         self.argument, self.root, self.split = argument, root, split

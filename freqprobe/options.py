@@ -294,6 +294,23 @@ def parse_numbers(text: str | Sequence[float] | None, what: str, *, example: str
 
 
 
+#: the help of ``--workers`` (``run``, ``decompose``, and the train plugin's ``train``)
+WORKERS_HELP = ("Worker processes that read and decode the images (0: in this process; default auto: the cores "
+                "available less one, at most 16, or 0 for data already decoded in memory). Results are identical for every N.")
+
+
+def _workers_from_cli(v: Any) -> Any:
+    from .loading import check_workers
+
+    return None if v is None else check_workers(v)
+
+
+def _check_workers(v: Any, pm: Any = None) -> None:
+    from .loading import check_workers
+
+    check_workers(v)
+
+
 # ----------------------------------------------------------------------------- the core's own options of `run`
 def _core_run_options() -> list[Option]:
     p = OptionParser(CORE)
@@ -331,6 +348,7 @@ def _core_run_options() -> list[Option]:
     add("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
     add("--batch-size", type=int, help="Images read per batch (each batch is evaluated in every variant); default: the data's "
         "(128 unless it says otherwise, e.g. 8 for detection images).")
+    add("--workers", metavar="N|auto", help=WORKERS_HELP, from_cli=_workers_from_cli, check=_check_workers)
     add("--forward-batch", type=int, help="Images per forward pass; the variants of a batch are concatenated and cut into equal "
         "chunks of at most this (default: the batch size on CPU; on CUDA all variants of a batch at once, up to 256 MiB of images).")
     add("--precision", type=("fp32", "tf32", "bf16", "fp16"), default="fp32", show_default=True,
@@ -369,6 +387,7 @@ def _core_decompose_options() -> list[Option]:
         "For images of different sizes it applies to the PNGs only (folder png-NAME); the .npy arrays are never rescaled.")
     add("--device", default="auto", show_default=True)
     add("--batch-size", type=int, help="Images read per batch; default the data's own (e.g. 8 for detection images), else 256.")
+    add("--workers", metavar="N|auto", help=WORKERS_HELP, from_cli=_workers_from_cli, check=_check_workers)
     add("--seed", type=int, default=0, show_default=True)
     add("--out", required=True, type="path", help="FILE.npz for arrays, or a folder for PNG images "
         "(images of different sizes, e.g. detection data: a folder only, with npy/, png-RESCALE/ and original/).")

@@ -20,7 +20,9 @@ first-party plugins use nothing else, and a test keeps it so.
   instance's parts, checked), :func:`save_model` (a ``model.pt`` that carries its normalisation),
   :class:`SampleTable`, :func:`write_summary`;
 - evaluators: :class:`StateError`, :data:`REDUCTIONS`; torchrun: :func:`torchrun_env`,
-  :func:`join_torchrun`, :class:`Dist`.
+  :func:`join_torchrun`, :class:`Dist`;
+- data: :func:`iter_batches` (a data source's batches, read in ``--workers`` worker processes, in data
+  order: what ``run``, ``decompose`` and ``train`` read with), :func:`check_workers` (a ``--workers`` value).
 
 Names are loaded on first use, so importing this module costs nothing until one is used.
 """
@@ -65,6 +67,8 @@ _NAMES = {
     "torchrun_env": ("distributed", "from_env"),
     "join_torchrun": ("distributed", "setup"),
     "Dist": ("distributed", "Dist"),
+    "iter_batches": ("loading", "iter_batches"),
+    "check_workers": ("loading", "check_workers"),
 }
 
 

@@ -112,6 +112,11 @@ class RunContext:
         return self.config.get("forward_batch")
 
     @property
+    def workers(self) -> int | None:
+        """``--workers``: worker processes reading the data (None: auto; freqprobe.loading)."""
+        return self.config.get("workers")
+
+    @property
     def allow_nonfinite(self) -> bool:
         return bool(self._cfg("allow_nonfinite", False))
 

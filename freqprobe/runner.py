@@ -613,7 +613,7 @@ def fit_stage(ctx: RunContext, pm, *, progress=None, say=None) -> dict | None:
     )
     cb = progress("fitting", len(train) * epochs) if progress else None
     return _fit(
-        ctx.adapter, train, epochs=epochs, lr=lr, batch_size=100, seed=c.seed, device=ctx.device, progress=cb,
+        ctx.adapter, train, epochs=epochs, lr=lr, batch_size=100, seed=c.seed, device=ctx.device, progress=cb, workers=c.workers,
         on_epoch=lambda e, r: say(f"  epoch {e}/{epochs}: loss {r['loss']:.3f}, train accuracy {r['train_accuracy']:.3f}"),
     )
 
@@ -800,7 +800,7 @@ def fingerprint(config: RunConfig, ctx: RunContext) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for name, v in config.items():
-        if name in ("out", "command", "resume", "batch_size_resolved"):
+        if name in ("out", "command", "resume", "batch_size_resolved", "workers"):  # workers: the same results for every N
             continue
         if isinstance(v, ModelAdapter):
             v = f"{type(v).__name__}:{module_digest(v.module)}"

@@ -10,6 +10,7 @@ import torch
 
 from .interfaces import DataSource, ModelAdapter
 from .journal import check_stop
+from .loading import iter_batches
 
 log = logging.getLogger("freqprobe.training")
 
@@ -25,10 +26,12 @@ def fit(
     device: torch.device | str = "cpu",
     progress: Callable[[int], None] | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
+    workers: int | None = 0,
 ) -> dict:
     """Train ``adapter.module`` on ``data`` (its train split) with Adam and cross-entropy.
 
-    Images stay in [0,1]; the adapter normalises. Returns a record for the manifest.
+    Images stay in [0,1]; the adapter normalises; ``workers`` read them (freqprobe.loading). Returns a record
+    for the manifest.
     """
     torch.manual_seed(seed)
     adapter.to(device)
@@ -45,7 +48,7 @@ def fit(
     for epoch in range(epochs):
         correct = total = 0
         loss_sum = 0.0
-        for x, y, _ in data.batches(batch_size, shuffle=True, seed=seed * 1000 + epoch):
+        for x, y, _ in iter_batches(data, batch_size, shuffle=True, seed=seed * 1000 + epoch, workers=workers):
             check_stop("fitting")  # SIGINT/SIGTERM under the CLI: stop between batches
             x, y = x.to(device), y.to(device)
             opt.zero_grad(set_to_none=True)

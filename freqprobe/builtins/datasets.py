@@ -30,6 +30,8 @@ def default_data_root() -> Path:
 class ArrayDataSource(DataSource):
     """Base for sources held as arrays: uint8 N×H×W×C / N×H×W (0..255) or float in [0,1], plus int labels."""
 
+    in_memory = True
+
     x: np.ndarray
     y: np.ndarray
 
