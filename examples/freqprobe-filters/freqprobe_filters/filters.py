@@ -12,23 +12,29 @@ smooth transfer function H(d) in [0, 1] instead of keeping or dropping it:
 low = F⁻¹(H · F(x)), high = x - low, per channel. H is real, H(0) = 1 (a constant image is all
 low) and H(-f) = H(f), so the filtered spectrum is Hermitian and its inverse is real: it is computed
 exactly with a real FFT pair (``rfft2``/``irfft2``), as ``fft-radial`` does.
+
+torch is imported where it is used, not at the top: registering the classes (what ``freqprobe --help``
+and ``freqprobe plugins`` do) imports this module, and should not cost an ``import torch``.
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Any, Iterable, Iterator, Mapping
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from freqprobe import Decomposer, UserFacingError
+
+if TYPE_CHECKING:  # annotations only
+    import torch
 
 __all__ = ["RadialFilterDecomposer", "GaussianDecomposer", "ButterworthDecomposer", "signed_freqs"]
 
 
 def signed_freqs(n: int) -> torch.Tensor:
     """Signed integer frequency of each unshifted FFT index (``np.fft.fftfreq(n) * n``), int64."""
+    import torch
+
     k = torch.arange(n, dtype=torch.int64)
     return torch.where(k < (n + 1) // 2, k, k - n)
 
@@ -63,11 +69,17 @@ class RadialFilterDecomposer(Decomposer):
         w: int,
         r: float,
         device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         *,
         full: bool = False,
     ) -> torch.Tensor:
-        """The low-pass transfer function in unshifted FFT layout: (h, w//2+1) for the real FFT, (h, w) with ``full``."""
+        """The low-pass transfer function in unshifted FFT layout: (h, w//2+1) for the real FFT, (h, w) with ``full``.
+
+        ``dtype`` defaults to float32.
+        """
+        import torch
+
+        dtype = torch.float32 if dtype is None else dtype
         key = (h, w, float(r), str(torch.device(device)), dtype, full)
         m = self._masks.get(key)
         if m is not None:
@@ -90,6 +102,8 @@ class RadialFilterDecomposer(Decomposer):
         self, x: torch.Tensor, params: Iterable[Any], *, out: Mapping[Any, Mapping[str, torch.Tensor]] | None = None
     ) -> Iterator[tuple[Any, dict]]:
         """All radii from one spectrum of the batch; ``out`` as for :meth:`freqprobe.Decomposer.decompose_all`."""
+        import torch
+
         params = list(params)
         per_param = out is not None and not all(c in out for c in self.components)
         h, w = x.shape[-2:]
@@ -120,6 +134,8 @@ class RadialFilterDecomposer(Decomposer):
     @staticmethod
     def _targets(out: Mapping[str, torch.Tensor] | None, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(low, high): the caller's buffers from ``out``, or new tensors like ``x``."""
+        import torch
+
         if out is not None:
             return out["low"], out["high"]
         new = lambda: torch.empty_like(x, memory_format=torch.contiguous_format)  # noqa: E731
@@ -128,6 +144,8 @@ class RadialFilterDecomposer(Decomposer):
     @staticmethod
     def _view(t: torch.Tensor, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
         """A (B, H, W) view of ``t`` to write into, or a scratch tensor when ``t`` is not contiguous or not ``dtype``."""
+        import torch
+
         if t.is_contiguous() and t.dtype == dtype:
             return t.view(shape)
         return torch.empty(shape, dtype=dtype, device=t.device)
@@ -139,6 +157,8 @@ class GaussianDecomposer(RadialFilterDecomposer):
     name = "gaussian"
 
     def transfer(self, d2: torch.Tensor, r: float) -> torch.Tensor:
+        import torch
+
         q = torch.sqrt(d2) / r  # d/r, not d²/r²: r*r would underflow to 0 for a tiny r (0/0 at the centre)
         return torch.exp(-0.5 * q * q)
 
@@ -178,5 +198,7 @@ class ButterworthDecomposer(RadialFilterDecomposer):
 
     def transfer(self, d2: torch.Tensor, r: float) -> torch.Tensor:
         # overflow of (d/r)^(2n) to inf gives H = 0, underflow to 0 gives H = 1
+        import torch
+
         q = torch.sqrt(d2) / r
         return 1.0 / (1.0 + q ** (2 * self.order))

@@ -26,6 +26,9 @@ compared with ``torchattacks.FGSM`` / ``PGD`` / ``PGDL2`` on a model that normal
   seed per batch);
 * an active autocast (``--precision bf16``) is respected: the model runs in it, the loss and
   the images stay float32.
+
+torch is imported inside the functions that use it: registering the attacks (``freqprobe --help`` lists
+them) imports this module without loading torch.
 """
 
 from __future__ import annotations
@@ -33,12 +36,12 @@ from __future__ import annotations
 import contextlib
 import math
 import weakref
-from typing import Any, ClassVar, Iterator, Mapping
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping
 
 from freqprobe import Attack, ModelAdapter, UserFacingError
+
+if TYPE_CHECKING:  # annotations only
+    import torch
 
 __all__ = ["ATTACKS", "FGSM", "PGD", "folded_module"]
 
@@ -69,6 +72,7 @@ def _fingerprint(module: torch.nn.Module) -> tuple:
 
 
 def _foldable(module: torch.nn.Module) -> bool:
+    import torch
     from torch.nn.modules.batchnorm import _BatchNorm
     from torch.nn.utils import parametrize
 
@@ -94,6 +98,8 @@ def folded_module(module: torch.nn.Module, probe: torch.Tensor | None = None) ->
     parameters do not require gradients; it is cached per module until a parameter or buffer
     changes (in place too) or a mode flips.
     """
+    import torch
+
     key = _fingerprint(module)
     hit = _FOLDED.get(module)
     if hit is not None and hit[0] == key:
@@ -150,13 +156,17 @@ class _GradientAttack(Attack):
 
     def _loss_grad(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """∇x Σ CE(adapter.forward(x), labels), for a leaf ``x`` (float32, requires grad)."""
+        import torch
+
         logits = self._logits(x)
-        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
         (grad,) = torch.autograd.grad(loss, x)
         return grad
 
     def _prepare(self, images01: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normal (non-inference) copies: x0 in float32 or float64 (channels_last when 4-D), labels as int64."""
+        import torch
+
         if not isinstance(images01, torch.Tensor) or images01.dim() < 2:
             raise UserFacingError(f"attack '{self.name}' needs a batch tensor of images, got {type(images01).__name__}")
         fmt = torch.channels_last if self.channels_last and images01.dim() == 4 else torch.contiguous_format
@@ -166,6 +176,8 @@ class _GradientAttack(Attack):
         return x0, y
 
     def forward(self, images01: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        import torch
+
         with torch.inference_mode(False), torch.enable_grad(), _frozen(self.adapter.module):
             x0, y = self._prepare(images01, labels)
             self._net = self._folded(x0)
@@ -178,6 +190,8 @@ class _GradientAttack(Attack):
 
     def _folded(self, x0: torch.Tensor) -> torch.nn.Module | None:
         """The BN-folded copy of the adapter's module, when folding applies (the adapter's own differentiable call is the default one)."""
+        import torch
+
         ad = self.adapter
         if not self.fold_batchnorm or type(ad).forward is not ModelAdapter.forward:
             return None
@@ -195,6 +209,8 @@ class _GradientAttack(Attack):
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    import torch
+
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
@@ -258,6 +274,8 @@ class PGD(_GradientAttack):
         return 2.5 * self.eps / self.steps if a is None else float(a)
 
     def _generator(self, x: torch.Tensor) -> torch.Generator:
+        import torch
+
         g = torch.Generator(device=x.device)
         g.manual_seed(self.seed)
         return g
@@ -268,6 +286,8 @@ class PGD(_GradientAttack):
         return self._attack_linf(x0, y)
 
     def _attack_linf(self, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        import torch
+
         eps, alpha = self.eps, self.alpha
         x = x0.clone()
         if self.opts["random_start"]:
@@ -282,6 +302,8 @@ class PGD(_GradientAttack):
         return x
 
     def _attack_l2(self, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        import torch
+
         eps, alpha = self.eps, self.alpha
         n = x0.shape[0]
         view = (n,) + (1,) * (x0.dim() - 1)
@@ -307,6 +329,8 @@ class PGD(_GradientAttack):
 
 def _norms(t: torch.Tensor) -> torch.Tensor:
     """Per-sample L2 norms (N,) of an N×... tensor in any memory format."""
+    import torch
+
     return torch.linalg.vector_norm(t, ord=2, dim=tuple(range(1, t.dim())))
 
 

@@ -25,6 +25,8 @@ Evaluators add the two things no neighbour offers:
 the run's configuration; without them Table 2's attacks (fgsm, pgd) and budgets (0.03, 0.06, 0.09).
 Both evaluators keep declared state, so a run resumes and merges across torchrun processes; float
 sums are kept per batch and added up in batch order, so they come out bit for bit the same.
+
+torch is imported where it is used: registering the probe (``freqprobe --help``) does not load it.
 """
 
 from __future__ import annotations
@@ -32,8 +34,6 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
-
-import torch
 
 from freqprobe import (DecomposerSource, Evaluator, EvalStep, OriginalSource, Probe, RunContext, UserFacingError, Variant,
                        VariantSource)
@@ -74,6 +74,8 @@ class AttackSource(VariantSource):
         return atk
 
     def generate(self, batch, ctx, out=None):
+        import torch
+
         images, targets, idx = batch.images, batch.targets, batch.indices
         if not isinstance(images, torch.Tensor):
             raise UserFacingError("the robustness probe needs images of one size per batch (a classifier's data)")
@@ -115,6 +117,8 @@ class PerturbationSpectrum(Evaluator):
         self.add_state("n", 0, reduce="sum")
 
     def process(self, step: EvalStep) -> None:
+        import torch
+
         x = step.images[self.original]
         low = self.decomposer.components[0]
         sums = []

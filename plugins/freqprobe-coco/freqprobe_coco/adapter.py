@@ -1,15 +1,18 @@
-"""The detector adapter: [0, 1] images in, per-image ``boxes``/``scores``/``labels`` (COCO category ids) out."""
+"""The detector adapter: [0, 1] images in, per-image ``boxes``/``scores``/``labels`` (COCO category ids) out.
+
+torch and numpy are imported where they are used: registering the adapter loads neither.
+"""
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Mapping, Sequence
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from freqprobe import IncompatibleError, ModelAdapter, UserFacingError
 from freqprobe.plugin import exception_line
+
+if TYPE_CHECKING:  # annotations only
+    import torch
 
 OUTPUT_KEYS = ("boxes", "scores", "labels")
 
@@ -33,6 +36,8 @@ class DetectorAdapter(ModelAdapter):
     default_forward_batch = 8
 
     def normalize(self, images01: Any) -> Any:
+        import torch
+
         if isinstance(images01, torch.Tensor):
             return super().normalize(images01)
         if self.mean is None and self.std is None:
@@ -42,25 +47,30 @@ class DetectorAdapter(ModelAdapter):
     def forward(self, images01: Any) -> Any:
         return self.module(self.normalize(list(images01)))
 
-    @torch.inference_mode()
     def predict(self, images01: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """Detections for a list of C×H×W [0, 1] images, in eval mode, in chunks of :attr:`forward_batch` images."""
-        images = list(images01) if not isinstance(images01, torch.Tensor) else list(images01.unbind(0))
-        was_training = self.module.training
-        self.module.eval()
-        try:
-            fb = int(self.forward_batch or self.default_forward_batch)
-            out: list = []
-            for s in range(0, len(images), fb):
-                chunk = images[s:s + fb]
-                got = self.module(self.normalize(chunk))
-                out.extend(self._clean(got, len(chunk)))
-            return out
-        finally:
-            self.module.train(was_training)
+        """Detections for a list of C×H×W [0, 1] images, in eval and inference mode, in chunks of :attr:`forward_batch` images."""
+        import torch
+
+        with torch.inference_mode():
+            images = list(images01) if not isinstance(images01, torch.Tensor) else list(images01.unbind(0))
+            was_training = self.module.training
+            self.module.eval()
+            try:
+                fb = int(self.forward_batch or self.default_forward_batch)
+                out: list = []
+                for s in range(0, len(images), fb):
+                    chunk = images[s:s + fb]
+                    got = self.module(self.normalize(chunk))
+                    out.extend(self._clean(got, len(chunk)))
+                return out
+            finally:
+                self.module.train(was_training)
 
     def _clean(self, got: Any, n: int) -> list[dict[str, torch.Tensor]]:
         """The model's per-image dicts as float32 boxes/scores and int64 labels (or one line saying what is wrong)."""
+        import numpy as np
+        import torch
+
         name = self.spec or type(self.module).__name__
         if isinstance(got, tuple) and len(got) == 2 and isinstance(got[1], (list, tuple)):
             got = got[1]  # torchvision's scripted detectors return (losses, detections)
@@ -87,6 +97,8 @@ class DetectorAdapter(ModelAdapter):
 
     # -- the task contract ---------------------------------------------------------------------
     def sample_values(self, outputs: Any, targets: Any) -> dict[str, Any]:
+        import torch
+
         from .match import match_images
 
         got = match_images(
@@ -100,6 +112,9 @@ class DetectorAdapter(ModelAdapter):
 
     def check_data(self, data: Any, device: torch.device) -> None:
         """One forward of the data's first two images: the output contract, boxes in pixels, labels that are category ids."""
+        import numpy as np
+        import torch
+
         name = self.spec or type(self.module).__name__
         if getattr(data, "task", "classification") != "detection":
             raise IncompatibleError(f"{name} is a detector but the data set {data.name!r} holds {data.task} targets; "
@@ -144,6 +159,8 @@ class DetectorAdapter(ModelAdapter):
 
 def _looks_like_a_classifier(module: Any, images: list) -> bool:
     """Whether ``module`` maps a stacked batch of (resized) images to one tensor: a classifier given to a detection probe."""
+    import torch
+
     try:
         x = torch.nn.functional.interpolate(images[0][None], size=(32, 32))
         with torch.inference_mode():

@@ -1,4 +1,7 @@
-"""``coco:IMAGES_DIR:ANNOTATIONS.json``: a COCO detection set read through pycocotools' COCO API."""
+"""``coco:IMAGES_DIR:ANNOTATIONS.json``: a COCO detection set read through pycocotools' COCO API.
+
+torch, numpy and pycocotools are imported where they are used: registering the data source loads none of them.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +11,14 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from freqprobe import Batch, DataSource, UserFacingError
 from freqprobe.plugin import read_image
+
+if TYPE_CHECKING:  # annotations only
+    import numpy as np
+    import torch
 
 
 def load_coco(path: str | os.PathLike, *, lenient: bool = False):
@@ -120,6 +124,9 @@ class CocoDataSource(DataSource):
         """Ground truth of one image: ``boxes`` (x1, y1, x2, y2), ``labels`` (category ids), ``iscrowd``, ``image_id``."""
         got = self._targets.get(image_id)
         if got is None:
+            import numpy as np
+            import torch
+
             anns = self.coco.imgToAnns.get(image_id, [])
             xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
             xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
@@ -133,6 +140,9 @@ class CocoDataSource(DataSource):
         return got
 
     def load(self, indices: np.ndarray) -> Batch:
+        import numpy as np
+        import torch
+
         ids = [self.image_ids[int(j)] for j in np.asarray(indices, dtype=np.int64)]
         if len(ids) > 1 and self.decode_threads > 1:
             with ThreadPoolExecutor(min(self.decode_threads, len(ids))) as pool:
@@ -142,6 +152,8 @@ class CocoDataSource(DataSource):
         return Batch(images, [self.target(i) for i in ids], torch.as_tensor(np.asarray(indices, dtype=np.int64)))
 
     def target_columns(self, targets: Any) -> dict[str, Any]:
+        import numpy as np
+
         return {"image_id": np.array([int(t["image_id"]) for t in targets], dtype=np.int64)}
 
     def max_label(self) -> int | None:

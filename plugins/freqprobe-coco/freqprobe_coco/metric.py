@@ -1,19 +1,23 @@
-"""``coco-map``: the twelve COCO box metrics of a variant's detections, by pycocotools or faster-coco-eval."""
+"""``coco-map``: the twelve COCO box metrics of a variant's detections, by pycocotools or faster-coco-eval.
+
+torch, numpy and the COCO evaluation are imported where they are used: registering the metric loads none of them.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from freqprobe import Metric, UserFacingError
 
-from .cocoeval import coco_stats
+if TYPE_CHECKING:  # annotations only
+    import numpy as np
+    import torch
 
 
 def detection_rows(outputs: list, targets: list) -> torch.Tensor:
     """COCO results rows ``(image_id, x, y, w, h, score, category_id)`` (float64, on the CPU) of a batch's detections."""
+    import torch
+
     rows = []
     for o, t in zip(outputs, targets):
         b = o["boxes"].detach().to("cpu", torch.float64)
@@ -65,6 +69,9 @@ class CocoMap(Metric):
     def results_array(self) -> np.ndarray:
         """All detections so far as COCO's loadRes array (K×7 float64), in data order (ascending image id, each
         image's detections as the detector gave them): the same whichever shards were merged in which order."""
+        import numpy as np
+        import torch
+
         rows = [r.numpy() if isinstance(r, torch.Tensor) else np.asarray(r) for r in self.detections]
         if not rows:
             return np.zeros((0, 7))
@@ -77,6 +84,8 @@ class CocoMap(Metric):
         return {"detections": {self.variant: self.results_array()}}
 
     def compute(self) -> dict[str, float]:
+        from .cocoeval import coco_stats
+
         if self._cache is not None:
             return dict(self._cache)
         data = getattr(self.ctx, "data", None)

@@ -1,12 +1,16 @@
-"""``coco-map``: COCO mAP on the original images and on their low/high parts (paper §7), with per-object comparisons."""
+"""``coco-map``: COCO mAP on the original images and on their low/high parts (paper §7), with per-object comparisons.
+
+numpy and the COCO evaluation are imported where they are used: registering the probe (``freqprobe --help``) loads neither.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
 
 from freqprobe import Probe, UserFacingError
 
-from .cocoeval import resolve_backend
+if TYPE_CHECKING:  # annotations only
+    import numpy as np
 
 
 class CocoMapProbe(Probe):
@@ -23,6 +27,8 @@ class CocoMapProbe(Probe):
 
     @classmethod
     def check_options(cls, given):
+        from .cocoeval import resolve_backend
+
         opts = super().check_options(given)
         for key in ("score_threshold", "iou_threshold"):
             if not 0.0 <= float(opts[key]) <= 1.0:
@@ -45,6 +51,8 @@ class CocoMapProbe(Probe):
     def derive(self, result, ctx) -> None:
         """``extras["coco"]``: the backend, the thresholds and the evaluated image ids (what the writers and the
         manifest use); the detections per variant come from the ``coco-map`` metrics' extras."""
+        from .cocoeval import resolve_backend
+
         ids = result.samples.column("image_id") if result.samples is not None else []
         result.extras["coco"] = {
             "backend": resolve_backend(self.opts["backend"]),
@@ -56,6 +64,8 @@ class CocoMapProbe(Probe):
 
 def detections_by_image(rows: np.ndarray) -> dict[int, np.ndarray]:
     """COCO results rows grouped by image id (each group in its original order)."""
+    import numpy as np
+
     if not len(rows):
         return {}
     ids = rows[:, 0].astype(np.int64)
@@ -67,6 +77,8 @@ def detections_by_image(rows: np.ndarray) -> dict[int, np.ndarray]:
 
 def per_object_found(data, image_ids, rows: np.ndarray, *, iou_threshold: float, score_threshold: float) -> dict[int, dict]:
     """Per image: which ground-truth objects a variant's detections find (IoU >= threshold, score >= threshold), and its false positives."""
+    import numpy as np
+
     from .match import match_images
 
     groups = detections_by_image(rows)

@@ -12,19 +12,24 @@ weight (see docs/smoothing.md):
 
 Each is averaged over the slices that are not all zero. Both are scale-free, so Eq. 3's growth of
 the weights (up to a factor 1 + 8ρ) does not count as a change.
+
+numpy and torch are imported inside the functions that use them: ``freqprobe kernels --help`` (and
+``freqprobe --help``, which registers the command) loads neither.
 """
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import click
-import numpy as np
-import torch
 
 from freqprobe.plugin import ListedOption
+
+if TYPE_CHECKING:  # annotations only
+    import numpy as np
+    import torch
 
 CSV_COLUMNS = ("model", "checkpoint", "rho", "layer", "kernel", "n_kernels", "n_slices", "hf_energy_share", "total_variation")
 
@@ -39,6 +44,8 @@ def _tame(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     that brings it near 1. Exact (a power of two changes no digit), and both numbers and the drawing are
     scale-free, so the results are those of the weights as they are, without the overflow of their squares and
     sums (a kernel smoothed with rho = 1e200 has weights near 1e200, its energy near 1e400). Others are untouched."""
+    import numpy as np
+
     if a.size == 0:
         return a
     peak = np.abs(a).max(axis=axes, keepdims=True)
@@ -48,6 +55,9 @@ def _tame(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
 
 
 def _slices(weight: torch.Tensor | np.ndarray) -> np.ndarray:
+    import numpy as np
+    import torch
+
     w = weight.detach().cpu().double().numpy() if isinstance(weight, torch.Tensor) else np.asarray(weight, dtype=np.float64)
     if w.ndim < 2:
         raise ValueError(f"expected a [..., kh, kw] kernel array, got shape {w.shape}")
@@ -56,6 +66,8 @@ def _slices(weight: torch.Tensor | np.ndarray) -> np.ndarray:
 
 def hf_energy_shares(weight: torch.Tensor | np.ndarray) -> np.ndarray:
     """Per ``[kh, kw]`` slice: the share of its 2-D DFT energy at non-zero frequencies (NaN for an all-zero slice)."""
+    import numpy as np
+
     s = _slices(weight)
     with np.errstate(all="ignore"):  # NaN/inf weights give NaN, without numpy's warnings
         energy = np.abs(np.fft.fft2(s, axes=(-2, -1))) ** 2
@@ -65,6 +77,8 @@ def hf_energy_shares(weight: torch.Tensor | np.ndarray) -> np.ndarray:
 
 def total_variations(weight: torch.Tensor | np.ndarray) -> np.ndarray:
     """Per ``[kh, kw]`` slice: Σ of |differences| of horizontally and vertically adjacent weights over Σ|w| (NaN for all-zero)."""
+    import numpy as np
+
     s = _slices(weight)
     with np.errstate(all="ignore"):
         tv = np.abs(np.diff(s, axis=-1)).sum(axis=(-2, -1)) + np.abs(np.diff(s, axis=-2)).sum(axis=(-2, -1))
@@ -74,6 +88,8 @@ def total_variations(weight: torch.Tensor | np.ndarray) -> np.ndarray:
 
 def kernel_stats(weight: torch.Tensor | np.ndarray) -> dict[str, Any]:
     """``{"n_slices", "hf_energy_share", "total_variation"}``: the means over the slices that are not all zero."""
+    import numpy as np
+
     hf, tv = hf_energy_shares(weight), total_variations(weight)
     used = ~np.isnan(hf)
     n = int(used.sum())
@@ -95,6 +111,8 @@ def _plt():
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     a = _tame(a, tuple(range(a.ndim)))
     lo, hi = float(a.min()), float(a.max())
     return (a - lo) / (hi - lo) if hi > lo else np.full_like(a, 0.5)

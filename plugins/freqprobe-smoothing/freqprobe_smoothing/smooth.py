@@ -5,18 +5,22 @@ neighbours; a neighbour outside the kernel is the nearest weight on its boundary
 replication); there is no renormalisation. PyTorch stores a ``Conv2d`` weight as
 ``[out, in/groups, kh, kw]``: the smoothing runs over the last two (spatial) axes of every
 ``[kh, kw]`` slice on its own, never across channels.
+
+torch is imported inside the functions that use it: registering the transform (``freqprobe --help``)
+does not load it.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from typing import Any, ClassVar, Mapping
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from freqprobe import ModelAdapter, Transform, UnknownNameError, UserFacingError
+
+if TYPE_CHECKING:  # annotations only
+    import torch
+    from torch import nn
 
 #: the smallest kernel side Eq. 3 is applied to (a 1×1 kernel has no spatial neighbours)
 MIN_KERNEL = 3
@@ -30,6 +34,8 @@ def smooth_kernels(weight: torch.Tensor, rho: float) -> torch.Tensor:
     shifted copies (no convolution kernel, so no TF32 or backend differences): the result is the
     same on every device, rounded once to the weight's dtype.
     """
+    import torch
+
     if weight.dim() != 4:
         raise ValueError(f"expected a 4-D [out, in, kh, kw] conv weight, got shape {tuple(weight.shape)}")
     o, i, kh, kw = weight.shape
@@ -37,7 +43,7 @@ def smooth_kernels(weight: torch.Tensor, rho: float) -> torch.Tensor:
         w = weight.detach().to("cpu", torch.float64)
         if w.numel() == 0:
             return weight.detach().clone()
-        p = nn.functional.pad(w.reshape(o * i, 1, kh, kw), (1, 1, 1, 1), mode="replicate")[:, 0]
+        p = torch.nn.functional.pad(w.reshape(o * i, 1, kh, kw), (1, 1, 1, 1), mode="replicate")[:, 0]
         neighbours = sum(p[:, 1 + dy:1 + dy + kh, 1 + dx:1 + dx + kw]
                          for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0))
         out = w + float(rho) * neighbours.reshape(o, i, kh, kw)
@@ -46,7 +52,9 @@ def smooth_kernels(weight: torch.Tensor, rho: float) -> torch.Tensor:
 
 def is_conv2d(module: nn.Module) -> bool:
     """An ``nn.Conv2d`` (or subclass), or a TorchScript module compiled from one."""
-    if isinstance(module, nn.Conv2d):
+    import torch
+
+    if isinstance(module, torch.nn.Conv2d):
         return True
     if isinstance(module, torch.jit.ScriptModule):
         w = getattr(module, "weight", None)
@@ -140,6 +148,8 @@ def checked_smooth(weight: torch.Tensor, rho: float, *, where: str, what: str = 
     about 3.4e38, float64: 1.8e308) and every number computed from it would be NaN or inf. ``where`` names
     the layer and model, ``what`` the option (``smooth`` or ``--rho``).
     """
+    import torch
+
     if not bool(torch.isfinite(weight).all()):
         raise UserFacingError(f"{what}: the kernels of {where} hold NaN or inf before any smoothing; check the weights")
     out = smooth_kernels(weight, rho)
@@ -178,6 +188,8 @@ class SmoothTransform(Transform):
 
     def apply(self, adapter: ModelAdapter) -> ModelAdapter:
         """A copy of ``adapter`` whose first conv (or ``layer``) has smoothed kernels; ``adapter`` is not changed."""
+        import torch
+
         module = adapter.module if isinstance(adapter, ModelAdapter) else adapter
         what = getattr(adapter, "spec", "") or type(module).__name__
         name, old = first_conv(module, self.layer, model=what)  # refuse before copying anything

@@ -13,7 +13,7 @@ import click
 from freqprobe import UnknownNameError, UserFacingError
 from freqprobe.plugin import ListedOption
 
-from .train import PRESETS, TrainSettings, check_settings, train
+from .settings import PRESETS, TrainSettings, check_settings
 
 #: the fields a --grid or a config file may set (the command-line names with - for _)
 FIELDS = {f.name for f in dataclasses.fields(TrainSettings)} - {"out"}
@@ -123,6 +123,8 @@ def load_config(path: str) -> tuple[dict, dict]:
 @click.option("--mean", help="Normalise with this mean (default: none, [0,1] pixels as in the paper).")
 @click.option("--std", help="Normalise with this std.")
 @click.option("--device", help="auto (default), cpu or cuda[:N].")
+@click.option("--workers", metavar="N|auto", help="Worker processes that read and decode the training images (0: in this "
+              "process; default auto). The run is the same for every N.")
 @click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2", help="Compare settings: one run per combination, e.g. preset=vanilla,dropout,mixup,batchnorm,adversarial or labels=natural,shuffled or train_on=low:4,low:8.")
 @click.option("--config", type=click.Path(dir_okay=False), help="A JSON/TOML file of settings and an optional 'grid' table.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (a grid: one sub-folder per setting).")
@@ -133,19 +135,24 @@ def train_command(ctx: click.Context, **kw: Any) -> None:
     """Train with the paper's set-ups and track accuracy on low/high-frequency images after every epoch (§4-5)."""
     from freqprobe.plugin import command_context, torchrun_env
 
+    from freqprobe.plugin import check_workers
+
     base, grid = _settings_given(ctx, kw)
+    workers = check_workers(kw["workers"])  # refused before anything is loaded
     app = command_context(quiet=kw["quiet"])
     settings, names = _runs(base, grid, app.pm)  # every setting of a grid checked, before anything is loaded
+    from .train import train  # torch: only now
+
     out = Path(kw["out"])
     main = (torchrun_env() or (0, 1, 0))[0] == 0  # under torchrun only rank 0 writes and reports
     with app.stop_on_signals():
         if len(settings) == 1 and not grid:
             train(settings[0], out, pm=app.pm, resume=kw["resume"], say=app.say, progress=app.progress,
-                  command=app.command_line)
+                  command=app.command_line, workers=workers)
             if main:
                 click.echo(f"results in {out}/ (curves.csv, curves.png, model.pt, checkpoints/, manifest.json)")
             return
-        if not _train_grid(app, settings, names, out, resume=kw["resume"], main=main, base=base, grid=grid):
+        if not _train_grid(app, settings, names, out, resume=kw["resume"], main=main, base=base, grid=grid, workers=workers):
             return
     click.echo(f"results in {out}/ (one folder per setting, grid.csv, comparison.png)")
 
@@ -217,7 +224,7 @@ def _shown(v: Any) -> str:
 
 
 def _train_grid(app: Any, settings: list[TrainSettings], names: list[str], out: Path, *, resume: bool, main: bool,
-                base: dict[str, Any], grid: dict[str, list]) -> bool:
+                base: dict[str, Any], grid: dict[str, list], workers: int | None = None) -> bool:
     """Every setting of a grid into its sub-folder, then ``grid.csv``, ``comparison.png``, ``grid.json`` (rank 0: True)."""
     import contextlib
 
@@ -229,7 +236,7 @@ def _train_grid(app: Any, settings: list[TrainSettings], names: list[str], out: 
                 raise UserFacingError(f"{out} already holds a training grid; pass --resume to continue it, or choose another --out")
             check_out_dir(out)
         out.mkdir(parents=True, exist_ok=True)
-        runs = _train_settings(app, settings, names, out, resume=resume, main=main)
+        runs = _train_settings(app, settings, names, out, resume=resume, main=main, workers=workers)
     if not main:
         return False
     _write_grid_files(app, out, runs, names, base, grid)
@@ -237,10 +244,10 @@ def _train_grid(app: Any, settings: list[TrainSettings], names: list[str], out: 
 
 
 def _train_settings(app: Any, settings: list[TrainSettings], names: list[str], out: Path, *, resume: bool,
-                    main: bool) -> dict[str, list]:
+                    main: bool, workers: int | None = None) -> dict[str, list]:
     """Each setting into its sub-folder (with --resume: finished ones read back, unfinished ones continued); their curves."""
     from .tracker import read_curves
-    from .train import NoSpaceLeft, load_train_state
+    from .train import NoSpaceLeft, load_train_state, train
 
     runs = {}
     for s, name in zip(settings, names):
@@ -258,7 +265,8 @@ def _train_settings(app: Any, settings: list[TrainSettings], names: list[str], o
 
             shutil.rmtree(sub)  # started but no epoch finished: start it again
         try:
-            train(s, sub, pm=app.pm, resume=again, say=app.say, progress=app.progress, command=app.command_line)
+            train(s, sub, pm=app.pm, resume=again, say=app.say, progress=app.progress, command=app.command_line,
+                  workers=workers)
         except NoSpaceLeft as exc:
             raise UserFacingError(f"{name}: " + exc.message("resume the grid with --resume after freeing space")) from None
         if main:

@@ -22,6 +22,7 @@ class SubsetSource(DataSource):
         self.num_classes = base.num_classes
         self.class_names = base.class_names
         self.fixed_num_classes = getattr(base, "fixed_num_classes", True)
+        self.in_memory = getattr(base, "in_memory", False)
         self.label = label
 
     def has_split(self, split: str) -> bool:
@@ -47,6 +48,7 @@ class RelabelledSource(DataSource):
         self.name = f"{base.name}[{label}]"
         self.argument, self.root, self.split = getattr(base, "argument", None), getattr(base, "root", None), base.split
         self.num_classes, self.class_names = base.num_classes, base.class_names
+        self.in_memory = getattr(base, "in_memory", False)
         self.label = label
 
     def has_split(self, split: str) -> bool:

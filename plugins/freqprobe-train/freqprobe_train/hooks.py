@@ -7,7 +7,7 @@ from freqprobe import hookimpl
 
 @hookimpl
 def register_model_sources():
-    from .archs import PaperModelSource
+    from .source import PaperModelSource
 
     return [PaperModelSource]
 

@@ -24,8 +24,7 @@ import freqprobe
 from freqprobe import ClassifierAdapter, DataSource, DecomposerSource, ModelAdapter, RunContext, UserFacingError, get_class
 
 from .data import fixed_sample
-
-DEFAULT_RADII = (4, 8, 12, 16)
+from .settings import DEFAULT_RADII
 CURVE_COLUMNS = ("epoch", "split", "variant", "param", "metric", "value", "n")
 
 

@@ -19,7 +19,8 @@ if importlib.util.find_spec("freqprobe_train") is None:
 
 import freqprobe
 from freqprobe import UnknownNameError, UserFacingError
-from freqprobe_train.archs import ARCHITECTURES, PaperModelSource, xavier_init
+from freqprobe_train.archs import ARCHITECTURES, xavier_init
+from freqprobe_train.source import PaperModelSource
 
 SHAPES = [(1, 28), (3, 32)]
 K = 7  # not 10, so a head that ignores num_classes shows

@@ -369,3 +369,30 @@ def test_report_of_a_training_folder_needs_this_plugin(first_party_pm, cli, tmp_
     first_party_pm("attacks", "smoothing", "coco")
     rc, _, err = cli("report", tmp_path / "run", "--out", tmp_path / "r.html")
     assert rc == 2 and "is not a freqprobe run folder" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_workers_train_the_same_model(cli, tmp_path):
+    """--workers: the training images of an image folder read in worker processes train the same model, epoch for epoch."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 12)):
+        for i in range(n):
+            d = tmp_path / "folder" / split / f"c{i % 2}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, size=(36, 36, 3), dtype=np.uint8)).save(d / f"{i}.jpg", quality=90)
+    base = ["train", "--model", "paper:lenet", "--data", f"imagefolder:{tmp_path / 'folder'}", "--epochs", "2",
+            "--batch-size", "8", "--track-samples", "0", "--radii", "4", "--device", "cpu", "-q"]
+    for w in (0, 2):
+        rc, _, err = cli(*base, "--workers", str(w), "--out", tmp_path / f"w{w}")
+        assert rc == 0, err
+    a, b = (torch.load(tmp_path / f"w{w}" / "model.pt", map_location="cpu", weights_only=True) for w in (0, 2))
+    sa, sb = (x.get("state_dict", x) for x in (a, b))
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    keep = ("epoch", "split", "variant", "param", "accuracy", "loss", "n")
+    ca, cb = ([{k: v for k, v in r.items() if k in keep} for r in read_csv(tmp_path / f"w{w}" / "curves.csv")] for w in (0, 2))
+    assert ca == cb and len(ca) > 0
+    rc, _, err = cli(*base, "--workers", "-2", "--out", tmp_path / "bad")
+    assert rc == 2 and "--workers must be a number of worker processes" in err and not (tmp_path / "bad").exists()
