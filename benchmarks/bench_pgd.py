@@ -12,14 +12,19 @@ data, ImageNet mean/std) and the first N images of the CIFAR-10 test file (JPEG 
 * torchattacks: ``torchattacks.PGD`` (3.5.1) on a wrapper module that takes [0, 1] images and
   normalises, the model in the default (contiguous) memory format, fp32.
 
+* plain (``--baseline plain``, and the default when torchattacks is not installed): the textbook
+  PGD loop written out (what torchattacks.PGD computes, without its input checks) on the same
+  wrapper module, contiguous, fp32.
+
 Each side is warmed up on one batch, then timed over all N images ``--repeats`` times
 (alternating sides; CUDA synchronised); medians count. Printed: img/s of each, the speed ratio
-(target ≥ 1.3× torchattacks), the agreement of the adversarial images (max |diff|, fraction of
+(target ≥ 1.3× the baseline), the agreement of the adversarial images (max |diff|, fraction of
 identical pixels, fraction of identical predictions) and the clean and robust accuracy of each.
-Without torchattacks installed only ours is timed.
+``--no-torchattacks`` times ours only.
 
 Usage: .venv/bin/python benchmarks/bench_pgd.py [--device cpu|cuda] [--n 500] [--batch-size 100]
-       [--repeats 3] [--threads T] [--no-channels-last] [--no-fold-batchnorm] [--precision fp32|bf16] [--json OUT]
+       [--repeats 3] [--threads T] [--no-channels-last] [--no-fold-batchnorm] [--precision fp32|bf16]
+       [--baseline auto|torchattacks|plain] [--json OUT]
 """
 
 from __future__ import annotations
@@ -63,6 +68,25 @@ class Normalized(torch.nn.Module):
         return self.module((x - self.mean) / self.std)
 
 
+class PlainPGD:
+    """The textbook PGD loop (L∞, no random start) on a module that takes [0, 1] images: what torchattacks.PGD
+    computes (mean cross-entropy, sign step, projection onto the ε-ball and [0, 1]), without its input checks."""
+
+    def __init__(self, model: torch.nn.Module, eps: float, alpha: float, steps: int) -> None:
+        self.model, self.eps, self.alpha, self.steps = model, eps, alpha, steps
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = x.detach()
+        adv = x.clone()
+        for _ in range(self.steps):
+            adv.requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(self.model(adv), y)
+            (grad,) = torch.autograd.grad(loss, adv)
+            adv = adv.detach() + self.alpha * grad.sign()
+            adv = torch.clamp(x + torch.clamp(adv - x, min=-self.eps, max=self.eps), 0, 1).detach()
+        return adv
+
+
 def run_ours(attack: PGD, x: torch.Tensor, y: torch.Tensor, bs: int, precision: str, dev, out: torch.Tensor) -> None:
     with torch.inference_mode(), precision_context(dev, precision):
         for s in range(0, len(x), bs):
@@ -95,6 +119,9 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="ours: fp32 or bf16 autocast")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-torchattacks", action="store_true", help="time ours only")
+    ap.add_argument("--baseline", choices=("auto", "torchattacks", "plain"), default="auto",
+                    help="what ours is compared with: torchattacks.PGD, a plain PGD loop, or auto (default): torchattacks "
+                         "when it is installed, else the plain loop")
     ap.add_argument("--json", metavar="OUT")
     args = ap.parse_args(argv)
 
@@ -110,20 +137,30 @@ def main(argv=None) -> int:
         return 2
     torchattacks = None
     why_not = "--no-torchattacks"
+    baseline = None  # "torchattacks", "plain" or None (ours only)
     if not args.no_torchattacks:
-        try:
-            import torchattacks
-        except ImportError as exc:
-            why_not = f"torchattacks is not importable ({exc}); install it with `pip install --no-deps torchattacks==3.5.1 scipy`"
+        if args.baseline in ("auto", "torchattacks"):
+            try:
+                import torchattacks
+            except ImportError as exc:
+                why_not = f"torchattacks is not importable ({exc}); install it with `pip install --no-deps torchattacks==3.5.1 scipy`"
+            else:
+                baseline = "torchattacks"
+        else:
+            why_not = "--baseline plain"
+        if baseline is None and args.baseline in ("auto", "plain"):
+            baseline = "plain"
     env = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "cpu": cpu_model(), "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "n": n,
-           "batch_size": bs, "torchattacks": getattr(torchattacks, "__version__", None), "loadavg_start": loadavg()}
+           "batch_size": bs, "torchattacks": getattr(torchattacks, "__version__", None), "loadavg_start": loadavg(),
+           "baseline": baseline, "baseline_reason": None if baseline == "torchattacks" else why_not}
     print(f"PGD-{args.steps} L∞ eps={args.eps:.5f} alpha={args.alpha:.5f} no random start: ResNet-20, {n} CIFAR-10 test "
           f"images (JPEG q75 file), batch {bs}; torch {env['torch']}, {env['threads']} threads, {env['cpu']}, "
           f"device {env['device']}, load {env['loadavg_start']}")
     print(f"ours: {'channels_last' if args.channels_last else 'contiguous'}, {args.precision}, "
           f"BatchNorm {'folded' if args.fold_batchnorm else 'not folded'}; "
-          + (f"torchattacks {torchattacks.__version__}: contiguous, fp32" if torchattacks else f"torchattacks: skipped ({why_not})"))
+          + (f"torchattacks {torchattacks.__version__}: contiguous, fp32" if torchattacks else f"torchattacks: skipped ({why_not})")
+          + ("; baseline: a plain PGD loop, contiguous, fp32" if baseline == "plain" else ""))
 
     with np.load(npz) as d:
         x = torch.from_numpy(d["x"][:n]).permute(0, 3, 1, 2).float().div(255).contiguous().to(dev)
@@ -140,8 +177,14 @@ def main(argv=None) -> int:
     adv_ours = torch.empty_like(x)
     adv_theirs = torch.empty_like(x)
     # .eval(): torchattacks restores the mode the wrapper had, and a fresh module is in train mode
-    theirs = torchattacks.PGD(Normalized(module, MEAN, STD).to(dev).eval(), eps=args.eps, alpha=args.alpha, steps=args.steps,
-                              random_start=False) if torchattacks else None
+    if baseline == "torchattacks":
+        theirs = torchattacks.PGD(Normalized(module, MEAN, STD).to(dev).eval(), eps=args.eps, alpha=args.alpha, steps=args.steps,
+                                  random_start=False)
+    elif baseline == "plain":
+        theirs = PlainPGD(Normalized(module, MEAN, STD).to(dev).eval(), eps=args.eps, alpha=args.alpha, steps=args.steps)
+    else:
+        theirs = None
+    label = {"torchattacks": "torchattacks", "plain": "plain loop"}.get(baseline, "")
 
     def time_ours() -> float:
         module.to(memory_format=fmt)  # as the engine's adapter.prepare(channels_last=...)
@@ -175,14 +218,15 @@ def main(argv=None) -> int:
             t_ours.append(time_ours())
             if theirs is not None:
                 t_theirs.append(time_theirs())
-            print(f"  repeat: ours {t_ours[-1]:.3f} s" + (f", torchattacks {t_theirs[-1]:.3f} s" if t_theirs else ""), flush=True)
+            print(f"  repeat: ours {t_ours[-1]:.3f} s" + (f", {label} {t_theirs[-1]:.3f} s" if t_theirs else ""), flush=True)
     finally:
         torch.backends.cudnn.benchmark = old_bench
         module.to(memory_format=torch.contiguous_format)
 
     clean = predictions(adapter, x, bs)
     yc = y.cpu()
-    res = {"env": env, "args": {k: str(v) for k, v in vars(args).items()}}
+    res = {"env": env, "args": {k: str(v) for k, v in vars(args).items()}, "baseline": baseline,
+           "baseline_reason": env["baseline_reason"]}
     m_ours = statistics.median(t_ours)
     res["ours"] = {"times_s": t_ours, "median_s": m_ours, "img_per_s": n / m_ours,
                    "robust_accuracy": float((predictions(adapter, adv_ours, bs) == yc).float().mean())}
@@ -195,15 +239,15 @@ def main(argv=None) -> int:
     if theirs is not None:
         m_theirs = statistics.median(t_theirs)
         p_ours, p_theirs = predictions(adapter, adv_ours, bs), predictions(adapter, adv_theirs, bs)
-        res["torchattacks"] = {"times_s": t_theirs, "median_s": m_theirs, "img_per_s": n / m_theirs,
-                               "robust_accuracy": float((p_theirs == yc).float().mean())}
+        res[baseline] = {"times_s": t_theirs, "median_s": m_theirs, "img_per_s": n / m_theirs,
+                         "robust_accuracy": float((p_theirs == yc).float().mean())}
         diff = (adv_ours - adv_theirs).abs()
         res["ratio"] = m_theirs / m_ours
         res["agreement"] = {"max_abs_diff": float(diff.max()), "identical_pixels": float((diff == 0).float().mean()),
                             "identical_predictions": float((p_ours == p_theirs).float().mean())}
-        print(f"| torchattacks PGD | {m_theirs:.3f} | {n / m_theirs:,.0f} | {res['torchattacks']['robust_accuracy']:.4f} |")
+        print(f"| {label} PGD | {m_theirs:.3f} | {n / m_theirs:,.0f} | {res[baseline]['robust_accuracy']:.4f} |")
         a = res["agreement"]
-        print(f"\nspeed ratio ours / torchattacks = {res['ratio']:.2f}x  (target >= {TARGET}: "
+        print(f"\nspeed ratio ours / {label} = {res['ratio']:.2f}x  (target >= {TARGET}: "
               f"{'PASS' if res['ratio'] >= TARGET else 'FAIL'})")
         print(f"agreement: max |diff| {a['max_abs_diff']:.3g}, identical pixels {a['identical_pixels']:.4%}, "
               f"identical predictions {a['identical_predictions']:.2%}")

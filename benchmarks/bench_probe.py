@@ -14,7 +14,9 @@ original images and the low and high parts at radii 4, 8, 12, 16: 9 variants, 9Â
     (decomposition, inference, bookkeeping, per-sample rows streamed to samples.csv and the
     checkpoints that ``--resume`` needs; ``--no-journal`` leaves those two out); data loading, process start-up and writing files excluded: the loop's
     ``evaluate_s`` is its wall time minus the time spent waiting for the data source), ``--repeats``
-    times, median. Its predictions are checked against (a)'s (the same model on the same images).
+    times, median. Beside it, end to end: the loop's whole wall time, the wait for data included
+    (``evaluate_s + data_s``; an image folder of JPEGs: benchmarks/bench_e2e.py). Its predictions are
+    checked against (a)'s (the same model on the same images).
 (c) Optionally (``--precisions fp32,bf16``) the probe in other precisions: accuracy and time.
 
 Target: probe / floor <= 1.2.
@@ -100,7 +102,7 @@ def bare(adapter, imgs: torch.Tensor, bs: int, channels_last: bool, precision: s
 def probe(npz: Path, n: int, radii: str, dev: str, bs: int, precision: str, repeats: int, fb: int | None,
           journal: bool = True) -> dict:
     pm = freqprobe.get_plugin_manager(autoload=False)
-    times, res = [], None
+    times, walls, res = [], [], None
     for i in range(repeats + 1):  # the first run warms up
         with tempfile.TemporaryDirectory() as tmp:
             config = runner.run_config(pm, {"model": MODEL, "data": f"npz:{npz}", "checkpoint": str(CKPT), "mean": MEAN,
@@ -118,8 +120,10 @@ def probe(npz: Path, n: int, radii: str, dev: str, bs: int, precision: str, repe
                 _, res = runner.evaluate_stage(ctx, p)
         if i:
             times.append(res.extras["timings"]["evaluate_s"])
+            walls.append(res.extras["timings"]["evaluate_s"] + res.extras["timings"]["data_s"])  # end to end: data wait too
     acc = {f"{r['variant']}{'' if r['param'] is None else '@' + format(r['param'], 'g')}": r["value"] for r in res.summary}
     return {"batch": bs, "forward_batch": fb, "precision": precision, "times_s": times, "median_s": statistics.median(times),
+            "e2e_times_s": walls, "e2e_median_s": statistics.median(walls),
             "timings_last": res.extras["timings"], "engine": res.extras["engine"], "accuracy": acc,
             "preds": {k: res.samples.column("pred", variant=v.name, param=v.param)
                       for k, v in zip(acc, res.variants)}}
@@ -191,11 +195,14 @@ def main(argv=None) -> int:
         print(f"  predictions equal to the floor's: min {min(agree.values()):.4f} over variants")
         print("  accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in pr["accuracy"].items()))
         print(f"  ratio probe / floor = {ratio:.2f}  (target <= {TARGET}: {'PASS' if ratio <= TARGET else 'FAIL'})")
+        e2e = pr["e2e_median_s"] / best["median_s"]
+        print(f"  end to end (the loop's wall time, waiting for data included: {pr['e2e_median_s']:.3f} s) / floor = {e2e:.2f}")
         results["precisions"][precision] = {
             "bare": [{k: v for k, v in r.items() if k != "preds"} for r in rows],
             "floor": {k: v for k, v in best.items() if k != "preds"},
             "probe": {k: v for k, v in pr.items() if k != "preds"},
             "ratio": ratio,
+            "ratio_e2e": e2e,
             "prediction_agreement": agree,
         }
     if args.json:
