@@ -42,9 +42,12 @@ class EngineSettings:
     channels_last: bool = True
     #: images per forward pass; None: the whole stack of a batch's variants, up to ``stack_bytes`` of input
     forward_batch: int | None = None
+    #: with no workers, read the next batches in a background thread (a GPU run; files decoded on the CPU)
     prefetch: bool = False
     #: worker processes reading the data (``--workers``, resolved: freqprobe.loading)
     workers: int = 0
+    #: batches in pinned memory (a GPU run)
+    pin: bool = False
     cudnn_benchmark: bool = False
     #: with ``forward_batch`` None: the most bytes of input images one forward pass takes
     stack_bytes: int = 256 << 20
@@ -66,9 +69,11 @@ class EngineSettings:
             precision=ctx.precision,
             channels_last=True if ctx.channels_last is None else bool(ctx.channels_last),
             forward_batch=fb,
-            prefetch=cuda,
+            # decoding files in a thread overlaps the CPU's work too (measured: docs/benchmarks.md); arrays need not
+            prefetch=cuda or not getattr(ctx.data, "in_memory", False),
             cudnn_benchmark=cuda,
             workers=resolve_workers(getattr(ctx, "workers", 0), ctx.data),
+            pin=cuda,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -326,7 +331,7 @@ class Evaluation:
     def batches(self) -> Iterator[Batch]:
         ctx = self.ctx
         return iter_batches(ctx.data, ctx.batch_size, start=self.start, limit=ctx.limit, shard=ctx.shard,
-                            workers=self.settings.workers, pin=self.settings.prefetch)
+                            workers=self.settings.workers, pin=self.settings.pin, background=self.settings.prefetch)
 
     def step(self, batch: Batch) -> None:
         """One batch through the stages."""

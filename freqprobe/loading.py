@@ -32,6 +32,9 @@ log = logging.getLogger("freqprobe.loading")
 
 #: the most worker processes ``--workers auto`` starts per process (a GPU box with many cores)
 MAX_AUTO_WORKERS = 16
+#: ``--workers auto`` starts workers only with this many cores per process: on 2 cores the main loop
+#: needs the second one, and reading ahead in a thread was faster than a worker (docs/benchmarks.md)
+MIN_AUTO_CORES = 4
 
 
 def available_cores() -> int:
@@ -66,8 +69,9 @@ def check_workers(workers: Any, flag: str = "--workers") -> int | None:
 def resolve_workers(workers: Any, data: DataSource) -> int:
     """The worker processes to read ``data`` with: ``workers`` itself, or for None ('auto') the cores
     available to this process less one for the main loop, shared among torchrun's local ranks, at
-    most :data:`MAX_AUTO_WORKERS` — and 0 for a source whose images are already decoded in memory
-    (:attr:`~DataSource.in_memory`: a worker would only copy them) or that cannot load by index."""
+    most :data:`MAX_AUTO_WORKERS`, none below :data:`MIN_AUTO_CORES` cores — and 0 for a source whose
+    images are already decoded in memory (:attr:`~DataSource.in_memory`: a worker would only copy
+    them) or that cannot load by index."""
     n = check_workers(workers)
     if not loads_by_index(data):
         if n:
@@ -80,33 +84,38 @@ def resolve_workers(workers: Any, data: DataSource) -> int:
         return 0
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     per_rank = available_cores() // local
+    if per_rank < MIN_AUTO_CORES:
+        return 0
     return max(0, min(MAX_AUTO_WORKERS, per_rank - 1))
 
 
 def iter_batches(
     data: DataSource, batch_size: int, *, start: int = 0, limit: int | None = None, shuffle: bool = False,
     seed: int = 0, shard: tuple[int, int] | None = None, workers: int = 0, pin: bool = False, depth: int = 2,
+    background: bool = False,
 ) -> Iterator[Batch]:
     """The :class:`Batch` es of ``data`` from the ``start``-th on (as :meth:`DataSource.batches`), read with
     ``workers`` worker processes (0: in this process; None: :func:`resolve_workers`' 'auto').
 
-    ``pin``: in pinned memory, prepared ahead (a GPU run): by the workers' loader, or with no
-    workers by a background thread. The batches and their values do not depend on ``workers``.
+    ``pin``: in pinned memory (a GPU run). ``background`` (always with ``pin``): with no workers,
+    read ahead in one background thread while the caller works (image decoding releases the GIL).
+    The batches and their values do not depend on ``workers``.
     """
     workers = resolve_workers(workers, data)
+    ahead = pin or background
     if not loads_by_index(data):
         if shuffle:
             it = (b for i, b in enumerate(data.batches(batch_size, limit=limit, shuffle=True, seed=seed, shard=shard))
                   if i >= start)
         else:
             it = data.batches_from(start, batch_size, limit=limit, shard=shard)
-        return iter(Prefetcher(it, pin=True, depth=depth)) if pin else it
+        return iter(Prefetcher(it, pin=pin, depth=depth)) if ahead else it
     order = list(batch_indices(len(data), batch_size, limit=limit, shuffle=shuffle, seed=seed, shard=shard))[start:]
     if not order:
         return iter(())
     if workers == 0:
         it = (_load(data, idx) for idx in order)
-        return iter(Prefetcher(it, pin=True, depth=depth)) if pin else it
+        return iter(Prefetcher(it, pin=pin, depth=depth)) if ahead else it
     return _from_workers(data, order, min(workers, len(order)), pin=pin, depth=depth)
 
 
@@ -246,5 +255,5 @@ def _pin(x: Any) -> Any:
     return x
 
 
-__all__ = ["MAX_AUTO_WORKERS", "Prefetcher", "available_cores", "check_workers", "iter_batches", "loads_by_index",
+__all__ = ["MAX_AUTO_WORKERS", "MIN_AUTO_CORES", "Prefetcher", "available_cores", "check_workers", "iter_batches", "loads_by_index",
            "resolve_workers"]

@@ -296,7 +296,8 @@ def parse_numbers(text: str | Sequence[float] | None, what: str, *, example: str
 
 #: the help of ``--workers`` (``run``, ``decompose``, and the train plugin's ``train``)
 WORKERS_HELP = ("Worker processes that read and decode the images (0: in this process; default auto: the cores "
-                "available less one, at most 16, or 0 for data already decoded in memory). Results are identical for every N.")
+                "available less one, at most 16; 0 below 4 cores or for data already decoded in memory). Results are "
+                "identical for every N.")
 
 
 def _workers_from_cli(v: Any) -> Any:

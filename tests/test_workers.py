@@ -307,8 +307,9 @@ def test_auto_reads_in_memory_data_here_and_files_in_workers(tmp_path, jpegs, ti
     monkeypatch.setattr(loading, "available_cores", lambda: 64)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     assert resolve_workers(None, files) == loading.MAX_AUTO_WORKERS
-    monkeypatch.setattr(loading, "available_cores", lambda: 1)
-    assert resolve_workers(None, files) == 0
+    for few in (1, 2, 3):  # the main loop needs the other cores: read ahead in a thread instead
+        monkeypatch.setattr(loading, "available_cores", lambda few=few: few)
+        assert resolve_workers(None, files) == 0 and resolve_workers(2, files) == 2
 
 
 def test_torchrun_with_workers_gives_one_process_results(freqprobe_processes, jpegs, tmp_path):
