@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import freqprobe  # noqa: E402
 from _common import cpu_model, finish, loadavg, sync  # noqa: E402
 from _jpegs import make_jpeg_folder  # noqa: E402
-from freqprobe.engine import precision_context  # noqa: E402
+from freqprobe.engine import CPU_FORWARD_BYTES, precision_context  # noqa: E402
 from freqprobe.plugin import iter_batches, resolve_device  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
@@ -87,9 +87,9 @@ def bare_forwards(spec: str, data, radii: list, batch_size: int, precision: str,
     parts = [x] + [t for _, p in dec.decompose_all(x, radii) for t in (p["low"].clone(), p["high"].clone())]
     imgs = torch.cat(parts).to(dev).contiguous(memory_format=torch.channels_last)
     module = adapter.module.eval().to(memory_format=torch.channels_last)
-    fb = batch_size * len(parts)  # the loop's stacked forward: a batch's variants at once (CPU: its batch size)
-    if dev.type == "cpu":
-        fb = batch_size
+    fb = batch_size * len(parts)  # the loop's stacked forward: a batch's variants at once
+    if dev.type == "cpu":  # the engine's CPU choice: a batch, at most CPU_FORWARD_BYTES of input
+        fb = min(batch_size, max(1, CPU_FORWARD_BYTES // (x[0].numel() * x.element_size())))
 
     def one_pass():
         for s in range(0, len(imgs), fb):

@@ -30,6 +30,8 @@ from .sources import DecomposerSource, OriginalSource  # noqa: F401  (the loop's
 from .tables import SampleTable, extra_columns
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+#: the input bytes of one forward the engine chooses on the CPU (see EngineSettings.forward_bytes)
+CPU_FORWARD_BYTES = 24 << 20
 
 
 # ----------------------------------------------------------------------------- settings
@@ -51,6 +53,11 @@ class EngineSettings:
     cudnn_benchmark: bool = False
     #: with ``forward_batch`` None: the most bytes of input images one forward pass takes
     stack_bytes: int = 256 << 20
+    #: with ``forward_batch`` chosen by the engine (not ``--forward-batch``) on the CPU: at most this many bytes of
+    #: input per forward, below glibc's 32 MiB mmap threshold, so that a forward's image-sized temporaries
+    #: (channels_last copy, normalisation) reuse heap memory instead of fresh page-faulted maps: 224-px images
+    #: then go 41 to a forward, CIFAR's 128 as before (measured: docs/benchmarks.md, "End to end")
+    forward_bytes: int | None = None
 
     @classmethod
     def for_context(cls, ctx: Any) -> "EngineSettings":
@@ -60,8 +67,10 @@ class EngineSettings:
         fb = ctx.forward_batch
         if fb is not None and fb < 1:
             raise UserFacingError(f"--forward-batch must be at least 1, got {fb}")
+        cap = None
         if fb is None and not cuda:
             fb = ctx.batch_size  # 2-core CPU: batch-sized forwards are fastest (docs/benchmarks.md)
+            cap = CPU_FORWARD_BYTES
         from .loading import resolve_workers
 
         return cls(
@@ -74,6 +83,7 @@ class EngineSettings:
             cudnn_benchmark=cuda,
             workers=resolve_workers(getattr(ctx, "workers", 0), ctx.data),
             pin=cuda,
+            forward_bytes=cap,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -739,9 +749,11 @@ def _rescale_list(rescale, x):
 
 def _forward(adapter, x: torch.Tensor, settings: EngineSettings) -> torch.Tensor:
     fb = settings.forward_batch
+    per_image = max(1, x[0].numel() * x.element_size()) if len(x) else 1
     if fb is None:  # the whole stack, bounded by the input bytes of one forward
-        per_image = max(1, x[0].numel() * x.element_size()) if len(x) else 1
         fb = max(1, settings.stack_bytes // per_image)
+    if settings.forward_bytes:
+        fb = min(fb, max(1, settings.forward_bytes // per_image))
     if len(x) > fb:  # equal chunks: no small remainder forward
         chunks = -(-len(x) // fb)
         fb = -(-len(x) // chunks)

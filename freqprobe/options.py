@@ -351,7 +351,8 @@ def _core_run_options() -> list[Option]:
         "(128 unless it says otherwise, e.g. 8 for detection images).")
     add("--workers", metavar="N|auto", help=WORKERS_HELP, from_cli=_workers_from_cli, check=_check_workers)
     add("--forward-batch", type=int, help="Images per forward pass; the variants of a batch are concatenated and cut into equal "
-        "chunks of at most this (default: the batch size on CPU; on CUDA all variants of a batch at once, up to 256 MiB of images).")
+        "chunks of at most this (default: the batch size on CPU, at most 24 MiB of images; on CUDA all variants of a batch at once, "
+        "up to 256 MiB of images).")
     add("--precision", type=("fp32", "tf32", "bf16", "fp16"), default="fp32", show_default=True,
         help="Model arithmetic: exact float32 (TF32 off), TF32 (CUDA), or bf16/fp16 autocast.")
     add("--channels-last", secondary="--no-channels-last", flag=True, default=None,

@@ -518,3 +518,31 @@ def test_probe_declaring_a_model_sweep(pm, npz_data):
         np.testing.assert_array_equal(result.samples.column("pred", transform=lab), plain.samples.column("pred"))
     assert [s["transform"] for s in result.extras["sweep"]] == labels
     assert len({tuple(r["value"] for r in result.summary if r["transform"] == lab) for lab in labels}) > 1
+
+
+def test_cpu_forwards_stay_below_the_mmap_threshold_for_large_images():
+    """On the CPU the engine cuts a stack of 224-px images into forwards of at most 24 MiB of input (their
+    temporaries then reuse heap memory); CIFAR-sized images still go a batch to a forward; --forward-batch wins."""
+    from freqprobe.engine import CPU_FORWARD_BYTES, EngineSettings, _forward
+
+    class Recorder:
+        def __init__(self):
+            self.sizes = []
+
+        def predict(self, x):
+            self.sizes.append(len(x))
+            return torch.zeros(len(x), 2)
+
+    def sizes(x, **kw):
+        rec = Recorder()
+        s = EngineSettings(device=torch.device("cpu"), **kw)
+        assert _forward(rec, x, s).shape == (len(x), 2)
+        return rec.sizes
+
+    big = torch.zeros(3 * 128, 3, 224, 224)
+    got = sizes(big, forward_batch=128, forward_bytes=CPU_FORWARD_BYTES)
+    per = CPU_FORWARD_BYTES // (3 * 224 * 224 * 4)  # 41 images
+    assert sum(got) == len(big) and max(got) <= per and len(got) == -(-len(big) // per)
+    assert sizes(big, forward_batch=128) == [128, 128, 128]  # a user's --forward-batch: no byte cap
+    small = torch.zeros(3 * 128, 3, 32, 32)
+    assert sizes(small, forward_batch=128, forward_bytes=CPU_FORWARD_BYTES) == [128, 128, 128]
