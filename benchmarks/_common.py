@@ -1,11 +1,14 @@
-"""Helpers shared by the benchmark scripts: what machine this is, and device synchronisation."""
+"""Helpers shared by the benchmark scripts: what machine this is, and device synchronisation (importing this
+module imports no torch)."""
 
 from __future__ import annotations
 
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch only where a device is synchronised: bench_startup.py times start-up without it
+    import torch
 
 
 def cpu_model() -> str:
@@ -27,6 +30,8 @@ def loadavg() -> str:
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
+        import torch
+
         torch.cuda.synchronize(device)
 
 

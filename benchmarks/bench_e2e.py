@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -40,9 +39,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import freqprobe  # noqa: E402
-from _common import cpu_model, finish, loadavg, sync  # noqa: E402
+from _common import cpu_model, finish, loadavg  # noqa: E402
 from _jpegs import make_jpeg_folder  # noqa: E402
-from freqprobe.engine import CPU_FORWARD_BYTES, precision_context  # noqa: E402
+from bench_probe import bare, variant_images  # noqa: E402
+from freqprobe.engine import CPU_FORWARD_BYTES  # noqa: E402
 from freqprobe.plugin import iter_batches, resolve_device  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
@@ -83,30 +83,13 @@ def bare_forwards(spec: str, data, radii: list, batch_size: int, precision: str,
     adapter = freqprobe.build_model(model_for(spec), mean=MEAN, std=STD, num_classes=10)
     adapter.to(dev)
     x = next(iter_batches(data, sample, workers=0)).images
-    dec = freqprobe.get_decomposer("fft-radial")
-    parts = [x] + [t for _, p in dec.decompose_all(x, radii) for t in (p["low"].clone(), p["high"].clone())]
-    imgs = torch.cat(parts).to(dev).contiguous(memory_format=torch.channels_last)
-    module = adapter.module.eval().to(memory_format=torch.channels_last)
-    fb = batch_size * len(parts)  # the loop's stacked forward: a batch's variants at once
+    imgs, names = variant_images(x, radii, dev)  # bench_probe.py's floor, at the loop's CPU forward size
+    fb = batch_size * len(names)  # the loop's stacked forward: a batch's variants at once
     if dev.type == "cpu":  # the engine's CPU choice: a batch, at most CPU_FORWARD_BYTES of input
         fb = min(batch_size, max(1, CPU_FORWARD_BYTES // (x[0].numel() * x.element_size())))
-
-    def one_pass():
-        for s in range(0, len(imgs), fb):
-            module(adapter.normalize(imgs[s:s + fb]))
-
-    times = []
-    with torch.inference_mode(), precision_context(dev, precision):
-        torch.backends.cudnn.benchmark = dev.type == "cuda"
-        one_pass()
-        sync(dev)
-        for _ in range(repeats):
-            t = time.perf_counter()
-            one_pass()
-            sync(dev)
-            times.append(time.perf_counter() - t)
-    per_image = statistics.median(times) / len(x)
-    return {"sample": len(x), "variants": len(parts), "forward_batch": fb, "times_s": times, "per_image_s": per_image}
+    r = bare(adapter, imgs, fb, True, precision, repeats, dev)  # channels_last, warmed up, median of ``repeats``
+    return {"sample": len(x), "variants": len(names), "forward_batch": fb, "times_s": r["times_s"],
+            "per_image_s": r["median_s"] / len(x)}
 
 
 def probe(spec: str, folder: Path, size: int, radii: str, batch_size: int, precision: str, dev: str, workers: int,
