@@ -186,3 +186,23 @@ def tiny_weights(tiny_model_file, tmp_path) -> Path:
     w = tmp_path / "w.pt"
     torch.save(mod.tinynet().state_dict(), w)
     return w
+
+
+VENDORED_DETECTRON2 = REPO.parent / "shared" / "vendor" / "detectron2"
+
+
+@pytest.fixture
+def detectron2_ready() -> None:
+    """Skips, saying which, unless detectron2 imports with this torch: .ci/run installs the vendored wheel from
+    ../shared/vendor/detectron2 (built against one torch version) before the README's test command."""
+    pytest.importorskip("freqprobe_coco")
+    from freqprobe_coco.detectron2_source import detectron2_problem
+
+    problem = detectron2_problem()
+    if problem is None:
+        return
+    if "not installed" in problem:
+        where = ("absent here, so .ci/run installs nothing" if not VENDORED_DETECTRON2.is_dir() else
+                 "present: install its wheel with pip install --no-deps, as .ci/run does")
+        pytest.skip(f"detectron2 is not installed; the vendored build ../shared/vendor/detectron2 is {where}")
+    pytest.skip(problem)

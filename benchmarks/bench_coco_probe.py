@@ -18,6 +18,8 @@ files under new ids, with their annotations), so a 5,000-image run reads real JP
 Usage:
   .venv/bin/python benchmarks/bench_coco_probe.py --device cuda --images 5000 [--precision bf16]
   .venv/bin/python benchmarks/bench_coco_probe.py --device cpu --images 16 --min-size 320   # CPU smoke run
+  .venv/bin/python benchmarks/bench_coco_probe.py --model detectron2:COCO-Detection/retinanet_R_50_FPN_3x.yaml \
+      --device cpu --images 8 --batch-size 2 --bare-batches 4   # detectron2 (the vendored build), CPU
 """
 
 from __future__ import annotations
@@ -71,14 +73,21 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=5000)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "fp16"])
-    ap.add_argument("--min-size", type=int, help="the detector's resize (torchvision min_size; RetinaNet default 800)")
+    ap.add_argument("--min-size", type=int, help="the detector's resize (torchvision min_size, detectron2 "
+                    "INPUT.MIN_SIZE_TEST; RetinaNet default 800)")
+    ap.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="as freqprobe run's (detectron2: config overrides such as MODEL.RETINANET.SCORE_THRESH_TEST=0.05)")
     ap.add_argument("--bare-batches", type=int, default=30, help="timed batches for the bare rate")
     ap.add_argument("--mini", type=Path, default=DEFAULT_MINI)
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
     dev = torch.device(args.device)
-    model_args = {}
-    if args.min_size:
+    from freqprobe.plugin import parse_kv
+
+    model_args = parse_kv(args.model_arg, "--model-arg")
+    if args.min_size and args.model.startswith("detectron2:"):
+        model_args["INPUT.MIN_SIZE_TEST"] = args.min_size
+    elif args.min_size:
         model_args.update(min_size=args.min_size, max_size=max(args.min_size, int(args.min_size * 1333 / 800)))
     print(f"{args.model} on {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else cpu_model()}), "
           f"torch {torch.__version__}, {args.precision}, batch {args.batch_size}, {args.images} images x 3 variants")
@@ -125,7 +134,7 @@ def main() -> None:
         print("    stages: " + ", ".join(f"{k2} {v:.1f}" for k2, v in sorted(timings.items())))
         stats = {(r["variant"], r["param"]): r["value"] for r in result.summary if r["metric"] == "AP"}
         print("    AP: " + ", ".join(f"{v} {'' if p is None else p} {a:.4f}".replace("  ", " ") for (v, p), a in stats.items()))
-        out = {"device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model(),
+        out = {"model_args": model_args, "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model(),
                "torch": torch.__version__, "python": platform.python_version(), "model": args.model, "precision": args.precision,
                "batch_size": k, "images": len(data), "bare_images_per_s": bare_rate, "probe_wall_s": wall,
                "probe_forwards_per_s": rate, "ratio": rate / bare_rate, "timings": timings}

@@ -58,6 +58,9 @@ def read_checkpoint_with_meta(path: str | Path, *, trust: bool = False) -> tuple
             return load_file(str(p), device="cpu"), "safetensors", None
         except Exception as exc:
             raise UserFacingError(f"could not read safetensors checkpoint {p}: {str(exc).splitlines()[0]}") from None
+    if _is_raw_pickle(p):  # pickle.dump's output: torch.load cannot read it (and nothing of it is unpickled here)
+        raise UserFacingError(f"checkpoint {p} is a plain Python pickle, not a torch file: save the weights with "
+                              "torch.save(model.state_dict(), PATH) (or use a model source that reads this format)")
     if _is_torchscript(p):
         try:
             return torch.jit.load(str(p), map_location="cpu"), "torchscript", None
@@ -67,17 +70,7 @@ def read_checkpoint_with_meta(path: str | Path, *, trust: bool = False) -> tuple
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
         kind = "state_dict"
     except pickle.UnpicklingError as exc:
-        low = str(exc).lower()
-        # "Unsupported operand" is the weights-only unpickler meeting bytes that are not pickle opcodes: a corrupt file
-        if ("weights only" not in low and "weights_only" not in low) or "unsupported operand" in low:
-            lines = [s.strip() for s in str(exc).splitlines() if s.strip()]
-            detail = next((s for s in lines if s.lower().startswith("unsupported operand")), lines[0] if lines else type(exc).__name__)
-            raise UserFacingError(f"could not read checkpoint {p}: {detail} (corrupt or not a torch file?)") from None
-        if not trust:
-            raise UserFacingError(
-                f"checkpoint {p} holds pickled Python objects, not just tensors; loading it can run arbitrary code: "
-                "pass --trust-checkpoint if you trust its source, or save model.state_dict() instead"
-            ) from None
+        _refuse_untrusted(p, exc, trust)
         try:
             obj = torch.load(str(p), map_location="cpu", weights_only=False)
         except Exception as exc2:
@@ -89,6 +82,72 @@ def read_checkpoint_with_meta(path: str | Path, *, trust: bool = False) -> tuple
     if isinstance(obj, torch.nn.Module):
         return obj.state_dict(), kind, None
     return extract_state_dict(obj, p), kind, _meta_of(obj)
+
+
+def _refuse_untrusted(p: Path, exc: pickle.UnpicklingError, trust: bool) -> None:
+    """What the weights-only unpickler's refusal of ``p`` means: a corrupt file, or (without ``trust``) pickled objects."""
+    low = str(exc).lower()
+    # "Unsupported operand" is the weights-only unpickler meeting bytes that are not pickle opcodes: a corrupt file
+    if ("weights only" not in low and "weights_only" not in low) or "unsupported operand" in low:
+        lines = [s.strip() for s in str(exc).splitlines() if s.strip()]
+        detail = next((s for s in lines if s.lower().startswith("unsupported operand")), lines[0] if lines else type(exc).__name__)
+        raise UserFacingError(f"could not read checkpoint {p}: {detail} (corrupt or not a torch file?)") from None
+    if not trust:
+        raise UserFacingError(
+            f"checkpoint {p} holds pickled Python objects, not just tensors; loading it can run arbitrary code: "
+            "pass --trust-checkpoint if you trust its source, or save model.state_dict() instead"
+        ) from None
+
+
+def _is_raw_pickle(p: Path) -> bool:
+    """True when the file is exactly one pickle (``pickle.dump``'s output), read opcode by opcode: nothing is executed.
+
+    torch's legacy format also starts with a pickle (its magic number) but goes on after it: False for it."""
+    import pickletools
+
+    if zipfile.is_zipfile(p):
+        return False
+    try:
+        with open(p, "rb") as f:
+            if f.read(1) != b"\x80":  # PROTO: every pickle of protocol 2 or later starts with it
+                return False
+            f.seek(0)
+            for _ in pickletools.genops(f):
+                pass
+            return f.tell() == p.stat().st_size
+    except Exception:  # not a pickle stream
+        return False
+
+
+def check_checkpoint_trust(path: str | Path, *, trust: bool = False) -> str:
+    """Check a checkpoint that a model source reads itself (``ModelSource.reads_checkpoints``) without unpickling anything.
+
+    Returns ``safetensors``, ``torchscript``, ``tensors`` (readable by torch's weights-only unpickler) or
+    ``pickle`` (Python objects: only with ``trust``, else a one-line :class:`UserFacingError` naming
+    ``--trust-checkpoint``; model zoos publish such ``.pkl`` files). A missing file is refused too.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UserFacingError(f"checkpoint not found: {p} (pass --checkpoint with an existing file)")
+    if p.suffix == ".safetensors":
+        return "safetensors"
+    if _is_torchscript(p):
+        return "torchscript"
+    if _is_raw_pickle(p):  # one pickle, the whole file (torch's weights-only unpickler reads no protocol-4 frames)
+        if not trust:
+            raise UserFacingError(
+                f"checkpoint {p} is a Python pickle; unpickling it can run arbitrary code: "
+                "pass --trust-checkpoint if you trust its source (e.g. a model zoo's published model_final_*.pkl)")
+        return "pickle"
+    try:
+        torch.load(str(p), map_location="cpu", weights_only=True)  # the weights-only unpickler runs no code
+    except pickle.UnpicklingError as exc:
+        _refuse_untrusted(p, exc, trust)
+        return "pickle"
+    except Exception as exc:  # EOFError, RuntimeError('PytorchStreamReader failed...'), ...
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserFacingError(f"could not read checkpoint {p}: {msg} (corrupt or not a torch file?)") from None
+    return "tensors"
 
 
 #: the key under which a freqprobe checkpoint (``model.pt`` of a fitted or trained model) keeps what it knows

@@ -379,12 +379,27 @@ class ModelSource(ABC):
     usage: ClassVar[str | None] = None
     #: the adapter class for every model of this source; None (or ModelAdapter): the adapter registered for the model's task
     adapter_class: ClassVar[type[ModelAdapter] | None] = None
+    #: True when ``--checkpoint`` files are in this source's own format (detectron2's ``.pkl``...): the core then
+    #: checks the file (it exists; pickled Python objects only with ``--trust-checkpoint``) and hands it to
+    #: :meth:`load_checkpoint` after :meth:`build`, instead of reading it as a state dict itself
+    reads_checkpoints: ClassVar[bool] = False
 
     @abstractmethod
     def build(
         self, target: str, *, pretrained: bool = False, num_classes: int | None = None, model_args: Mapping[str, Any] = {}
     ) -> BuiltModel:
         """Build the architecture (with weights when ``pretrained``). ``num_classes`` is a hint for fresh heads."""
+
+    def load_checkpoint(self, built: BuiltModel, path: str, *, strict: bool = True) -> Mapping[str, Any]:
+        """Load the ``--checkpoint`` file ``path`` into ``built.module`` (only called when :attr:`reads_checkpoints`).
+
+        The core has checked the trust rule first: a file that holds pickled Python objects reaches this
+        method only with ``--trust-checkpoint``. ``strict``: refuse (a :class:`UserFacingError`) missing or
+        unexpected weights; shape conflicts are refused either way. Return facts for the manifest (e.g.
+        ``{"checkpoint_kind": "detectron2-pkl", "checkpoint_missing": [...], "checkpoint_unexpected": [...]}``);
+        the core adds the file's path and sha256.
+        """
+        raise NotImplementedError(f"{type(self).__name__} sets reads_checkpoints but does not implement load_checkpoint()")
 
 
 class Batch(NamedTuple):

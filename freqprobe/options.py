@@ -244,7 +244,7 @@ def parse_kv(pairs: Iterable[str], what: str) -> dict[str, Any]:
     for item in pairs or ():
         key, sep, val = item.partition("=")
         key = key.strip()
-        if not sep or not key.isidentifier():
+        if not sep or not all(part.isidentifier() for part in key.split(".")):  # dotted: detectron2's INPUT.MIN_SIZE_TEST
             raise UserFacingError(f"malformed {what} {item!r}: use KEY=VALUE")
         low = val.strip().lower()
         if low in ("true", "false", "none"):  # random_start=false: a boolean, as on every command line

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from . import guard as _guard
-from .checkpoint import (checkpoint_head_size, load_state_dict_checked, read_checkpoint, read_checkpoint_with_meta,
+from .checkpoint import (check_checkpoint_trust, checkpoint_head_size, load_state_dict_checked, read_checkpoint, read_checkpoint_with_meta,
                          save_model, sha256_file)
 from .errors import PluginError, StopRequested, UnknownNameError, UserFacingError
 from .interfaces import DataSource, Decomposer, ModelAdapter, ProbeResult
@@ -252,7 +252,10 @@ def build_model(
     source = _guard.call(entry.cls, "the constructor", entry.cls)
     args = dict(model_args or {})
     sd = kind = meta = None
-    if checkpoint:  # read (and refuse a bad file) before building anything
+    own_format = bool(checkpoint) and bool(getattr(source, "reads_checkpoints", False))
+    if own_format:  # the source reads its own format: the core checks the file (and the trust rule), nothing more
+        kind = check_checkpoint_trust(checkpoint, trust=trust_checkpoint)
+    elif checkpoint:  # read (and refuse a bad file) before building anything
         # a freqprobe model.pt also knows the normalisation the model was trained with (meta)
         obj, kind, meta = read_checkpoint_with_meta(checkpoint, trust=trust_checkpoint)
         sd = dict((obj.state_dict() if kind == "torchscript" else obj).items())
@@ -263,6 +266,11 @@ def build_model(
     model_task = built.info.get("task") or (source.task if source.task != "classification" else None) or task or "classification"
     adapter_cls = source.adapter_class if source.adapter_class not in (None, ModelAdapter) else adapter_for(model_task, pm)
     has_weights = built.has_weights
+    if own_format:
+        got = _guard.call(source, "load_checkpoint()", source.load_checkpoint, built, str(checkpoint), strict=strict)
+        info.update({"checkpoint_kind": kind, **dict(got or {}), "checkpoint": str(Path(checkpoint).resolve()),
+                     "checkpoint_sha256": sha256_file(checkpoint), "checkpoint_strict": strict})
+        has_weights = True
     if sd is not None:
         if built.info.get("plain_callable"):
             raise UserFacingError(f"--checkpoint given, but {spec} returned a plain callable (not a torch.nn.Module), "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,20 @@ def test_resume_refused_under_torchrun(freqprobe_processes, tmp_path, tiny_npz, 
     got = freqprobe_processes.two(["run", "--model", f"{tiny_model_file}:tinynet", "--data", f"npz:{tiny_npz}", "--no-fit",
                          "--out", tmp_path / "r", "--resume", "-q"], tmp_path)
     assert got.returncode != 0 and "--resume is not available under torchrun" in got.stderr
+
+
+def test_detectron2_two_processes_write_what_one_writes(freqprobe_processes, tmp_path, shared_data, detectron2_ready):
+    """A detectron2 RetinaNet (random weights drawn from the seed in each process) sharded over two processes."""
+    d = shared_data / "coco_val2017_mini"
+    args = ["run", "--model", "detectron2:COCO-Detection/retinanet_R_50_FPN_3x.yaml", "--model-arg", "INPUT.MIN_SIZE_TEST=256",
+            "--model-arg", "MODEL.RETINANET.SCORE_THRESH_TEST=0.0", "--model-arg", "TEST.DETECTIONS_PER_IMAGE=10",
+            "--model-arg", "MODEL.RESNETS.NORM=GN", "--model-arg", "MODEL.FPN.NORM=GN", "--probe", "coco-map",
+            "--data", f"coco:{d / 'val2017'}:{d / 'instances_val2017_mini.json'}", "--limit", 3, "--batch-size", 1,
+            "--probe-opt", "panels=0", "--device", "cpu", "-q"]
+    one = freqprobe_processes.one([*args, "--out", tmp_path / "one"], tmp_path)
+    assert one.returncode == 0, one.stderr
+    two = freqprobe_processes.two([*args, "--out", tmp_path / "two"], tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    same_files(tmp_path / "one", tmp_path / "two", ["summary.csv", "samples.csv", "detections_original.json",
+                                                    "detections_low_r128.json", "detections_high_r128.json"])
+    assert len(json.loads((tmp_path / "one" / "detections_original.json").read_text())) == 3 * 10

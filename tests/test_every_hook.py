@@ -604,6 +604,94 @@ def test_register_model_sources_a_second_source_builds_the_model_of_a_run(cli, u
     assert rc == 0 and re.search(r"^\s*toy\s+thirdparty\b", out_, re.M), out_
 
 
+class PickledToySource(ToySource):
+    """toy models whose checkpoints are this source's own format: ``pickle.dump({"toy_weights": {key: numpy array}})``."""
+
+    name = "toypkl"
+    reads_checkpoints = True
+    calls: list = []
+
+    def build(self, target, *, pretrained=False, num_classes=None, model_args=None):
+        built = super().build(target, pretrained=pretrained, num_classes=num_classes, model_args={"width": 5})
+        built.info["args_seen"] = dict(model_args)
+        return built
+
+    def load_checkpoint(self, built, path, *, strict=True):
+        import pickle
+
+        type(self).calls.append((path, strict))
+        if path.endswith(".pt"):
+            state = torch.load(path, weights_only=True)
+        else:
+            with open(path, "rb") as f:
+                state = {k: torch.from_numpy(v) for k, v in pickle.load(f)["toy_weights"].items()}
+        built.module.load_state_dict(state, strict=strict)
+        return {"checkpoint_kind": "toy-pickle", "keys": len(state)}
+
+
+class PickledToyPlugin:
+    @freqprobe.hookimpl
+    def register_model_sources(self):
+        return [PickledToySource]
+
+
+def test_a_source_reads_its_own_checkpoint_format_after_the_cores_trust_check(cli, use_pm, tiny_npz, tmp_path):
+    """``reads_checkpoints``: the core refuses an untrusted pickle (nothing unpickled: a payload would create a file),
+    then hands the path to ``load_checkpoint``; the manifest has the source's facts and the file's sha256."""
+    import hashlib
+    import pickle
+
+    use_pm.register(PickledToyPlugin(), "thirdparty")
+    use_pm.register(ToyPlugin(), "toys")
+    torch.manual_seed(3)
+    trained = toy_cnn(4, 5).eval()
+    pkl = tmp_path / "toy.pkl"
+    with open(pkl, "wb") as f:
+        pickle.dump({"toy_weights": {k: v.numpy() for k, v in trained.state_dict().items()}}, f)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "evil.pkl"
+    with open(evil, "wb") as f:
+        pickle.dump({"toy_weights": Payload()}, f)
+    PickledToySource.calls.clear()
+    base = ["run", "--model", "toypkl:cnn", "--data", f"npz:{tiny_npz}", "--radii", "4", "--device", "cpu", "-q"]
+    for f in (pkl, evil):
+        rc, _, err = cli(*base, "--checkpoint", f, "--out", tmp_path / "refused")
+        assert rc == 2 and "is a Python pickle" in err and "--trust-checkpoint" in err and "Traceback" not in err, err
+    assert not marker.exists() and not (tmp_path / "refused").exists() and PickledToySource.calls == []
+
+    out = tmp_path / "run"
+    rc, _, err = cli(*base, "--checkpoint", pkl, "--trust-checkpoint", "--model-arg", "SOLVER.BASE_LR=0.1", "--out", out)
+    assert rc == 0, err
+    assert PickledToySource.calls == [(str(pkl), True)]
+    model = json.loads((out / "manifest.json").read_text())["model"]
+    assert model["checkpoint_kind"] == "toy-pickle" and model["keys"] == len(trained.state_dict())
+    assert model["checkpoint_sha256"] == hashlib.sha256(pkl.read_bytes()).hexdigest() and model["has_weights"] is True
+    assert model["args_seen"] == {"SOLVER.BASE_LR": 0.1}  # a dotted --model-arg key reaches the source as typed
+    x, _ = npz_images(tiny_npz)
+    m, s = torch.tensor(TOY_MEAN).view(1, 3, 1, 1), torch.tensor(TOY_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want = trained((x - m) / s).argmax(1).tolist()
+    preds = preds_by_variant(read_csv(out / "samples.csv"))
+    assert [preds[("original", "")][i] for i in range(len(x))] == want  # the file's weights, not fitted ones
+
+    tensors = tmp_path / "toy.pt"  # tensors only: no trust needed, and the source still reads it
+    torch.save(trained.state_dict(), tensors)
+    rc, _, err = cli(*base, "--checkpoint", tensors, "--non-strict", "--out", tmp_path / "pt")
+    assert rc == 0, err
+    assert PickledToySource.calls[-1] == (str(tensors), False)
+    rc, _, err = cli(*base, "--checkpoint", tmp_path / "missing.pkl", "--out", tmp_path / "m")
+    assert rc == 2 and "checkpoint not found" in err
+    # a source that leaves checkpoints to the core: a raw pickle is not a torch file (and is not unpickled)
+    rc, _, err = cli("run", "--model", "toy:cnn", "--data", f"npz:{tiny_npz}", "--checkpoint", evil, "--trust-checkpoint",
+                     "--device", "cpu", "-q", "--out", tmp_path / "core")
+    assert rc == 2 and "is a plain Python pickle, not a torch file" in err and not marker.exists(), err
+
+
 # ----------------------------------------------------------------------------- add_options
 class ScaleProbe(freqprobe.Probe):
     """Accuracy on the original images scaled by the plugin's own --scale option (read from the run's configuration)."""

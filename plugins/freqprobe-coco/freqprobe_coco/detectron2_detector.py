@@ -6,6 +6,8 @@ imports it when it builds a model: registering the source does not load torch.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 #: COCO's 80 category ids in ascending order: detectron2's contiguous class i is the i-th
@@ -26,21 +28,28 @@ class Detectron2Detector(torch.nn.Module):
         self.register_buffer("category_ids", torch.tensor(category_ids, dtype=torch.int64), persistent=False)
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        """detectron2's test-time resize (``ResizeShortestEdge``: its output size, and for float images its bilinear
+        ``interpolate``); a test size of 0 keeps the image as it is, as in detectron2."""
+        from detectron2.data.transforms import ResizeShortestEdge
+
         h, w = x.shape[-2:]
-        scale = self.min_size / min(h, w)
-        if max(h, w) * scale > self.max_size:
-            scale = self.max_size / max(h, w)
-        size = (int(h * scale + 0.5), int(w * scale + 0.5))
+        if self.min_size == 0:
+            return x
+        size = ResizeShortestEdge.get_output_shape(h, w, self.min_size, self.max_size)
+        if tuple(size) == (h, w):
+            return x
         return torch.nn.functional.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
 
     def forward(self, images: list) -> list:
         inputs = []
         for x in images:
-            img = self._resize(x.float()) * 255.0
+            img = self._resize(x.float() * 255.0)  # on 0-255 values, as detectron2's DefaultPredictor resizes a float image
             if self.input_format == "BGR":
                 img = img.flip(0)
             inputs.append({"image": img, "height": int(x.shape[-2]), "width": int(x.shape[-1])})
-        outs = self.model(inputs)
+        with warnings.catch_warnings():  # detectron2's anchor generator calls torch.meshgrid without indexing=
+            warnings.filterwarnings("ignore", message=r"torch\.meshgrid")
+            outs = self.model(inputs)
         got = []
         for o in outs:
             inst = o["instances"]

@@ -386,20 +386,6 @@ def test_report_shows_the_panels(cli, tmp_path, coco_mini):
     assert "accuracy.png" in core_only and not any(q.name in core_only for q in panels)
 
 
-def test_detectron2_source(cli, tmp_path, coco_mini):
-    """detectron2 cannot be installed here: without it the source says so in one line; with it, a model-zoo RetinaNet runs."""
-    from freqprobe_coco.detectron2_source import detectron2_available
-
-    args = ["run", "--model", "detectron2:COCO-Detection/retinanet_R_50_FPN_3x.yaml", "--probe", "coco-map",
-            "--data", coco_mini["spec"], "--limit", "1", "--out", tmp_path / "d2", "--probe-opt", "panels=0", "-q"]
-    rc, _, err = cli(*args)
-    if not detectron2_available():
-        assert rc == 2 and err.startswith("Error: detectron2 is not installed") and "Traceback" not in err, err
-        pytest.skip("detectron2 is not importable (no wheels for this torch): only its one-line refusal was tested")
-    assert rc == 0, err
-    assert len(read_csv(tmp_path / "d2" / "summary.csv")) == 3 * 12
-
-
 def test_stop_and_resume_gives_the_same_files(tmp_path, coco_mini, coco_pm, monkeypatch):
     """A coco-map run stopped mid-way (SIGINT at a batch boundary) resumes to the same summary, samples and detections."""
     import freqprobe
