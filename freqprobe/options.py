@@ -244,7 +244,8 @@ def parse_kv(pairs: Iterable[str], what: str) -> dict[str, Any]:
     for item in pairs or ():
         key, sep, val = item.partition("=")
         key = key.strip()
-        if not sep or not all(part.isidentifier() for part in key.split(".")):  # dotted: detectron2's INPUT.MIN_SIZE_TEST
+        parts = key.split(".")  # dotted keys (detectron2's INPUT.MIN_SIZE_TEST, a LazyConfig's augmentations.0.max_size)
+        if not sep or not parts[0].isidentifier() or not all(p.isidentifier() or p.isdigit() for p in parts[1:]):
             raise UserFacingError(f"malformed {what} {item!r}: use KEY=VALUE")
         low = val.strip().lower()
         if low in ("true", "false", "none"):  # random_start=false: a boolean, as on every command line

@@ -6,6 +6,7 @@ answers in one line how to get it (docs/detection.md). With it:
 - ``detectron2:COCO-Detection/retinanet_R_50_FPN_3x.yaml`` builds a model-zoo config (found through the
   installed package's own files: no ``pkg_resources``, which current setuptools no longer ships);
   ``detectron2:path/to/config.yaml`` a config file of one's own (``_BASE_`` resolved as detectron2 does);
+  a LazyConfig ``.py`` (``COCO-Detection/fcos_R_50_FPN_1x.py``) is loaded and instantiated as detectron2 does;
 - ``--model-arg KEY=VALUE`` overrides config keys (``INPUT.MIN_SIZE_TEST=320``,
   ``MODEL.RETINANET.SCORE_THRESH_TEST=0.05``) through ``cfg.merge_from_list``, so values are checked and
   coerced as detectron2 does; unknown keys answer "did you mean";
@@ -33,7 +34,7 @@ from freqprobe import BuiltModel, ModelSource, UnknownNameError, UserFacingError
 from freqprobe.plugin import exception_line
 
 #: detectron2 meta-architectures whose outputs carry ``instances`` (boxes, scores, classes)
-DETECTORS = ("GeneralizedRCNN", "RetinaNet", "PanopticFPN")
+DETECTORS = ("GeneralizedRCNN", "RetinaNet", "FCOS", "PanopticFPN")
 
 #: the config values that decide a detector's numbers, recorded in the manifest beside the overrides
 RECORDED_KEYS = ("MODEL.META_ARCHITECTURE", "INPUT.FORMAT", "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST",
@@ -110,63 +111,151 @@ class Detectron2ModelSource(ModelSource):
         problem = detectron2_problem()
         if problem:
             raise UserFacingError(problem)
-        with warnings.catch_warnings():  # detectron2's modules torch.jit.script at import, which torch deprecates
-            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script")
-            from detectron2.config import get_cfg
-            from detectron2.modeling import build_model
-
         from .detectron2_detector import Detectron2Detector
 
         path, zoo_name = _config_file(target)
-        if path.suffix == ".py":
-            raise UserFacingError(f"detectron2:{target} is a LazyConfig (.py) file, which freqprobe does not build yet: "
-                                  "use a .yaml config (the model zoo has one for each of its COCO detectors)")
-        cfg = get_cfg()
-        try:
-            with _quiet_unsafe_yaml(zoo_name is not None):
-                cfg.merge_from_file(str(path))
-        except Exception as exc:
-            raise UserFacingError(f"could not read detectron2 config {path}: {exception_line(exc)}") from None
-        overrides = _apply_overrides(cfg, model_args, target)
-        arch = cfg.MODEL.META_ARCHITECTURE
-        if arch not in DETECTORS:
-            raise UserFacingError(f"detectron2:{target} builds a {arch}, whose outputs carry no detections; use a detector "
-                                  f"config ({', '.join(DETECTORS)}), e.g. COCO-Detection/retinanet_R_50_FPN_3x.yaml")
-        category_ids = _category_ids(cfg, target)
         weights = _pretrained_weights(target, zoo_name) if pretrained else None
-        cfg.MODEL.DEVICE = "cpu"  # the core moves the model to the run's device
-        cfg.MODEL.WEIGHTS = ""  # the config's own (ImageNet backbone) weights are never loaded: --pretrained or --checkpoint
-        cfg.freeze()
-        model = build_model(cfg).eval()
+        make = _lazy_model if path.suffix == ".py" else _yaml_model
+        model, found = make(path, zoo_name, model_args, target)
+        if found["arch"] not in DETECTORS:
+            raise UserFacingError(f"detectron2:{target} builds a {found['arch']}, whose outputs carry no detections; use a "
+                                  f"detector config ({', '.join(DETECTORS)}), e.g. COCO-Detection/retinanet_R_50_FPN_3x.yaml")
+        category_ids = _category_ids(found["num_classes"], target)
+        model.eval()
         info: dict[str, Any] = {}
         if weights is not None:
             info = _load(model, weights, strict=True, what=f"the model zoo's weights of {zoo_name}")
             info = {"weights_file": weights, "weights_url": ZOO_URL + _zoo_suffix(zoo_name),
                     **{k: v for k, v in info.items() if k != "checkpoint_kind"}}
-        wrapped = Detectron2Detector(model, input_format=cfg.INPUT.FORMAT, min_size=cfg.INPUT.MIN_SIZE_TEST,
-                                     max_size=cfg.INPUT.MAX_SIZE_TEST, category_ids=category_ids)
-        values = {k: _plain(_get(cfg, k)) for k in RECORDED_KEYS if _has(cfg, k)}
+        wrapped = Detectron2Detector(model, input_format=found["input_format"], min_size=found["min_size"],
+                                     max_size=found["max_size"], category_ids=category_ids)
         return BuiltModel(wrapped, has_weights=weights is not None, info={
             "task": "detection", "normalises_inside": True,
             "detectron2": {"config": target, "config_file": str(path), "model_zoo": zoo_name is not None,
-                           "overrides": overrides, "config_values": values, **info},
-            "resize": {"min_size": int(cfg.INPUT.MIN_SIZE_TEST), "max_size": int(cfg.INPUT.MAX_SIZE_TEST)}})
+                           "lazy_config": path.suffix == ".py", "overrides": found["overrides"],
+                           "config_values": found["values"], **info},
+            "resize": {"min_size": int(found["min_size"]), "max_size": int(found["max_size"])}})
 
     def load_checkpoint(self, built: BuiltModel, path: str, *, strict: bool = True) -> Mapping[str, Any]:
         return _load(built.module.model, path, strict=strict, what=f"checkpoint {path}")
 
 
+def _imports():
+    with warnings.catch_warnings():  # detectron2's modules torch.jit.script at import, which torch deprecates
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script")
+        import detectron2.config
+        import detectron2.modeling
+    return detectron2.config, detectron2.modeling
+
+
+def _yaml_model(path: Path, zoo_name: str | None, model_args: Mapping[str, Any], target: str):
+    """A ``.yaml`` config (detectron2's ``CfgNode``): ``cfg.merge_from_file``, the overrides, ``build_model``."""
+    config, modeling = _imports()
+    cfg = config.get_cfg()
+    try:
+        with _quiet("fvcore.common.config", zoo_name is not None):
+            cfg.merge_from_file(str(path))
+    except Exception as exc:
+        raise UserFacingError(f"could not read detectron2 config {path}: {exception_line(exc)}") from None
+    overrides = _apply_overrides(cfg, model_args, target)
+    arch = cfg.MODEL.META_ARCHITECTURE
+    k = cfg.MODEL.RETINANET.NUM_CLASSES if arch == "RetinaNet" else cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    values = {key: _plain(_get(cfg, key)) for key in RECORDED_KEYS if _has(cfg, key)}
+    found = {"arch": arch, "num_classes": k, "input_format": cfg.INPUT.FORMAT, "min_size": cfg.INPUT.MIN_SIZE_TEST,
+             "max_size": cfg.INPUT.MAX_SIZE_TEST, "overrides": overrides, "values": values}
+    if arch not in DETECTORS:
+        return None, found
+    cfg.MODEL.DEVICE = "cpu"  # the core moves the model to the run's device
+    cfg.MODEL.WEIGHTS = ""  # the config's own (ImageNet backbone) weights are never loaded: --pretrained or --checkpoint
+    cfg.freeze()
+    return modeling.build_model(cfg), found
+
+
+def _lazy_model(path: Path, zoo_name: str | None, model_args: Mapping[str, Any], target: str):
+    """A LazyConfig ``.py`` file: ``LazyConfig.load``, the overrides (``LazyConfig.apply_overrides``),
+    ``instantiate(cfg.model)``; the test size from its test loader's ``ResizeShortestEdge``."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    config, _ = _imports()
+    try:
+        cfg = config.LazyConfig.load(str(path))
+    except Exception as exc:
+        raise UserFacingError(f"could not read detectron2 config {path}: {exception_line(exc)}") from None
+    if "model" not in cfg:
+        raise UserFacingError(f"detectron2 config {path} defines no model (a LazyConfig needs `model = L(...)(...)`)")
+    missing = object()
+    overrides = {}
+    for key, value in model_args.items():
+        parent = OmegaConf.select(cfg, key.rpartition(".")[0], default=missing) if "." in key else cfg
+        # as detectron2's apply_overrides: a new key is a new keyword of its parent's call (model.test_score_thresh=0.0)
+        if OmegaConf.select(cfg, key, default=missing) is missing and not OmegaConf.is_dict(parent):
+            raise UnknownNameError(f"detectron2 config key (--model-arg of detectron2:{target})", key, _lazy_keys(cfg))
+        text = repr(value) if isinstance(value, str) else json.dumps(value)
+        try:
+            config.LazyConfig.apply_overrides(cfg, [f"{key}={text}"])
+        except Exception as exc:
+            raise UserFacingError(f"bad --model-arg {key}={value!r} for detectron2:{target}: {exception_line(exc)}") from None
+        overrides[key] = _plain(OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, key)}))["v"])
+    resize = _lazy_test_resize(cfg)
+    if resize is None:
+        raise UserFacingError(f"detectron2 config {path} has no ResizeShortestEdge in dataloader.test.mapper.augmentations: "
+                              "freqprobe needs the test size from it")
+    try:
+        with _quiet("detectron2.config.instantiate"):
+            model = config.instantiate(cfg.model)
+    except Exception as exc:
+        raise UserFacingError(f"could not build the model of detectron2 config {path}: {exception_line(exc)}") from None
+    heads = getattr(model, "roi_heads", None)
+    k = getattr(model, "num_classes", None) or getattr(heads, "num_classes", None)
+    arch = type(model).__name__
+    fmt = getattr(model, "input_format", None) or "BGR"
+    values = {"model._target_": f"{type(model).__module__}.{arch}", "input_format": fmt,
+              "test_resize.short_edge_length": resize[0], "test_resize.max_size": resize[1], "num_classes": k}
+    for key in ("model.test_score_thresh", "model.test_nms_thresh", "model.max_detections_per_image",
+                "model.roi_heads.box_predictor.test_score_thresh", "model.roi_heads.box_predictor.test_topk_per_image"):
+        got = OmegaConf.select(cfg, key, default=None)
+        if isinstance(got, (int, float)):
+            values[key] = got
+    return model, {"arch": arch, "num_classes": k, "input_format": fmt, "min_size": resize[0], "max_size": resize[1],
+                   "overrides": overrides, "values": values}
+
+
+def _lazy_test_resize(cfg) -> tuple[int, int] | None:
+    from omegaconf import OmegaConf
+
+    for aug in OmegaConf.select(cfg, "dataloader.test.mapper.augmentations", default=None) or []:
+        target = aug.get("_target_") if hasattr(aug, "get") else None
+        if getattr(target, "__name__", str(target)).endswith("ResizeShortestEdge"):
+            short = aug.get("short_edge_length")
+            short = short[0] if isinstance(short, (list, tuple)) or OmegaConf.is_list(short) else short
+            return int(short), int(aug.get("max_size", 10**9))
+    return None
+
+
+def _lazy_keys(cfg, prefix: str = "") -> list[str]:
+    from omegaconf import OmegaConf
+
+    out = []
+    for k in cfg.keys():
+        v = cfg.get(k)
+        out += _lazy_keys(v, f"{prefix}{k}.") if OmegaConf.is_dict(v) else [f"{prefix}{k}"]
+    return out
+
+
 @contextlib.contextmanager
-def _quiet_unsafe_yaml(quiet: bool):
-    """The model zoo's configs compute anchor sizes with a yaml ``!!python`` tag, so fvcore loads them with
-    ``yaml.unsafe_load`` and warns: not worth a warning for the installed package's own files (a user's own
-    config file keeps it: like a LazyConfig ``.py``, a config file is code the user chose to run)."""
+def _quiet(logger: str, quiet: bool = True):
+    """Silence one of detectron2's loggers for a moment: fvcore's ``yaml.unsafe_load`` warning for the model zoo's
+    configs (they compute anchor sizes with a yaml ``!!python`` tag; a user's own config file keeps the warning:
+    like a LazyConfig ``.py``, a config file is code the user chose to run), and ``instantiate``'s error log,
+    which the one-line error says again."""
     import logging
 
-    log = logging.getLogger("fvcore.common.config")
+    log = logging.getLogger(logger)
     level = log.level
     if quiet:
-        log.setLevel(logging.ERROR)
+        log.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
@@ -232,11 +321,9 @@ def _apply_overrides(cfg, model_args: Mapping[str, Any], target: str) -> dict[st
     return got
 
 
-def _category_ids(cfg, target: str) -> tuple:
+def _category_ids(k, target: str) -> tuple:
     from .detectron2_detector import COCO_CATEGORY_IDS
 
-    arch = cfg.MODEL.META_ARCHITECTURE
-    k = cfg.MODEL.RETINANET.NUM_CLASSES if arch == "RetinaNet" else cfg.MODEL.ROI_HEADS.NUM_CLASSES
     if k != len(COCO_CATEGORY_IDS):
         raise UserFacingError(f"detectron2:{target} predicts {k} classes; freqprobe reports detectron2's classes as COCO's "
                               f"{len(COCO_CATEGORY_IDS)} category ids, so only COCO-class detectors can be probed")
@@ -244,7 +331,7 @@ def _category_ids(cfg, target: str) -> tuple:
 
 
 def _zoo_suffix(zoo_name: str) -> str:
-    stem = zoo_name[: -len(".yaml")]
+    stem = zoo_name.rsplit(".", 1)[0]
     suffix = zoo_weight_suffixes().get(stem)
     return f"{stem}/{suffix}" if suffix else ""
 

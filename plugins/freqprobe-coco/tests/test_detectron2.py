@@ -121,6 +121,22 @@ def test_faster_rcnn_is_wrapped_too(cli, tmp_path, coco_mini, detectron2_ready):
     assert json.loads((out / "detections_original.json").read_text())
 
 
+def test_a_lazyconfig_detector(cli, tmp_path, coco_mini, detectron2_ready):
+    """A LazyConfig (.py) model-zoo FCOS: its test size overridden through the test loader's augmentation, a new
+    keyword for the model's call (as detectron2's apply_overrides allows), both in the manifest."""
+    out = tmp_path / "fcos"
+    rc, _, err = cli("run", "--model", "detectron2:COCO-Detection/fcos_R_50_FPN_1x.py",
+                     "--model-arg", "dataloader.test.mapper.augmentations.0.short_edge_length=256",
+                     "--model-arg", "model.test_score_thresh=0.0", "--probe", "coco-map", "--data", coco_mini["spec"],
+                     "--limit", "1", "--out", out, "--probe-opt", "panels=0", "-q")
+    assert rc == 0, err
+    d2 = json.loads((out / "manifest.json").read_text())["model"]["detectron2"]
+    assert d2["lazy_config"] is True and d2["config_values"]["model._target_"].endswith(".FCOS")
+    assert d2["overrides"] == {"dataloader.test.mapper.augmentations.0.short_edge_length": 256, "model.test_score_thresh": 0.0}
+    assert d2["config_values"]["test_resize.short_edge_length"] == 256 and d2["config_values"]["model.test_score_thresh"] == 0.0
+    assert json.loads((out / "detections_original.json").read_text())
+
+
 def test_the_same_detections_as_detectron2s_default_predictor(coco_mini, detectron2_ready, build):
     """One COCO image (640×426) at test size 320 (a resize) and 600 (an upscale): the wrapper gives exactly what
     detectron2's own ``DefaultPredictor`` gives for the float image (resize, BGR, 0–255, boxes mapped back to
@@ -253,7 +269,8 @@ def test_own_config_file(tmp_path, detectron2_ready, build):
     (RETINANET, ["--model-arg", "MODEL.WEIGHTS=/x/model_final.pkl"], "not --model-arg MODEL.WEIGHTS"),
     (RETINANET, ["--model-arg", "MODEL.RETINANET.NUM_CLASSES=3"], "only COCO-class detectors"),
     ("Misc/semantic_R_50_FPN_1x.yaml", [], "builds a SemanticSegmentor, whose outputs carry no detections"),
-    ("COCO-Detection/retinanet_R_50_FPN_1x.py", [], "LazyConfig (.py)"),
+    ("COCO-Detection/retinanet_R_50_FPN_1x.py", ["--model-arg", "model.nope.x=1"], "Did you mean: "),
+    ("COCO-Detection/retinanet_R_50_FPN_1x.py", ["--model-arg", "model.bogus=1"], "unexpected keyword argument 'bogus'"),
     (RETINANET, ["--pretrained", "--checkpoint", "x.pkl"], "either --pretrained or --checkpoint"),
 ])
 def test_bad_detectron2_input_is_one_line(cli, tmp_path, coco_mini, detectron2_ready, spec, args, needle):
