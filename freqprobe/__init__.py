@@ -27,6 +27,7 @@ from .version import __version__
 
 #: names loaded on first use (they import torch): name -> module
 _LAZY = {
+    "BandSource": "sources",
     "DecomposerSource": "sources",
     "OriginalSource": "sources",
     "evaluate": "engine",
@@ -62,6 +63,7 @@ __all__ = [
     "ClassifierAdapter",
     "DataSource",
     "Decomposer",
+    "BandSource",
     "DecomposerSource",
     "EvalStep",
     "Evaluator",

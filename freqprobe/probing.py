@@ -184,6 +184,18 @@ class Probe(ABC):
         """The declared defaults updated with ``given``; unknown keys and bad types raise UserFacingError."""
         return check_declared_options("probe", cls.name, cls.options, given)
 
+    def check_params(self, decomposer: Any, given: list | None) -> tuple:
+        """The run's parameters from ``--radii``/``--ranks`` as given (None: not given), checked before anything loads.
+
+        Default: the probe's :attr:`default_params` for this decomposer (else the decomposer's own) through the
+        decomposer's :meth:`~freqprobe.Decomposer.check_params`. A probe whose parameters mean something else
+        (the band edges of ``bands``, where 0 is allowed) overrides it.
+        """
+        if given is None:
+            default = (self.default_params or {}).get(decomposer.name)
+            given = list(default) if default else None
+        return tuple(decomposer.check_params(given))
+
     def sources(self, ctx: RunContext) -> list[VariantSource]:
         """The variant sources to evaluate; default: the original images and the decomposer's parts."""
         from .sources import DecomposerSource

@@ -543,11 +543,8 @@ def plan(config: RunConfig, pm, *, check_out: bool = True) -> Plan:
     probe_obj = _guard.call(probe_entry.cls, "the constructor", probe_entry.cls, **popts)
     dopts = {**dict(c.decomposer_options or {}), **c.routed("decomposer", c.decomposer)}
     dec = get_decomposer(c.decomposer, pm, **dopts)
-    given = parse_params(c.params)
-    if given is None:  # the probe's default for this decomposer (a detection probe's r = 128), else the decomposer's
-        default = (getattr(probe_entry.cls, "default_params", None) or {}).get(dec.name)
-        given = list(default) if default else None
-    params = tuple(dec.check_params(given))
+    # the probe's default for this decomposer (a detection probe's r = 128), else the decomposer's, checked by the probe
+    params = tuple(_guard.call(probe_entry.cls, "check_params()", probe_obj.check_params, dec, parse_params(c.params)))
     rescale_obj = get_class("rescale", c.rescale, pm)()
     transforms = []
     for t in c.transforms or ():

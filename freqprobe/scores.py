@@ -27,6 +27,13 @@ def _empty(v: Any) -> bool:
     return v is None or (isinstance(v, str) and v == "") or (isinstance(v, float) and math.isnan(v))
 
 
+def _is_number(v: Any) -> bool:
+    try:
+        return float(v) == float(v)
+    except (TypeError, ValueError):
+        return False
+
+
 def _num(v: Any) -> float:
     return float("nan") if _empty(v) else float(v)
 
@@ -97,6 +104,8 @@ def hfc_reliance(
     out = []
     for (transform, decomposer, m), grows in groups.items():
         comp_rows = [r for r in grows if not _empty(r.get("param")) and r.get("variant") != "original"]
+        if any(not _is_number(r["param"]) for r in comp_rows):
+            continue  # text parameters (the bands "0-4", "4-8") are no radii: no area under a curve of radius
         if wanted is None and not comp_rows:
             continue  # metric=None: only metrics that have component rows
         comp = component

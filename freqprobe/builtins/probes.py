@@ -1,4 +1,5 @@
-"""Built-in probes: ``lfc-hfc`` (the paper's Figure 2 and its accuracy-vs-radius tables)."""
+"""Built-in probes: ``lfc-hfc`` (the paper's Figure 2 and its accuracy-vs-radius tables) and ``bands`` (accuracy on
+band-pass images)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from ..evaluators import EvalStep, Evaluator
 from ..hookspecs import hookimpl
 from ..interfaces import ProbeResult, Variant
 from ..probing import Probe, RunContext
-from ..sources import DecomposerSource, OriginalSource
+from ..sources import BandSource, DecomposerSource, OriginalSource
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -136,9 +137,46 @@ class LfcHfcProbe(Probe):
 SCORED_METRICS = ("accuracy", "top5-accuracy")
 
 
+class BandsProbe(Probe):
+    """Accuracy on the original images and on band-pass images low(r[i+1]) - low(r[i]) of consecutive radii."""
+
+    name = "bands"
+    requires = {"task": "classification"}
+    #: band edges: 0-4, 4-8, 8-12, 12-16
+    default_params = {"fft-radial": (0, 4, 8, 12, 16), "svd": (0, 4, 8, 12, 16)}
+
+    def check_params(self, decomposer, given):
+        """Band edges: at least two, strictly increasing; the first may be 0 (``low(0)`` is the zero image)."""
+        if given is None:
+            given = list(self.default_params.get(decomposer.name) or (0, *decomposer.default_params))
+        edges = []
+        for p in given:
+            try:
+                zero = float(p) == 0.0
+            except (TypeError, ValueError):
+                zero = False
+            edges.append(0 if zero and not edges else decomposer.check_param(p))
+        if len(edges) < 2:
+            raise UserFacingError(f"--probe bands takes at least two band edges ({decomposer.param_name} values, e.g. "
+                                  f"0,4,8,12,16: the bands 0-4, 4-8, ...); got {len(edges)}")
+        bad = next((i for i in range(1, len(edges)) if not edges[i] > edges[i - 1]), None)
+        if bad is not None:
+            raise UserFacingError(f"--probe bands: band edges must increase; {edges[bad - 1]:g} is followed by {edges[bad]:g} "
+                                  f"(pass them in order, e.g. 0,4,8,12,16)")
+        return tuple(edges)
+
+    def sources(self, ctx: RunContext) -> list:
+        return [BandSource(ctx.decomposer, ctx.params, OriginalSource())]
+
+    def derive(self, result: ProbeResult, ctx: RunContext) -> None:
+        """The bands are the result's component (``accuracy.png``: accuracy per band, in the edges' order)."""
+        result.components = ("band",)
+        result.param_name = f"band ({ctx.decomposer.param_name})"
+
+
 @hookimpl
 def register_probes():
-    return [LfcHfcProbe]
+    return [LfcHfcProbe, BandsProbe]
 
 
 @hookimpl

@@ -53,9 +53,13 @@ def plot_accuracy(result, path: Path) -> None:
         rows = [r for r in plain if r["metric"] == metric]
         orig = [r["value"] for r in rows if r["variant"] == "original"]
         for comp in result.components:
-            pts = sorted((float(r["param"]), r["value"]) for r in rows if r["variant"] == comp)
-            if pts:
+            pts = [(r["param"], r["value"]) for r in rows if r["variant"] == comp]
+            if pts and all(_is_number(p) for p, _ in pts):
+                pts = sorted((float(p), v) for p, v in pts)
                 ax.plot([p for p, _ in pts], [v for _, v in pts], marker="o", label=comp)
+            elif pts:  # text parameters (the bands "0-4", "4-8"): in the order evaluated, one tick each
+                ax.plot(range(len(pts)), [v for _, v in pts], marker="o", label=comp)
+                ax.set_xticks(range(len(pts)), [fmt_param(p) for p, _ in pts])
         if orig:
             ax.axhline(orig[0], color="gray", linestyle="--", label=f"original ({orig[0]:.3f})")
         ax.set_xlabel(result.param_name or "param")
@@ -68,6 +72,10 @@ def plot_accuracy(result, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _is_number(p) -> bool:
+    return isinstance(p, (int, float)) and not isinstance(p, bool)
 
 
 def _show(img) -> np.ndarray:
