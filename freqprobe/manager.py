@@ -30,6 +30,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "freqprobe.builtins.models",
     "freqprobe.builtins.datasets",
     "freqprobe.builtins.probes",
+    "freqprobe.builtins.heatmap",
     "freqprobe.builtins.report",
 )
 

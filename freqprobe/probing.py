@@ -28,7 +28,8 @@ class Services:
     ``journal``: the run's :class:`freqprobe.journal.RunJournal` (streamed ``samples.csv``,
     checkpoints; None for a bare evaluation); ``dist``: the torchrun job
     (:class:`freqprobe.distributed.Dist`) or None; ``out_dir``: the folder writers write into (the
-    run's unfinished folder; None when nothing is written).
+    run's unfinished folder; None when nothing is written); ``say``: prints a line for the user (the
+    command line's announcements; None: the line is only logged, at INFO).
     """
 
     pm: Any = None
@@ -36,6 +37,7 @@ class Services:
     journal: Any = None
     dist: Any = None
     out_dir: "Path | None" = None
+    say: Callable[[str], None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +143,15 @@ class RunContext:
     def out_dir(self) -> "Path | None":
         return self.services.out_dir
 
+    def announce(self, line: str) -> None:
+        """Tell the user one line (a probe's cost up front...): printed by the command line, else logged at INFO."""
+        if self.services.say is not None:
+            self.services.say(line)
+        else:
+            import logging
+
+            logging.getLogger("freqprobe").info(line)
+
     @property
     def shard(self) -> tuple[int, int] | None:
         d = self.services.dist
@@ -175,6 +186,8 @@ class Probe(ABC):
     default_params: ClassVar[Mapping[str, tuple]] = {}
     #: the metrics worth a panel of ``accuracy.png`` when there are many (e.g. a detection probe's AP, AP50); empty: all
     plot_metrics: ClassVar[tuple[str, ...]] = ()
+    #: whether the run keeps a per-sample table (``samples.csv``); False for a probe of very many variants (a heat map)
+    samples: ClassVar[bool] = True
 
     def __init__(self, **options: Any) -> None:
         self.opts = self.check_options(options)
@@ -226,15 +239,22 @@ class Probe(ABC):
     def derive(self, result: ProbeResult, ctx: RunContext) -> None:
         """Add what follows from the finished result (rows computed from other rows, extras); default: nothing."""
 
+    def configure(self, ctx: RunContext) -> RunContext:
+        """The run's context for this probe, before anything is evaluated; default: as given. A probe may return
+        ``ctx.replace(config=ctx.config.replace(batch_size=...))`` (a batch that fits its many variants) — a
+        deterministic function of the context, so a resumed run makes the same choice."""
+        return ctx
+
     def run(self, ctx: RunContext) -> ProbeResult:
         """The evaluation (or one per transform of the sweep), then :meth:`derive`. Not meant to be overridden."""
         from .engine import evaluate_sweep
 
+        ctx = self.configure(ctx)
         sweep = self.model_sweep(ctx)
         if sweep:
             result = evaluate_sweep(ctx, self, sweep)
         else:
-            result = ctx.evaluate(self.sources(ctx), probe=self.name, evaluators=self.evaluators(ctx))
+            result = ctx.evaluate(self.sources(ctx), probe=self.name, evaluators=self.evaluators(ctx), samples=self.samples)
         if self.plot_metrics:
             result.extras.setdefault("plot_metrics", list(self.plot_metrics))
         self.derive(result, ctx)

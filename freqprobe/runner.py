@@ -975,7 +975,7 @@ def _run_main(config: RunConfig, pm, d, *, progress, say) -> ProbeResult:
     stage = "loading"
     with workspace(p.out_dir, kind="run", resume=config.resume, announce=say) as ws:
         try:
-            ctx = build_context(p, pm, Services(pm=pm, dist=d))
+            ctx = build_context(p, pm, Services(pm=pm, dist=d, say=say))
             if d is not None:
                 _refuse_fit_under_torchrun(ctx)
             ws.bind(fingerprint(config, ctx), command=config.command)
