@@ -36,6 +36,7 @@ _LAZY = {
     "get_decomposer": "runner",
     "open_data": "runner",
     "run": "runner",
+    "run_study": "runner",
     "tune_allocator": "perf",
 }
 
@@ -102,5 +103,6 @@ __all__ = [
     "list_entries",
     "open_data",
     "run",
+    "run_study",
     "tune_allocator",
 ]

@@ -129,13 +129,31 @@ def _run_command(pm: Any) -> click.Command:
     def callback(app: CommandContext, quiet: bool, **kw: Any) -> None:
         from .runner import run as run_probe
 
+        from .errors import UserFacingError
+        from .runner import read_models_file, run_study
+
         app = app.for_command(quiet=quiet)
         values = _values(opts, kw)
+        model, models_file = values.pop("model"), values.pop("models")
+        entries = [(m, None) for m in ((model,) if isinstance(model, str) else (model or ()))]
+        entries += read_models_file(models_file) if models_file else []
+        if not entries:
+            raise UserFacingError("pass --model SPEC (several: repeat it, or --models FILE)")
         with warnings.catch_warnings(), app.stop_on_signals():
             warnings.simplefilter("always")
             warnings.showwarning = lambda m, c, f, l, file=None, line=None: click.echo(f"warning: {m}", err=True)  # noqa: E741
-            result = run_probe(values.pop("model"), pm=app.pm, command=app.command_line, progress=app.progress,
-                               announce=app.say, **values)
+            if len(entries) > 1 or models_file:
+                results = run_study(entries, pm=app.pm, command=app.command_line, progress=app.progress, announce=app.say,
+                                    **values)
+            else:
+                results = [run_probe(entries[0][0], pm=app.pm, command=app.command_line, progress=app.progress,
+                                     announce=app.say, **values)]
+        for result in results:
+            _print_result(result)
+        if len(entries) > 1 or models_file:
+            _print_comparison(Path(values["out"]))
+
+    def _print_result(result) -> None:
         if result.extras.get("rank"):  # torchrun: only rank 0 reports
             return
         man = result.extras["manifest"]
@@ -145,6 +163,14 @@ def _run_command(pm: Any) -> click.Command:
         )
         click.echo(format_table(result))
         click.echo(f"\nresults in {result.extras['out_dir']}/ (summary.csv, samples.csv, manifest.json, plots)")
+
+    def _print_comparison(root: Path) -> None:
+        from .report import comparison_rows
+
+        header, rows = comparison_rows([root])
+        if rows:
+            click.echo(f"\nthe study, ranked ({root}/; freqprobe report {root} --out study.html for the page):")
+            click.echo(format_rows(header, rows))
 
     params = [DeclaredOption(o, pm) for o in opts.values()] + [_quiet()]
     return click.Command("run", callback=callback, params=params,
@@ -362,6 +388,15 @@ def format_table(result) -> str:
     rows = [r for r in result.summary if r.get("variant") != SCORE_VARIANT]
     table = _format_rows(result, rows) if rows else ""
     return "\n\n".join(t for t in (table, "\n".join(score_lines(result))) if t) or "(no results)"
+
+
+def format_rows(header: list[str], rows: list[list[Any]]) -> str:
+    """A plain table: text cells as they are, numbers with four decimals, empty cells blank; columns aligned."""
+    cells = [[str(h) for h in header]] + [["" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)) for v in r]
+                                          for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                     for row in cells)
 
 
 def score_lines(result) -> list[str]:

@@ -317,7 +317,10 @@ def _check_workers(v: Any, pm: Any = None) -> None:
 def _core_run_options() -> list[Option]:
     p = OptionParser(CORE)
     add = p.add_option
-    add("--model", required=True, help="Model: {models}.")
+    add("--model", multiple=True, help="Model: {models}. Repeat it (or use --models) for a study: one run folder per model "
+        "under --out.", from_cli=lambda v: (v[0] if len(v) == 1 else tuple(v)) if v else None)
+    add("--models", type="file", metavar="FILE", help="A study's models, one per line: SPEC [CHECKPOINT] (# comments; a "
+        "relative checkpoint path is relative to FILE): one run folder per model under --out.")
     add("--probe", default="lfc-hfc", show_default=True, help="Probe to run: {probes}.")
     add("--data", default="synth10", show_default=True, help="Data set: {datasets}.")
     add("--data-root", type="dir", help="Where torchvision data sets are (or get downloaded).")

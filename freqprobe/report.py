@@ -488,6 +488,80 @@ def is_probe_run(folder: Path) -> bool:
     return (Path(folder) / "manifest.json").is_file() and (Path(folder) / "summary.csv").is_file()
 
 
+# ------------------------------------------------------------------ the comparison across runs
+def probe_runs(dirs: Iterable[Path]) -> list[Path]:
+    """The probe runs among ``dirs`` and, for a study's folder (``study.json``: one run folder per model), its runs."""
+    out = []
+    for d in dirs:
+        if is_probe_run(d):
+            out.append(d)
+        elif (Path(d) / "study.json").is_file():
+            out += sorted((p for p in d.iterdir() if p.is_dir() and is_probe_run(p)), key=_natural)
+    return out
+
+
+def _model_label(manifest: dict[str, Any]) -> str:
+    model = _sub(manifest, "model")
+    label = _spec(manifest.get("model"))
+    ckpt = model.get("checkpoint")
+    return f"{label} ({Path(str(ckpt)).name})" if ckpt else label
+
+
+def comparison_rows(dirs: Iterable[Path]) -> tuple[list[str], list[list[Any]]]:
+    """One row per (model, data) over every probe run found: the original accuracy, the HFC-reliance score (lfc-hfc),
+    the mean heat-map error below/above the split radius per budget (fourier-heatmap) and each band's accuracy (bands),
+    ranked by HFC-reliance (highest first), then by original accuracy. Unreadable runs are left out."""
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for d in probe_runs(dirs):
+        try:
+            manifest = _read_manifest(d)
+            header, rows = _read_table(d / "summary.csv", SUMMARY_REQUIRED, {"value": "number", "n": "count"})
+        except UserFacingError:
+            continue
+        extra = [c for c in _extra_columns(header) if c != "eps"]
+        g = groups.setdefault((_model_label(manifest), _spec(manifest.get("data"))), {})
+        for r in rows:
+            if r.get("transform") or any(r.get(c) for c in extra):
+                continue  # attacks, kernel smoothing...: not the model's plain frequency profile
+            v, m, p, val = r.get("variant"), r.get("metric"), r.get("param", ""), _num(r.get("value"))
+            if v == "original" and m == "accuracy":
+                g.setdefault("original accuracy", val)
+            elif v == SCORE_VARIANT and m == "accuracy":
+                g["HFC-reliance"] = val
+            elif v == "band" and m == "accuracy":
+                g[f"band {p}"] = val
+            elif v == "heatmap" and m == "error" and p != "all":
+                g[f"heat-map error r{p} (eps {_fmt_param(r.get('eps', ''))})"] = val
+    if not groups:
+        return [], []
+    keys: list[str] = []
+    for g in groups.values():
+        keys += [k for k in g if k not in keys]
+    order = ["HFC-reliance", "original accuracy"]
+    cols = [k for k in order if k in keys] + sorted((k for k in keys if k.startswith("heat-map")), key=_param_key)
+    cols += [k for k in keys if k.startswith("band ")]
+
+    def rank(item):
+        g = item[1]
+        a, b = g.get("HFC-reliance", math.nan), g.get("original accuracy", math.nan)
+        return (-(a if a == a else -math.inf), -(b if b == b else -math.inf))
+
+    out = []
+    for (model, data), g in sorted(groups.items(), key=rank):
+        out.append([model, data, *[g.get(c) for c in cols]])
+    return ["model", "data", *cols], out
+
+
+def _comparison_section(dirs: list[Path]) -> str:
+    header, rows = comparison_rows(dirs)
+    if len(rows) < 2:
+        return ""
+    body = [[r[0], r[1], *("" if v is None else _fmt(v) for v in r[2:])] for r in rows]
+    return ("<h2>Comparison across runs</h2><p class=meta>One row per model and data, ranked by HFC-reliance "
+            "(then original accuracy); empty cells: that probe was not run for the model.</p>"
+            + _table(header, body, left=2))
+
+
 # ------------------------------------------------------------------ the page
 def build_report(run_dirs: Iterable[str | os.PathLike], *, title: str | None = None, pm: Any = None) -> str:
     """The HTML page (a string) for ``run_dirs``; a folder no implementation recognises is a :class:`UserFacingError`."""
@@ -511,6 +585,7 @@ def build_report(run_dirs: Iterable[str | os.PathLike], *, title: str | None = N
     title = title or "freqprobe report"
     head = [f"<h1>{_e(title)}</h1>",
             f'<p class=meta>{len(dirs)} folder(s). Paper: <a href="{_e(PAPER_URL)}">{_e(PAPER_TITLE)}</a>.</p>']
+    head.append(_comparison_section(dirs))
     if report.overlays:
         head.append("<h2>Low and high parts vs radius, all runs</h2>"
                     + _png_bytes_to_img(_overlay_png(report.overlays), "overlay of accuracy vs radius"))
@@ -549,4 +624,5 @@ def write_report(run_dirs: Iterable[str | os.PathLike], out_path: str | os.PathL
     return out
 
 
-__all__ = ["PAPER_TITLE", "PAPER_URL", "Report", "build_report", "is_probe_run", "markdown_tables_to_html", "write_report"]
+__all__ = ["PAPER_TITLE", "PAPER_URL", "Report", "build_report", "comparison_rows", "is_probe_run", "markdown_tables_to_html",
+           "probe_runs", "write_report"]

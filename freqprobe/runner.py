@@ -949,6 +949,11 @@ def run(
     from .plugins import default_plugin_manager
 
     pm = pm or default_plugin_manager()
+    if options.get("models") or isinstance(model, (list, tuple)):
+        raise UserFacingError("several models are a study: use freqprobe.run_study(entries, out=...) "
+                              "(the command line: repeat --model, or --models FILE)")
+    if model is None:
+        raise UserFacingError("pass --model SPEC (several: repeat it, or --models FILE)")
     config = run_config(pm, {"model": model, **options})
     say = announce or (lambda msg: log.warning(msg))
     check_seed(config.seed)
@@ -1003,6 +1008,94 @@ def _run_main(config: RunConfig, pm, d, *, progress, say) -> ProbeResult:
     result.extras["out_dir"] = p.out_dir
     result.extras["manifest"] = manifest
     return result
+
+
+#: the file that marks a study's folder and lists its runs
+STUDY_FILE = "study.json"
+
+
+def read_models_file(path: str | os.PathLike) -> list[tuple[str, str | None]]:
+    """``SPEC [CHECKPOINT]`` per line of a study's models file (blank lines and ``#`` comments skipped); a relative
+    checkpoint path is relative to the file's folder."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserFacingError(f"--models {p} not found; pass a text file with one model spec per line")
+    out = []
+    for i, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if len(words) > 2:
+            raise UserFacingError(f"--models {p}, line {i}: {line.strip()!r} has {len(words)} fields; write SPEC [CHECKPOINT]")
+        ckpt = None
+        if len(words) == 2:
+            c = Path(words[1]).expanduser()
+            ckpt = str(c if c.is_absolute() else p.parent / c)
+        out.append((words[0], ckpt))
+    if not out:
+        raise UserFacingError(f"--models {p} lists no model; write one SPEC [CHECKPOINT] per line")
+    return out
+
+
+def study_folder_names(entries: Sequence[tuple[str, str | None]]) -> list[str]:
+    """One folder name per entry: the spec (and the checkpoint's name) as a file name; an entry listed twice is refused."""
+    names = []
+    for spec, ckpt in entries:
+        head, sep, rest = spec.partition(":")  # a file's path or a config's folder: only its last part names the run
+        short = (Path(head).name if ("/" in head or os.sep in head) else head) + sep + (Path(rest).name if "/" in rest else rest)
+        name = slug(short, 60) + (f"--{slug(Path(ckpt).stem, 40)}" if ckpt else "")
+        if name in names:
+            raise UserFacingError(f"{spec}{' ' + ckpt if ckpt else ''} is listed twice in the study; list each model once")
+        names.append(name)
+    return names
+
+
+def run_study(entries: Sequence[str | tuple[str, str | None]], *, out: str | os.PathLike | None, resume: bool = False,
+              pm=None, progress=None, announce: Callable[[str], None] | None = None, **options: Any) -> list[ProbeResult]:
+    """A study: :func:`run` once per model of ``entries`` (specs, or ``(spec, checkpoint)`` pairs), each into its own run
+    folder under ``out`` (resumable and locked like any run). With ``resume``, finished runs are skipped and an
+    interrupted one continues; without, a study folder that already holds any of the runs is refused before anything runs.
+    ``freqprobe report OUT`` shows the runs and a comparison table."""
+    from . import distributed
+    from .journal import partial_dir
+
+    pairs = [(e, None) if isinstance(e, str) else (str(e[0]), None if e[1] is None else str(e[1])) for e in entries]
+    if not pairs:
+        raise UserFacingError("a study needs at least one model")
+    if out is None:
+        raise UserFacingError("several models: pass --out FOLDER (one run folder per model is written under it)")
+    if distributed.from_env() is not None:
+        raise UserFacingError("a study of several models does not run under torchrun; start one torchrun job per model")
+    if options.get("checkpoint") and any(c for _, c in pairs):
+        raise UserFacingError("give checkpoints either with --checkpoint (the same file for every model) or per model in "
+                              "--models FILE, not both")
+    root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise UserFacingError(f"--out {root} is an existing file; pass the path of a new folder")
+    if not root.parent.exists():
+        raise UserFacingError(f"folder {root.parent} does not exist; create it or choose another --out")
+    subs = [root / n for n in study_folder_names(pairs)]
+    if not resume:
+        taken = [s for s in subs if s.exists() or partial_dir(s).exists()]
+        if taken:
+            raise UserFacingError(f"{taken[0]} already exists (a run of this study); pass --resume to finish the study, "
+                                  "or choose another --out")
+    say = announce or (lambda msg: log.warning(msg))
+    root.mkdir(exist_ok=True)
+    marker = {"kind": "freqprobe study", "command": options.get("command"),
+              "runs": [{"model": spec, "checkpoint": ckpt, "folder": sub.name} for (spec, ckpt), sub in zip(pairs, subs)]}
+    tmp = root / f".{STUDY_FILE}.tmp"
+    tmp.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, root / STUDY_FILE)  # what marks the folder as a study (freqprobe report)
+    results = []
+    for k, ((spec, ckpt), sub) in enumerate(zip(pairs, subs), 1):
+        if resume and (sub / "manifest.json").is_file():
+            say(f"study {k}/{len(pairs)}: {spec} finished before ({sub}); skipped")
+            continue
+        say(f"study {k}/{len(pairs)}: {spec}{' ' + ckpt if ckpt else ''} -> {sub}")
+        kw = dict(options, checkpoint=ckpt or options.get("checkpoint"))
+        results.append(run(spec, out=sub, resume=resume, pm=pm, progress=progress, announce=announce, **kw))
+    return results
 
 
 def _run_rank(config: RunConfig, pm, d) -> ProbeResult:

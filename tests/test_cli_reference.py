@@ -70,7 +70,7 @@ def test_every_command_and_every_run_option_appears(reference):
         if param.help:
             assert " ".join(param.help.split()).replace("|", "\\|") in run_section, param.name
     assert "`--channels-last` / `--no-channels-last`" in run_section
-    assert "| `--model` | `TEXT` | *required* |" in run_section
+    assert "| `--model` | `TEXT` (repeatable) |  | Model: " in run_section and "| `--models` | `FILE` |  |" in run_section
     assert "| `--precision` | `fp32` \\| `tf32` \\| `bf16` \\| `fp16` | `fp32` |" in run_section
     for opt in ("`--version`", "`-v`, `--verbose`", "`-p`"):  # the group's own options, at the top
         assert opt in reference.split("## Commands", 1)[0]

@@ -146,7 +146,11 @@ def report_result(result, context):
 
 @hookimpl(trylast=True)
 def report_folder(folder, report):
-    """A probe run's folder (``manifest.json`` + ``summary.csv``): its tables, scores, plots and manifest."""
-    if not is_probe_run(folder):
-        return None
-    return report.probe_section(folder, report.level)
+    """A probe run's folder (``manifest.json`` + ``summary.csv``): its tables, scores, plots and manifest. A study's
+    folder (``freqprobe run`` with several models: one run folder per model inside) is its runs, each a section."""
+    if is_probe_run(folder):
+        return report.probe_section(folder, report.level)
+    if (Path(folder) / "study.json").is_file():  # written by freqprobe run with several models (runner.STUDY_FILE)
+        h = f"h{report.level}"
+        return f"<{h}>{report.escape(Path(folder).name)} (study)</{h}>" + report.subfolders(folder, report.level + 1)
+    return None
