@@ -17,6 +17,8 @@ hypothesis for the tests, the bench_e2e.py script, ...) is skipped with the reas
   pgd          bench_pgd.py, PGD-10 against torchattacks, or a plain PGD loop without it (≥ 1.3×)
   e2e          bench_e2e.py, an ImageNet-style JPEG folder (5,000 images, timm resnet50, 224 px, bf16,
                channels_last): decode rates, images/s, minutes projected for ImageNet-val (≤ 1.2× forwards)
+  heatmap      bench_heatmap.py, fourier-heatmap over 1,000 CIFAR images (514 frequencies): forwards/s against the
+               bare forwards (≥ 0.8×)
   coco         bench_coco_probe.py, coco-map against bare RetinaNet forwards (≥ 0.8×; needs pycocotools)
 
 Each part in the JSON: {"name", "status": "ok|failed|skipped", "reason", "figures": {name: number},
@@ -398,6 +400,33 @@ def coco_parse(out: Path, ctx: Ctx) -> dict:
             "met": None if ratio is None else ratio >= COCO_RATIO, "headline": ("ratio", ratio)}
 
 
+# bench_heatmap.py ---------------------------------------------------------------------------------
+def heatmap_args(ctx: Ctx, out: Path) -> list:
+    a = ["--device", ctx.device, "--data-dir", ctx.data_dir, "--json", out]
+    if ctx.tiny:
+        a += ["--n", 4, "--max-freq", 2]
+    else:
+        a += ["--n", 1000, "--eps", "4"]
+    return a
+
+
+def heatmap_parse(out: Path, ctx: Ctx) -> dict:
+    d = json.loads(out.read_text())
+    figures: dict = {}
+    for k in ("forwards_per_s", "bare_images_per_s", "ratio", "wall_s", "forwards", "frequencies"):
+        _put(figures, k, d.get(k))
+    for i, e in enumerate(d.get("mean_error") or []):
+        _put(figures, f"mean_error_{i}", e)
+    ratio = figures.get("ratio")
+    return {"figures": figures, "details": {"n": d.get("n"), "eps": d.get("eps"), "precision": d.get("precision")},
+            "target": {"figure": "ratio", "op": ">=", "value": HEATMAP_RATIO, "note": "probe forwards/s / bare images/s"},
+            "met": None if ratio is None else ratio >= HEATMAP_RATIO, "headline": ("ratio", ratio)}
+
+
+#: the heat map's forwards against the bare model's (its perturbations are cheap next to a forward)
+HEATMAP_RATIO = 0.8
+
+
 CIFAR = ("cifar10_test/cifar10_test_jpeg_q75.npz", "cifar10_resnet_akamaster/resnet20-12fca82f.th")
 PARTS = [
     Part("pytest-cuda", "CUDA-marked tests", None, pytest_args, pytest_parse, modules=("pytest", "hypothesis", "freqprobe"),
@@ -412,6 +441,8 @@ PARTS = [
          timeout_s=(180.0, 120.0), min_s=(30.0, 5.0)),
     Part("e2e", "image folder end to end (ImageNet-style)", "bench_e2e.py", e2e_args, e2e_parse, modules=("freqprobe", "timm"),
          timeout_s=(300.0, 120.0), min_s=(60.0, 5.0)),
+    Part("heatmap", "fourier-heatmap on CIFAR (every frequency) vs bare forwards", "bench_heatmap.py", heatmap_args,
+         heatmap_parse, modules=("freqprobe",), data=CIFAR, timeout_s=(240.0, 120.0), min_s=(30.0, 5.0)),
     Part("coco", "coco-map vs bare RetinaNet forwards", "bench_coco_probe.py", coco_args, coco_parse,
          modules=("freqprobe", "pycocotools", "torchvision"),
          data=("coco_val2017_mini/instances_val2017_mini.json", "coco_val2017_mini/val2017"),

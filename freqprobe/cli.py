@@ -162,7 +162,10 @@ def _run_command(pm: Any) -> click.Command:
             f"{man['decomposer']['name']} {man['decomposer']['options'] or ''} | rescale {man['rescale']['policy']}".replace(" {}", "")
         )
         click.echo(format_table(result))
-        click.echo(f"\nresults in {result.extras['out_dir']}/ (summary.csv, samples.csv, manifest.json, plots)")
+        out = Path(result.extras["out_dir"])
+        names = sorted(p.name for p in out.iterdir() if p.is_file()) if out.is_dir() else []
+        shown = ", ".join(names[:6]) + (f", ... ({len(names)} files)" if len(names) > 6 else "")
+        click.echo(f"\nresults in {out}/ ({shown or 'no files'})")
 
     def _print_comparison(root: Path) -> None:
         from .report import comparison_rows

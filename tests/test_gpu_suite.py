@@ -19,7 +19,7 @@ SUITE = REPO / "benchmarks" / "gpu_suite.py"
 # The shared data as conftest.py's ``shared_data`` fixture finds it: ../shared/data beside the checkout.
 SHARED_DATA = REPO.parent / "shared" / "data"
 NEEDED = ("cifar10_test", "cifar10_resnet_akamaster", "coco_val2017_mini")
-PARTS = ["pytest-cuda", "fft-32", "fft-224", "probe", "pgd", "e2e", "coco"]
+PARTS = ["pytest-cuda", "fft-32", "fft-224", "probe", "pgd", "e2e", "heatmap", "coco"]
 
 
 def _suite_module():
@@ -106,8 +106,9 @@ def test_ok_parts_have_finite_figures_and_a_target(dry_run):
 def test_the_cpu_parts_run_and_the_cuda_tests_are_skipped(dry_run):
     _, doc, _ = dry_run
     parts = _parts(doc)
-    for name in ("fft-32", "fft-224", "probe", "pgd"):
+    for name in ("fft-32", "fft-224", "probe", "pgd", "heatmap"):
         assert parts[name]["status"] == "ok", parts[name]
+    assert parts["heatmap"]["figures"]["frequencies"] == 7 and parts["heatmap"]["figures"]["forwards"] == 4 * 8
     assert parts["pytest-cuda"]["status"] == "skipped" and parts["pytest-cuda"]["reason"] == "no CUDA device"
     assert 0 < parts["fft-32"]["figures"]["floor_fraction"] and parts["fft-32"]["target"]["value"] == 0.20  # the CPU target
     assert parts["probe"]["figures"]["fp32_min_prediction_agreement"] == 1.0  # the probe predicts as the bare forwards

@@ -138,7 +138,7 @@ def test_a_lazyconfig_detector(cli, tmp_path, coco_mini, detectron2_ready):
 
 
 def test_the_same_detections_as_detectron2s_default_predictor(coco_mini, detectron2_ready, build):
-    """One COCO image (640×426) at test size 320 (a resize) and 600 (an upscale): the wrapper gives exactly what
+    """One COCO image (640×426) at test size 600 (resized to 901×600): the wrapper gives exactly what
     detectron2's own ``DefaultPredictor`` gives for the float image (resize, BGR, 0–255, boxes mapped back to
     640×426, classes as COCO ids). On the uint8 image DefaultPredictor resizes with PIL: the model's input then
     differs by at most one grey level when upscaling. (Random weights saturate the scores at 1.0, so detections
@@ -154,7 +154,7 @@ def test_the_same_detections_as_detectron2s_default_predictor(coco_mini, detectr
     rgb = np.array(Image.open(path).convert("RGB"))
     assert rgb.shape == (426, 640, 3)
     x = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
-    for size in (320, 600):
+    for size in (600,):
         overrides = {"INPUT.MIN_SIZE_TEST": size, "MODEL.RETINANET.SCORE_THRESH_TEST": 0.0}
         wrapper = build(model_args=overrides).module
         cfg = get_cfg()
@@ -173,7 +173,7 @@ def test_the_same_detections_as_detectron2s_default_predictor(coco_mini, detectr
         assert torch.equal(ours["boxes"], ref.pred_boxes.tensor) and torch.equal(ours["scores"], ref.scores)
         assert ours["labels"].tolist() == [COCO_CATEGORY_IDS[c] for c in ref.pred_classes.tolist()]
         boxes = ours["boxes"]
-        assert boxes[:, 0::2].max() <= 640 and boxes[:, 1::2].max() <= 426 and boxes.max() > 320  # the input's pixels
+        assert boxes[:, 0::2].max() <= 640 and boxes[:, 1::2].max() <= 426 and boxes.max() > 400  # the input's pixels
         assert torch.equal(seen[0], seen[1]) and seen[0].shape == seen[2].shape
         if size > 426:  # PIL's bilinear upscale is the same filter; it rounds to uint8
             assert (seen[0] - seen[2]).abs().max() <= 1.0
