@@ -73,7 +73,7 @@ def main() -> None:
         forwards = (1 + cells) * args.n
         # (a) the bare model as bench_probe.py times it, in the engine's forward batch (CPU: 128 CIFAR images)
         adapter = freqprobe.build_model(model, checkpoint=str(ckpt), mean=MEAN, std=STD).to(dev)
-        imgs = torch.rand(4096, 3, 32, 32, device=dev)
+        imgs = torch.rand(min(forwards, 4096), 3, 32, 32, device=dev)
         got = bare(adapter, imgs, 128 if dev.type == "cpu" else 4096, dev.type == "cuda", args.precision, 3, dev)
         bare_rate = len(imgs) / got["median_s"]
     rate = forwards / wall

@@ -62,7 +62,7 @@ def test_resume_refused_under_torchrun(freqprobe_processes, tmp_path, tiny_npz, 
 def test_detectron2_two_processes_write_what_one_writes(freqprobe_processes, tmp_path, shared_data, detectron2_ready):
     """A detectron2 RetinaNet (random weights drawn from the seed in each process) sharded over two processes."""
     d = shared_data / "coco_val2017_mini"
-    args = ["run", "--model", "detectron2:COCO-Detection/retinanet_R_50_FPN_3x.yaml", "--model-arg", "INPUT.MIN_SIZE_TEST=256",
+    args = ["run", "--model", "detectron2:COCO-Detection/retinanet_R_50_FPN_3x.yaml", "--model-arg", "INPUT.MIN_SIZE_TEST=128",
             "--model-arg", "MODEL.RETINANET.SCORE_THRESH_TEST=0.0", "--model-arg", "TEST.DETECTIONS_PER_IMAGE=10",
             "--model-arg", "MODEL.RESNETS.NORM=GN", "--model-arg", "MODEL.FPN.NORM=GN", "--probe", "coco-map",
             "--data", f"coco:{d / 'val2017'}:{d / 'instances_val2017_mini.json'}", "--limit", 2, "--batch-size", 1,

@@ -163,11 +163,13 @@ def _evaluate_probe(name, shards):
     states, ctxs = [], []
     for rank in range(shards):
         ctx = freqprobe.RunContext.create(
-            adapter, _Data(images, labels), dec, (4.0, 8.0), freqprobe.get_class("rescale", "none", PM)(),
+            adapter, _Data(images, labels), dec, probe.check_params(dec, [0, 4, 8, 12] if name == "bands" else [4, 8] if name != "fourier-heatmap" else None),
+            freqprobe.get_class("rescale", "none", PM)(),
             metrics=[freqprobe.get_class("metrics", "accuracy", PM)], device=torch.device("cpu"), pm=PM, batch_size=3,
             options=probe.opts, **({"shard": (rank, shards)} if shards > 1 else {}), eps=(0.03,), attacks=("fgsm",))
+        ctx = probe.configure(ctx)  # as Probe.run() does (the heat map sizes its batch)
         sources = probe.sources(ctx)
-        states.append(run_loop(ctx, sources, evaluators=probe.evaluators(ctx)))
+        states.append(run_loop(ctx, sources, evaluators=probe.evaluators(ctx), samples=probe.samples))
         ctxs.append((ctx, sources))
     for other in states[1:]:
         states[0].merge(other)

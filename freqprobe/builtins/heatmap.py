@@ -165,12 +165,18 @@ class FourierHeatmapProbe(Probe):
         x = first[0] if isinstance(first, (list, tuple)) else first[0]
         return int(x.shape[-2]), int(x.shape[-1])
 
-    def configure(self, ctx: RunContext) -> RunContext:
-        """A batch small enough that all its variants' images fit in :data:`STACK_BYTES`; the cost said up front."""
+    def _plan(self, ctx: RunContext) -> None:
+        """The images' size and the frequencies to evaluate (from the data's first image)."""
         h, w = self._size(ctx)
         self._freqs = frequencies(h, w, self.opts["max_freq"] or None)
         if not self._freqs:
             raise UserFacingError(f"fourier-heatmap: --max-freq {self.opts['max_freq']:g} keeps no frequency")
+        self._size_hw = (h, w)
+
+    def configure(self, ctx: RunContext) -> RunContext:
+        """A batch small enough that all its variants' images fit in :data:`STACK_BYTES`; the cost said up front."""
+        self._plan(ctx)
+        h, w = self._size_hw
         k = 1 + len(self._freqs) * len(self.opts["eps"])
         first = ctx.data.load([0]).images
         c = int((first[0] if isinstance(first, (list, tuple)) else first).shape[-3])
@@ -179,10 +185,11 @@ class FourierHeatmapProbe(Probe):
         ctx.announce(f"fourier-heatmap: {len(self._freqs)} frequencies (of {h * w}; a mirror pair once) x "
                      f"{len(self.opts['eps'])} budget(s) + the original on {n} images of {h}x{w}: {k * n} forwards, "
                      f"batches of {min(ctx.batch_size, fit)}")
-        self._size_hw = (h, w)
         return ctx.replace(config=ctx.config.replace(batch_size=min(ctx.batch_size, fit))) if fit < ctx.batch_size else ctx
 
     def sources(self, ctx: RunContext) -> list:
+        if not hasattr(self, "_size_hw"):  # evaluated without run() (a test's loop): plan here
+            self._plan(ctx)
         return [FourierPerturbationSource(self._size_hw, self.opts["eps"], self._freqs, ctx.seed)]
 
     def derive(self, result: ProbeResult, ctx: RunContext) -> None:

@@ -23,7 +23,7 @@ RETINANET = "COCO-Detection/retinanet_R_50_FPN_3x.yaml"
 FASTER_RCNN = "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
 #: a small test size, every candidate kept (random weights score low) and GroupNorm (random weights under detectron2's
 #: frozen BatchNorm blow the activations up: every score is 1.0 and boxes degenerate), so runs are quick and detect
-SMALL = ["--model-arg", "INPUT.MIN_SIZE_TEST=320", "--model-arg", "MODEL.RETINANET.SCORE_THRESH_TEST=0.0",
+SMALL = ["--model-arg", "INPUT.MIN_SIZE_TEST=256", "--model-arg", "MODEL.RETINANET.SCORE_THRESH_TEST=0.0",
          "--model-arg", "TEST.DETECTIONS_PER_IMAGE=20", "--model-arg", "MODEL.RESNETS.NORM=GN", "--model-arg", "MODEL.FPN.NORM=GN"]
 
 
@@ -76,10 +76,10 @@ def test_retinanet_through_coco_map(cli, tmp_path, coco_mini, detectron2_ready):
     man = json.loads((out / "manifest.json").read_text())
     d2 = man["model"]["detectron2"]
     assert d2["config"] == RETINANET and d2["model_zoo"] is True
-    assert d2["overrides"] == {"INPUT.MIN_SIZE_TEST": 320, "MODEL.RETINANET.SCORE_THRESH_TEST": 0.0,
+    assert d2["overrides"] == {"INPUT.MIN_SIZE_TEST": 256, "MODEL.RETINANET.SCORE_THRESH_TEST": 0.0,
                                "TEST.DETECTIONS_PER_IMAGE": 20, "MODEL.RESNETS.NORM": "GN", "MODEL.FPN.NORM": "GN"}
     values = d2["config_values"]
-    assert values["INPUT.MIN_SIZE_TEST"] == 320 and values["INPUT.MAX_SIZE_TEST"] == 1333
+    assert values["INPUT.MIN_SIZE_TEST"] == 256 and values["INPUT.MAX_SIZE_TEST"] == 1333
     assert values["MODEL.META_ARCHITECTURE"] == "RetinaNet" and values["INPUT.FORMAT"] == "BGR"
     ids = man["coco"]["image_ids"]
     assert len(ids) == 2
