@@ -206,3 +206,19 @@ def detectron2_ready() -> None:
                  "present: install its wheel with pip install --no-deps, as .ci/run does")
         pytest.skip(f"detectron2 is not installed; the vendored build ../shared/vendor/detectron2 is {where}")
     pytest.skip(problem)
+
+
+class _Payload:
+    """Unpickling it opens ``marker`` for writing (so creates the file): the stand-in for a malicious pickle's code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.fixture
+def pickle_payload(tmp_path) -> _Payload:
+    """Put it in a pickle that must be refused unread: ``pickle_payload.marker`` exists only if it was unpickled."""
+    return _Payload(tmp_path / "pwned")

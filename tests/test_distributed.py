@@ -17,6 +17,15 @@ def same_files(a: Path, b: Path, names) -> None:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
+def one_and_two(processes, args: list, tmp_path: Path, names=()) -> None:
+    """``freqprobe ARGS`` in one process into ``one/`` and under torchrun (two) into ``two/``: both succeed, ``names`` equal."""
+    one = processes.one([*args, "--out", tmp_path / "one"], tmp_path)
+    assert one.returncode == 0, one.stderr
+    two = processes.two([*args, "--out", tmp_path / "two"], tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    same_files(tmp_path / "one", tmp_path / "two", names)
+
+
 @pytest.mark.parametrize("batch, limit", [(5, 24), (5, 3)])  # five batches over two ranks; one batch (rank 1 gets nothing)
 def test_lfc_hfc_two_processes_write_what_one_writes(freqprobe_processes, tmp_path, tiny_npz, tiny_model_file, batch, limit):
     import importlib.util
@@ -27,11 +36,7 @@ def test_lfc_hfc_two_processes_write_what_one_writes(freqprobe_processes, tmp_pa
     torch.save(mod.tinynet().state_dict(), tmp_path / "w.pt")
     args = ["run", "--model", f"{tiny_model_file}:tinynet", "--checkpoint", tmp_path / "w.pt", "--data", f"npz:{tiny_npz}",
             "--radii", "2,4,8", "--batch-size", batch, "--limit", limit, "--gallery-size", 3, "--device", "cpu", "-q"]
-    one = freqprobe_processes.one([*args, "--out", tmp_path / "one"], tmp_path)
-    assert one.returncode == 0, one.stderr
-    two = freqprobe_processes.two([*args, "--out", tmp_path / "two"], tmp_path)
-    assert two.returncode == 0, two.stderr[-3000:]
-    same_files(tmp_path / "one", tmp_path / "two", ["summary.csv", "samples.csv"])
+    one_and_two(freqprobe_processes, args, tmp_path, ["summary.csv", "samples.csv"])
     if (tmp_path / "one" / "figure2.csv").exists():
         same_files(tmp_path / "one", tmp_path / "two", ["figure2.csv"])
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
@@ -45,11 +50,7 @@ def test_coco_map_two_processes_write_what_one_writes(freqprobe_processes, tmp_p
     args = ["run", "--model", f"{COCO_FIX / 'fastestdet.py'}:fastestdet", "--probe", "coco-map",
             "--data", f"coco:{d / 'val2017'}:{d / 'instances_val2017_mini.json'}", "--limit", 6, "--batch-size", 2,
             "--probe-opt", "panels=0", "--device", "cpu", "-q"]
-    one = freqprobe_processes.one([*args, "--out", tmp_path / "one"], tmp_path)
-    assert one.returncode == 0, one.stderr
-    two = freqprobe_processes.two([*args, "--out", tmp_path / "two"], tmp_path)
-    assert two.returncode == 0, two.stderr[-3000:]
-    same_files(tmp_path / "one", tmp_path / "two", ["summary.csv", "samples.csv", "detections_original.json",
+    one_and_two(freqprobe_processes, args, tmp_path, ["summary.csv", "samples.csv", "detections_original.json",
                                                     "detections_low_r128.json", "figure8_low_worse_r128.csv"])
 
 
@@ -67,10 +68,6 @@ def test_detectron2_two_processes_write_what_one_writes(freqprobe_processes, tmp
             "--model-arg", "MODEL.RESNETS.NORM=GN", "--model-arg", "MODEL.FPN.NORM=GN", "--probe", "coco-map",
             "--data", f"coco:{d / 'val2017'}:{d / 'instances_val2017_mini.json'}", "--limit", 2, "--batch-size", 1,
             "--probe-opt", "panels=0", "--device", "cpu", "-q"]
-    one = freqprobe_processes.one([*args, "--out", tmp_path / "one"], tmp_path)
-    assert one.returncode == 0, one.stderr
-    two = freqprobe_processes.two([*args, "--out", tmp_path / "two"], tmp_path)
-    assert two.returncode == 0, two.stderr[-3000:]
-    same_files(tmp_path / "one", tmp_path / "two", ["summary.csv", "samples.csv", "detections_original.json",
+    one_and_two(freqprobe_processes, args, tmp_path, ["summary.csv", "samples.csv", "detections_original.json",
                                                     "detections_low_r128.json", "detections_high_r128.json"])
     assert len(json.loads((tmp_path / "one" / "detections_original.json").read_text())) == 2 * 10

@@ -635,7 +635,7 @@ class PickledToyPlugin:
         return [PickledToySource]
 
 
-def test_a_source_reads_its_own_checkpoint_format_after_the_cores_trust_check(cli, use_pm, tiny_npz, tmp_path):
+def test_a_source_reads_its_own_checkpoint_format_after_the_cores_trust_check(cli, use_pm, tiny_npz, tmp_path, pickle_payload):
     """``reads_checkpoints``: the core refuses an untrusted pickle (nothing unpickled: a payload would create a file),
     then hands the path to ``load_checkpoint``; the manifest has the source's facts and the file's sha256."""
     import hashlib
@@ -648,15 +648,10 @@ def test_a_source_reads_its_own_checkpoint_format_after_the_cores_trust_check(cl
     pkl = tmp_path / "toy.pkl"
     with open(pkl, "wb") as f:
         pickle.dump({"toy_weights": {k: v.numpy() for k, v in trained.state_dict().items()}}, f)
-    marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
+    marker = pickle_payload.marker
     evil = tmp_path / "evil.pkl"
     with open(evil, "wb") as f:
-        pickle.dump({"toy_weights": Payload()}, f)
+        pickle.dump({"toy_weights": pickle_payload}, f)
     PickledToySource.calls.clear()
     base = ["run", "--model", "toypkl:cnn", "--data", f"npz:{tiny_npz}", "--radii", "4", "--device", "cpu", "-q"]
     for f in (pkl, evil):

@@ -186,7 +186,7 @@ def _save_pkl(state: dict, path: Path) -> None:
         pickle.dump({"model": {k: v.numpy() for k, v in state.items()}, "__author__": "freqprobe tests"}, f)
 
 
-def test_checkpoints_pkl_with_trust_pth_without(cli, tmp_path, coco_mini, detectron2_ready, build):
+def test_checkpoints_pkl_with_trust_pth_without(cli, tmp_path, coco_mini, detectron2_ready, build, pickle_payload):
     """detectron2's formats load through its DetectionCheckpointer: the weights are exactly the file's. A .pkl is a
     pickle: without --trust-checkpoint, one line and nothing unpickled (a malicious file's payload never runs)."""
     want = zoo_state(build(seed=1).module)
@@ -202,15 +202,10 @@ def test_checkpoints_pkl_with_trust_pth_without(cli, tmp_path, coco_mini, detect
     assert all(torch.equal(got.module.model.state_dict()[k], v) for k, v in want.items())
     assert got.info["checkpoint_kind"] == "detectron2"
 
-    marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
+    marker = pickle_payload.marker
     evil = tmp_path / "evil.pkl"
     with open(evil, "wb") as f:
-        pickle.dump({"model": {"x": Payload()}, "__author__": "someone"}, f)
+        pickle.dump({"model": {"x": pickle_payload}, "__author__": "someone"}, f)
     base = ["run", "--model", f"detectron2:{RETINANET}", "--model-arg", "INPUT.MIN_SIZE_TEST=320", "--probe", "coco-map",
             "--data", coco_mini["spec"],
             "--limit", "1", "--probe-opt", "panels=0", "-q"]
