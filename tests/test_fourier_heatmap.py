@@ -176,6 +176,7 @@ def test_images_of_several_sizes_are_refused():
     (["--heatmap-eps", "-1"], "must be positive"),
     (["--heatmap-eps", "x"], "comma-separated numbers"),
     (["--max-freq", "-2"], "max_freq must be 0 (none) or a positive radius"),
+    (["--metric", "top5-accuracy"], "keep the accuracy metric"),
 ])
 def test_bad_heatmap_input_is_one_line(cli, tmp_path, dc_data, args, needle):
     data, model = dc_data

@@ -160,14 +160,14 @@ class FourierHeatmapProbe(Probe):
                                   "leave out --radii/--params, use --max-freq to skip high frequencies")
         return ()
 
-    def _size(self, ctx: RunContext) -> tuple[int, int]:
-        first = ctx.data.load([0]).images
-        x = first[0] if isinstance(first, (list, tuple)) else first[0]
-        return int(x.shape[-2]), int(x.shape[-1])
-
     def _plan(self, ctx: RunContext) -> None:
-        """The images' size and the frequencies to evaluate (from the data's first image)."""
-        h, w = self._size(ctx)
+        """The images' channels and size (from the data's first image, read once) and the frequencies to evaluate."""
+        if not any(getattr(m, "name", "") == "accuracy" for m in ctx.metrics):
+            raise UserFacingError("--probe fourier-heatmap maps the error rate 1 - accuracy: keep the accuracy metric "
+                                  "(--metric accuracy, with any others)")
+        x = ctx.data.load([0]).images[0]
+        c, h, w = (int(d) for d in x.shape[-3:])
+        self._channels = c
         self._freqs = frequencies(h, w, self.opts["max_freq"] or None)
         if not self._freqs:
             raise UserFacingError(f"fourier-heatmap: --max-freq {self.opts['max_freq']:g} keeps no frequency")
@@ -178,9 +178,7 @@ class FourierHeatmapProbe(Probe):
         self._plan(ctx)
         h, w = self._size_hw
         k = 1 + len(self._freqs) * len(self.opts["eps"])
-        first = ctx.data.load([0]).images
-        c = int((first[0] if isinstance(first, (list, tuple)) else first).shape[-3])
-        fit = max(1, STACK_BYTES // (k * c * h * w * 4))
+        fit = max(1, STACK_BYTES // (k * self._channels * h * w * 4))
         n = len(ctx.data) if ctx.limit is None else min(ctx.limit, len(ctx.data))
         ctx.announce(f"fourier-heatmap: {len(self._freqs)} frequencies (of {h * w}; a mirror pair once) x "
                      f"{len(self.opts['eps'])} budget(s) + the original on {n} images of {h}x{w}: {k * n} forwards, "
